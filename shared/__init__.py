@@ -1,0 +1,1 @@
+"""What both halves of codec-LM import: codec profiles, the byte-level tokenizer, sample data."""

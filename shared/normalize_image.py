@@ -1,0 +1,110 @@
+"""Any Pillow-readable image -> an upright RGB square of the profile's size.
+
+Rules (documented in the README):
+- EXIF orientation is applied; for animated/multi-page files the first frame is used.
+- Alpha (LA, RGBA, PA, P with transparency) is composited over white.
+- 16-bit and 32-bit integer greyscale (I;16*, I) is mapped from the 16-bit range to 8 bits;
+  float greyscale (F) is clipped to 0..255. CMYK, YCbCr, 1, L, P … use Pillow's RGB conversion.
+- Center square crop, then one high-quality (Lanczos) resize. A JPEG source much larger than the
+  target is first reduced in the DCT domain (Pillow's draft mode), since decoding dominates.
+- More pixels than ``max_pixels`` (default: Pillow's decompression-bomb limit,
+  ``PIL.Image.MAX_IMAGE_PIXELS``) is refused before any pixel is decoded.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from pathlib import Path
+from typing import BinaryIO
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from shared.errors import InvalidMediaError
+
+ImageSource = bytes | str | Path | BinaryIO
+WHITE = (255, 255, 255)
+
+
+def open_image(source: ImageSource, max_pixels: int | None = None) -> Image.Image:
+    """Open without decoding pixels; raise InvalidMediaError for what cannot be an image."""
+    if isinstance(source, bytes):
+        if not source:
+            raise InvalidMediaError("empty", "zero-byte input")
+        source = io.BytesIO(source)
+    limit = Image.MAX_IMAGE_PIXELS if max_pixels is None else max_pixels
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # we enforce the limit below
+            image = Image.open(source)
+    except Image.DecompressionBombError as error:
+        raise InvalidMediaError("too-many-pixels", f"{error}; raise PIL.Image.MAX_IMAGE_PIXELS to accept it") from None
+    except UnidentifiedImageError:
+        raise InvalidMediaError("unreadable", "not an image format Pillow can read") from None
+    except FileNotFoundError as error:
+        raise InvalidMediaError("unreadable", f"no such file: {error.filename}") from None
+    except (OSError, ValueError, SyntaxError) as error:  # Pillow raises these for corrupt headers
+        raise InvalidMediaError("unreadable", f"corrupt image header ({error})") from None
+    width, height = image.size
+    if width <= 0 or height <= 0:
+        raise InvalidMediaError("unreadable", f"image has no pixels ({width}x{height})")
+    if limit is not None and width * height > limit:
+        raise InvalidMediaError(
+            "too-many-pixels",
+            f"{width}x{height} = {width * height} pixels is above the limit of {limit} "
+            "(Pillow's decompression-bomb guard); pass max_pixels / raise PIL.Image.MAX_IMAGE_PIXELS to accept it",
+        )
+    return image
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Convert any Pillow mode to RGB by the module's documented rules."""
+    mode = image.mode
+    if mode == "RGB":
+        return image
+    if mode == "P" and "transparency" in image.info or mode == "PA":
+        image, mode = image.convert("RGBA"), "RGBA"
+    if mode in ("RGBA", "LA", "RGBa", "La"):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, WHITE + (255,))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    if mode.startswith("I"):  # I;16, I;16B, I;16L, I;16N, I: a 16-bit range
+        values = np.asarray(image, dtype=np.int64)
+        return Image.fromarray(np.clip(values // 257, 0, 255).astype(np.uint8), "L").convert("RGB")
+    if mode == "F":
+        values = np.asarray(image, dtype=np.float32)
+        return Image.fromarray(np.clip(np.nan_to_num(values), 0, 255).astype(np.uint8), "L").convert("RGB")
+    try:
+        return image.convert("RGB")
+    except ValueError as error:
+        raise InvalidMediaError("unsupported-mode", f"cannot convert image mode {mode} to RGB ({error})") from None
+
+
+def center_square_box(width: int, height: int) -> tuple[int, int, int, int]:
+    side = min(width, height)
+    left, top = (width - side) // 2, (height - side) // 2
+    return left, top, left + side, top + side
+
+
+def normalize_image(source: ImageSource | Image.Image, size: int, max_pixels: int | None = None) -> Image.Image:
+    """Open, orient, convert, center-crop and resize to a ``size`` x ``size`` RGB image."""
+    image = source if isinstance(source, Image.Image) else open_image(source, max_pixels)
+    if image.format == "JPEG" and min(image.size) >= 2 * size:
+        # Decode at 1/2, 1/4 or 1/8 scale in the DCT domain; draft never goes below the request.
+        width, height = image.size
+        short = min(width, height)
+        image.draft(image.mode if image.mode in ("RGB", "L") else None, (-(-size * width // short), -(-size * height // short)))
+    try:
+        image.load()
+        image = ImageOps.exif_transpose(image)
+        image = to_rgb(image)
+    except InvalidMediaError:
+        raise
+    except OSError as error:
+        reason = "truncated" if "truncated" in str(error) else "unreadable"
+        raise InvalidMediaError(reason, f"image data cannot be decoded ({error})") from None
+    except (ValueError, SyntaxError, IndexError, Image.DecompressionBombError) as error:
+        raise InvalidMediaError("unreadable", f"image data cannot be decoded ({error})") from None
+    box = center_square_box(*image.size)
+    return image.resize((size, size), Image.Resampling.LANCZOS, box=box, reducing_gap=3.0)

@@ -1,0 +1,67 @@
+"""The embedded sample dataset: real photos that scikit-image and scikit-learn ship in their wheels.
+
+Nothing is downloaded: the files come with the `samples` extra (`pip install codec-lm[samples]`).
+Crops are deterministic (seeded), so the demo, the tests and the benchmarks see the same inputs
+on every machine.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import io
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+# Natural photos, greyscale scans and images with alpha: together they exercise every
+# normalisation rule (RGB, L, RGBA; PNG and JPEG sources; portrait, landscape, square).
+SKIMAGE_PHOTOS = (
+    "astronaut.png", "brick.png", "camera.png", "chelsea.png", "clock_motion.png", "coffee.png",
+    "coins.png", "color.png", "grass.png", "gravel.png", "horse.png", "hubble_deep_field.jpg",
+    "ihc.png", "logo.png", "moon.png", "motorcycle_left.png", "page.png", "retina.jpg", "rocket.jpg",
+)
+SKLEARN_PHOTOS = ("china.jpg", "flower.jpg")
+
+
+def _package_dir(module: str) -> Path:
+    spec = importlib.util.find_spec(module)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModuleNotFoundError(
+            f"{module} is needed for the embedded sample photos: pip install 'codec-lm[samples]'"
+        )
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def sample_photo_paths() -> list[Path]:
+    """Paths of the real sample photos, in a fixed order."""
+    paths = [_package_dir("skimage.data") / name for name in SKIMAGE_PHOTOS]
+    paths += [_package_dir("sklearn.datasets") / "images" / name for name in SKLEARN_PHOTOS]
+    missing = [str(p) for p in paths if not p.is_file()]
+    if missing:
+        raise FileNotFoundError(f"sample photos missing from the installed wheels: {missing}")
+    return paths
+
+
+def sample_crops(count: int, seed: int = 0, min_side: int = 96) -> Iterator[tuple[str, bytes]]:
+    """``count`` deterministic crops of the sample photos as ``(key, png_bytes)``.
+
+    Each crop takes a random rectangle (side 35-100% of the photo's short side, aspect 3:4 to 4:3)
+    from a photo chosen round-robin, so crops differ in framing, scale and aspect like a web dataset.
+    """
+    rng = np.random.default_rng(seed)
+    photos = [(p.stem, Image.open(p)) for p in sample_photo_paths()]
+    for i in range(count):
+        name, photo = photos[i % len(photos)]
+        width, height = photo.size
+        short = min(width, height)
+        side = max(min_side, int(short * rng.uniform(0.35, 1.0)))
+        aspect = rng.uniform(0.75, 4 / 3)
+        crop_w = min(width, int(side * aspect ** 0.5))
+        crop_h = min(height, int(side / aspect ** 0.5))
+        left = int(rng.integers(0, width - crop_w + 1))
+        top = int(rng.integers(0, height - crop_h + 1))
+        buffer = io.BytesIO()
+        photo.crop((left, top, left + crop_w, top + crop_h)).save(buffer, "PNG")
+        yield f"{name}-{i:05d}", buffer.getvalue()
