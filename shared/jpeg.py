@@ -98,6 +98,9 @@ class JpegProfile:
         return options
 
     def _encode_file(self, image: Image.Image) -> bytes:
+        if image.info:  # Pillow would carry a source's comment/EXIF/ICC into the file's header
+            image = image.copy()
+            image.info = {}
         buffer = io.BytesIO()
         image.save(buffer, "JPEG", **self._save_options())
         return buffer.getvalue()

@@ -5,6 +5,8 @@ Rules (documented in the README):
 - Alpha (LA, RGBA, PA, P with transparency) is composited over white.
 - 16-bit and 32-bit integer greyscale (I;16*, I) is mapped from the 16-bit range to 8 bits;
   float greyscale (F) is clipped to 0..255. CMYK, YCbCr, 1, L, P … use Pillow's RGB conversion.
+- An embedded RGB ICC profile (Adobe RGB, Display P3 …) is converted to sRGB (after resizing, where
+  it is cheap); other colour profiles are ignored.
 - Center square crop, then one high-quality (Lanczos) resize. A JPEG source much larger than the
   target is first reduced in the DCT domain (Pillow's draft mode), since decoding dominates.
 - More pixels than ``max_pixels`` (default: Pillow's decompression-bomb limit,
@@ -19,7 +21,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError
 
 from shared.errors import InvalidMediaError
 
@@ -106,5 +108,23 @@ def normalize_image(source: ImageSource | Image.Image, size: int, max_pixels: in
         raise InvalidMediaError(reason, f"image data cannot be decoded ({error})") from None
     except (ValueError, SyntaxError, IndexError, Image.DecompressionBombError) as error:
         raise InvalidMediaError("unreadable", f"image data cannot be decoded ({error})") from None
+    icc = image.info.get("icc_profile") if image.mode == "RGB" else None
     box = center_square_box(*image.size)
-    return image.resize((size, size), Image.Resampling.LANCZOS, box=box, reducing_gap=3.0)
+    # Crop first: resizing with a box would let the filter reach outside the square.
+    image = image.crop(box).resize((size, size), Image.Resampling.LANCZOS, reducing_gap=3.0)
+    image.info = {}
+    return to_srgb(image, icc) if icc else image
+
+
+def to_srgb(image: Image.Image, icc_profile: bytes) -> Image.Image:
+    """Convert an RGB image from its embedded ICC profile to sRGB; unusable profiles are ignored."""
+    try:
+        source = ImageCms.ImageCmsProfile(io.BytesIO(icc_profile))
+        if source.profile.xcolor_space.strip() != "RGB":
+            return image
+        return ImageCms.profileToProfile(image, source, SRGB, outputMode="RGB") or image
+    except (ImageCms.PyCMSError, OSError, ValueError, TypeError):
+        return image
+
+
+SRGB = ImageCms.createProfile("sRGB")

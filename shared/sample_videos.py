@@ -1,0 +1,205 @@
+"""Small deterministic video clips made from the embedded sample photos, for tests and the demo.
+
+A clip is a camera pan or zoom across one of the real photos (``shared.sample_data``), encoded in-process
+with PyAV, so no video files ship with the project and nothing is downloaded. The same arguments give the
+same bytes on every run (single-threaded encoders, fixed motion). There are also helpers for the awkward
+inputs a video reader must cope with: rotation metadata, variable frame rate, audio-only files, clips
+shorter than a second or a single frame long.
+
+Frames can be *marked*: a flat grey patch in the top-left corner whose level depends on the frame number
+(``mark_level``), so a test can tell which source frame a sampler picked even after scaling and lossy
+re-encoding.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Iterator, Sequence
+from fractions import Fraction
+
+import av
+import numpy as np
+from PIL import Image
+
+from shared.sample_data import sample_photo_paths
+
+# Short container names -> FFmpeg muxer names.
+_MUXERS = {"mkv": "matroska", "m4a": "ipod"}
+# Source encoders run single-threaded: x264's output depends on its thread count, and the clips must be
+# byte-identical on every machine.
+_ENCODER_OPTIONS = {
+    "libx264": {"preset": "veryfast", "crf": "20", "threads": "1"},
+    "mpeg4": {"qscale": "3", "threads": "1"},
+}
+
+
+def mark_level(index: int) -> int:
+    """Grey level of the corner patch on marked frame ``index``: 14 levels 16 apart, far beyond codec noise."""
+    return 24 + 16 * (index % 14)
+
+
+def photo(index: int) -> np.ndarray:
+    """Sample photo ``index`` (modulo the number of photos) as RGB uint8; alpha is composited on white."""
+    paths = sample_photo_paths()
+    image = Image.open(paths[index % len(paths)])
+    if image.mode in ("RGBA", "LA", "P"):
+        image = image.convert("RGBA")
+        background = Image.new("RGBA", image.size, (255, 255, 255, 255))
+        image = Image.alpha_composite(background, image)
+    return np.asarray(image.convert("RGB"))
+
+
+def render_frames(
+    picture: np.ndarray, count: int, size: tuple[int, int], motion: str = "pan", mark_frames: bool = False
+) -> list[np.ndarray]:
+    """``count`` frames of ``size`` (width, height) moving a virtual camera across ``picture``.
+
+    ``pan`` slides a window of 75% of the largest fitting one diagonally from the top-left to the
+    bottom-right corner; ``zoom`` shrinks the largest fitting window to half its size around the centre.
+    Windows have sub-pixel positions (Pillow's ``box`` resampling), so the motion is smooth.
+    """
+    if motion not in ("pan", "zoom"):
+        raise ValueError(f"motion must be 'pan' or 'zoom', not {motion!r}")
+    width, height = size
+    image = Image.fromarray(picture)
+    photo_w, photo_h = image.size
+    # The largest window with the output's aspect ratio that fits in the photo.
+    full_h = min(photo_h, photo_w * height / width)
+    full_w = full_h * width / height
+    frames = []
+    for i in range(count):
+        progress = i / max(1, count - 1)
+        if motion == "pan":
+            win_w, win_h = 0.75 * full_w, 0.75 * full_h
+            left = progress * (photo_w - win_w)
+            top = progress * (photo_h - win_h)
+        else:
+            scale = 1.0 - 0.5 * progress
+            win_w, win_h = scale * full_w, scale * full_h
+            left, top = (photo_w - win_w) / 2, (photo_h - win_h) / 2
+        box = (left, top, left + win_w, top + win_h)
+        frame = np.array(image.resize((width, height), Image.Resampling.BILINEAR, box=box))
+        if mark_frames:
+            frame[: height // 4, : width // 4] = mark_level(i)
+        frames.append(frame)
+    return frames
+
+
+def encode_clip(
+    frames: Sequence[np.ndarray],
+    times: Sequence[Fraction],
+    end: Fraction,
+    codec: str = "libx264",
+    container: str = "mp4",
+    rotation: int = 0,
+) -> bytes:
+    """Encode RGB ``frames`` shown at ``times`` (seconds) until ``end`` into ``container`` bytes.
+
+    Timestamps are exact: the stream's time base is the finest common one of all the times, so variable
+    frame rates survive. ``rotation`` (degrees, counter-clockwise, a multiple of 90) is written as the
+    stream's display matrix and the pictures are stored turned the other way, so a player that honours the
+    matrix shows them exactly as given.
+    """
+    if rotation % 90:
+        raise ValueError("rotation must be a multiple of 90 degrees")
+    stored = [np.ascontiguousarray(np.rot90(f, k=-(rotation // 90))) for f in frames]
+    height, width = stored[0].shape[:2]
+    time_base = Fraction(1, int(np.lcm.reduce([Fraction(t).denominator for t in [*times, end]])))
+    if time_base.denominator == 1:
+        time_base = Fraction(1, 1000)
+    # Constant-rate clips announce their rate; for irregular timestamps any rate is only a hint.
+    rate = 1 / (times[1] - times[0]) if len(times) > 1 else Fraction(25)
+
+    buffer = io.BytesIO()
+    with av.open(buffer, "w", format=_MUXERS.get(container, container)) as output:
+        stream = output.add_stream(codec, rate=rate, options=_ENCODER_OPTIONS.get(codec, {}))
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        stream.codec_context.time_base = time_base
+        stream.codec_context.thread_count = 1
+        if rotation:
+            stream.set_display_rotation(rotation)
+        for i, (array, t) in enumerate(zip(stored, times)):
+            frame = av.VideoFrame.from_ndarray(array, format="rgb24")
+            frame.pts = int(t / time_base)
+            frame.time_base = time_base
+            following = times[i + 1] if i + 1 < len(times) else end
+            frame.duration = int((following - t) / time_base)  # libx264 carries it to the packet
+            output.mux(stream.encode(frame))
+        output.mux(stream.encode(None))
+    return buffer.getvalue()
+
+
+def make_clip(
+    photo_index: int = 0,
+    seconds: float = 6.0,
+    fps: int = 25,
+    size: tuple[int, int] = (320, 240),
+    motion: str = "pan",
+    codec: str = "libx264",
+    container: str = "mp4",
+    *,
+    frames: int | None = None,
+    rotation: int = 0,
+    mark_frames: bool = False,
+) -> bytes:
+    """A constant-frame-rate clip panning/zooming across a sample photo, as container bytes.
+
+    ``frames`` overrides the frame count (default ``round(seconds * fps)``, at least 1); the clip lasts
+    ``frames / fps`` seconds. ``size`` is the displayed (width, height), also for rotated clips.
+    """
+    count = frames if frames is not None else max(1, round(seconds * fps))
+    pictures = render_frames(photo(photo_index), count, size, motion, mark_frames)
+    times = [Fraction(i, fps) for i in range(count)]
+    return encode_clip(pictures, times, Fraction(count, fps), codec, container, rotation)
+
+
+def make_vfr_clip(
+    times: Sequence[float | Fraction],
+    end: float | Fraction,
+    photo_index: int = 0,
+    size: tuple[int, int] = (256, 144),
+    container: str = "mp4",
+) -> bytes:
+    """A variable-frame-rate clip: marked frame ``i`` is shown from ``times[i]`` (seconds) until the next
+    frame or ``end``. Times are taken as exact decimal fractions (0.35 means 7/20)."""
+    exact = [Fraction(str(t)) for t in times]
+    pictures = render_frames(photo(photo_index), len(exact), size, "pan", mark_frames=True)
+    return encode_clip(pictures, exact, Fraction(str(end)), "libx264", container)
+
+
+def make_audio_only(seconds: float = 1.0, container: str = "m4a", sample_rate: int = 44100) -> bytes:
+    """A file with one audio stream (a 440 Hz sine) and no video: AAC in ``m4a``, PCM in ``wav``."""
+    codec = "pcm_s16le" if container == "wav" else "aac"
+    samples = np.sin(2 * np.pi * 440 * np.arange(int(seconds * sample_rate)) / sample_rate)
+    buffer = io.BytesIO()
+    with av.open(buffer, "w", format=_MUXERS.get(container, container)) as output:
+        stream = output.add_stream(codec, rate=sample_rate, layout="mono")
+        # PyAV re-chunks frames to the encoder's frame size (1024 for AAC) and converts the sample format.
+        chunk = 1024
+        for start in range(0, len(samples), chunk):
+            block = (0.5 * samples[start : start + chunk]).astype(np.float32)[None, :]
+            frame = av.AudioFrame.from_ndarray(block, format="flt", layout="mono")
+            frame.sample_rate = sample_rate
+            frame.pts = start
+            output.mux(stream.encode(frame))
+        output.mux(stream.encode(None))
+    return buffer.getvalue()
+
+
+def sample_clips(count: int, seed: int = 0) -> Iterator[tuple[str, bytes]]:
+    """``count`` varied deterministic clips as ``(key, mp4_bytes)`` for the demo.
+
+    Photos go round-robin; motion, duration (2-7 s), size (landscape, portrait, square) and frame rate
+    are drawn from a seeded generator, so the demo sees the variety of a web video dataset.
+    """
+    rng = np.random.default_rng(seed)
+    sizes = [(320, 240), (320, 180), (240, 320), (256, 256), (352, 288)]
+    rates = [12, 15, 24, 25, 30]
+    paths = sample_photo_paths()
+    for i in range(count):
+        motion = ("pan", "zoom")[int(rng.integers(2))]
+        seconds = round(float(rng.uniform(2.0, 7.0)), 2)
+        size = sizes[int(rng.integers(len(sizes)))]
+        fps = rates[int(rng.integers(len(rates)))]
+        clip = make_clip(i % len(paths), seconds, fps, size, motion)
+        yield f"{paths[i % len(paths)].stem}-{motion}-{i:05d}", clip
