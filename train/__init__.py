@@ -1,0 +1,1 @@
+"""The LitGPT trainer, generation, evaluation and export for Jpeg-LM / Avc-LM."""
