@@ -25,16 +25,19 @@ from shared.sample_data import sample_photo_paths
 
 # Short container names -> FFmpeg muxer names.
 _MUXERS = {"mkv": "matroska", "m4a": "ipod"}
-# Source encoders run single-threaded: x264's output depends on its thread count, and the clips must be
-# byte-identical on every machine.
+# The clips must be byte-identical on every run and machine, so encoders run single-threaded (x264's
+# output depends on its thread count) at a constant quantiser: x264's CRF mode with its macroblock tree
+# gave differing streams in 5 of 30 identical encodes in one process (measured with this PyAV build).
 _ENCODER_OPTIONS = {
-    "libx264": {"preset": "veryfast", "crf": "20", "threads": "1"},
+    "libx264": {"preset": "veryfast", "qp": "20", "threads": "1"},
     "mpeg4": {"qscale": "3", "threads": "1"},
 }
+_Interpolation = av.video.reformatter.Interpolation
+_CONVERT = _Interpolation.BICUBIC | _Interpolation.BITEXACT | _Interpolation.ACCURATE_RND
 
 
 def mark_level(index: int) -> int:
-    """Grey level of the corner patch on marked frame ``index``: 14 levels 16 apart, far beyond codec noise."""
+    """Grey level of the corner patch on marked frame ``index``: 14 levels 16 apart, far above codec noise."""
     return 24 + 16 * (index % 14)
 
 
@@ -107,26 +110,55 @@ def encode_clip(
     time_base = Fraction(1, int(np.lcm.reduce([Fraction(t).denominator for t in [*times, end]])))
     if time_base.denominator == 1:
         time_base = Fraction(1, 1000)
+    steps = {b - a for a, b in zip(times, [*times[1:], end])}
+    if len(frames) != len(times) or min(steps) <= 0:
+        raise ValueError("need one time per frame, increasing, and an end after the last time")
     # Constant-rate clips announce their rate; for irregular timestamps any rate is only a hint.
-    rate = 1 / (times[1] - times[0]) if len(times) > 1 else Fraction(25)
+    rate = 1 / min(steps)
+    options = dict(_ENCODER_OPTIONS.get(codec, {}))
+    if len(steps) > 1 and codec == "libx264":
+        # MP4 stores durations as decode-time deltas: with B-frames reordering the pictures, irregular
+        # display durations (above all the last frame's) would not survive.
+        options["bf"] = "0"
 
     buffer = io.BytesIO()
-    with av.open(buffer, "w", format=_MUXERS.get(container, container)) as output:
-        stream = output.add_stream(codec, rate=rate, options=_ENCODER_OPTIONS.get(codec, {}))
+    with _open_output(buffer, container) as output:
+        stream = output.add_stream(codec, rate=rate, options=options)
         stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
         stream.codec_context.time_base = time_base
         stream.codec_context.thread_count = 1
         if rotation:
             stream.set_display_rotation(rotation)
+        # Each frame's display duration, by pts: muxers otherwise guess the last frame's (mp4 makes it
+        # one "average" frame long), and a variable-rate clip must end exactly at `end`.
+        durations = {}
         for i, (array, t) in enumerate(zip(stored, times)):
-            frame = av.VideoFrame.from_ndarray(array, format="rgb24")
+            # Convert to the encoder's format ourselves, with swscale's bit-exact flags (its SIMD paths
+            # may round differently on other CPUs).
+            frame = av.VideoFrame.from_ndarray(array, format="rgb24").reformat(
+                format="yuv420p", interpolation=_CONVERT
+            )
             frame.pts = int(t / time_base)
             frame.time_base = time_base
             following = times[i + 1] if i + 1 < len(times) else end
-            frame.duration = int((following - t) / time_base)  # libx264 carries it to the packet
-            output.mux(stream.encode(frame))
-        output.mux(stream.encode(None))
+            durations[frame.pts] = int((following - t) / time_base)
+            _mux(output, stream.encode(frame), durations)
+        _mux(output, stream.encode(None), durations)
     return buffer.getvalue()
+
+
+def _mux(
+    output: av.container.OutputContainer, packets: list[av.Packet], durations: dict[int, int]
+) -> None:
+    for packet in packets:
+        packet.duration = durations.get(packet.pts, packet.duration)
+    output.mux(packets)
+
+
+def _open_output(buffer: io.BytesIO, container: str) -> av.container.OutputContainer:
+    # `bitexact` keeps muxers from writing random ids (Matroska's segment UID) or version strings.
+    muxer = _MUXERS.get(container, container)
+    return av.open(buffer, "w", format=muxer, options={"fflags": "+bitexact"})
 
 
 def make_clip(
@@ -145,7 +177,8 @@ def make_clip(
     """A constant-frame-rate clip panning/zooming across a sample photo, as container bytes.
 
     ``frames`` overrides the frame count (default ``round(seconds * fps)``, at least 1); the clip lasts
-    ``frames / fps`` seconds. ``size`` is the displayed (width, height), also for rotated clips.
+    ``frames / fps`` seconds, so ``seconds=0.5`` or ``frames=1`` make the short clips a reader must handle.
+    ``size`` is the displayed (width, height), also for rotated clips.
     """
     count = frames if frames is not None else max(1, round(seconds * fps))
     pictures = render_frames(photo(photo_index), count, size, motion, mark_frames)
@@ -172,10 +205,9 @@ def make_audio_only(seconds: float = 1.0, container: str = "m4a", sample_rate: i
     codec = "pcm_s16le" if container == "wav" else "aac"
     samples = np.sin(2 * np.pi * 440 * np.arange(int(seconds * sample_rate)) / sample_rate)
     buffer = io.BytesIO()
-    with av.open(buffer, "w", format=_MUXERS.get(container, container)) as output:
+    with _open_output(buffer, container) as output:
         stream = output.add_stream(codec, rate=sample_rate, layout="mono")
-        # PyAV re-chunks frames to the encoder's frame size (1024 for AAC) and converts the sample format.
-        chunk = 1024
+        chunk = 1024  # AAC's frame size; PyAV converts the samples to the encoder's format (planar)
         for start in range(0, len(samples), chunk):
             block = (0.5 * samples[start : start + chunk]).astype(np.float32)[None, :]
             frame = av.AudioFrame.from_ndarray(block, format="flt", layout="mono")
