@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib.util
 import io
 from collections.abc import Iterator
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -44,24 +45,39 @@ def sample_photo_paths() -> list[Path]:
     return paths
 
 
-def sample_crops(count: int, seed: int = 0, min_side: int = 96) -> Iterator[tuple[str, bytes]]:
-    """``count`` deterministic crops of the sample photos as ``(key, png_bytes)``.
+@lru_cache(maxsize=None)
+def _photo(index: int) -> tuple[str, Image.Image]:
+    path = sample_photo_paths()[index]
+    image = Image.open(path)
+    image.load()
+    return path.stem, image
 
-    Each crop takes a random rectangle (side 35-100% of the photo's short side, aspect 3:4 to 4:3)
-    from a photo chosen round-robin, so crops differ in framing, scale and aspect like a web dataset.
+
+def sample_count() -> int:
+    return len(SKIMAGE_PHOTOS) + len(SKLEARN_PHOTOS)
+
+
+def sample_crop(index: int, seed: int = 0, min_side: int = 96) -> tuple[str, bytes]:
+    """Deterministic crop ``index`` of the sample photos as ``(key, png_bytes)``.
+
+    It takes a random rectangle (side 35-100% of the photo's short side, aspect 3:4 to 4:3) from the
+    photo chosen round-robin, so crops differ in framing, scale and aspect like a web dataset. Each
+    crop has its own generator seeded by ``(seed, index)``: any crop can be made alone, on any worker.
     """
-    rng = np.random.default_rng(seed)
-    photos = [(p.stem, Image.open(p)) for p in sample_photo_paths()]
-    for i in range(count):
-        name, photo = photos[i % len(photos)]
-        width, height = photo.size
-        short = min(width, height)
-        side = max(min_side, int(short * rng.uniform(0.35, 1.0)))
-        aspect = rng.uniform(0.75, 4 / 3)
-        crop_w = min(width, int(side * aspect ** 0.5))
-        crop_h = min(height, int(side / aspect ** 0.5))
-        left = int(rng.integers(0, width - crop_w + 1))
-        top = int(rng.integers(0, height - crop_h + 1))
-        buffer = io.BytesIO()
-        photo.crop((left, top, left + crop_w, top + crop_h)).save(buffer, "PNG")
-        yield f"{name}-{i:05d}", buffer.getvalue()
+    rng = np.random.default_rng([seed, index])
+    name, photo = _photo(index % sample_count())
+    width, height = photo.size
+    side = max(min_side, int(min(width, height) * rng.uniform(0.35, 1.0)))
+    aspect = rng.uniform(0.75, 4 / 3)
+    crop_w = min(width, int(side * aspect ** 0.5))
+    crop_h = min(height, int(side / aspect ** 0.5))
+    left = int(rng.integers(0, width - crop_w + 1))
+    top = int(rng.integers(0, height - crop_h + 1))
+    buffer = io.BytesIO()
+    photo.crop((left, top, left + crop_w, top + crop_h)).save(buffer, "PNG")
+    return f"{name}-{index:05d}", buffer.getvalue()
+
+
+def sample_crops(count: int, seed: int = 0) -> Iterator[tuple[str, bytes]]:
+    """The first ``count`` crops of :func:`sample_crop`."""
+    return (sample_crop(index, seed) for index in range(count))

@@ -218,20 +218,27 @@ def make_audio_only(seconds: float = 1.0, container: str = "m4a", sample_rate: i
     return buffer.getvalue()
 
 
-def sample_clips(count: int, seed: int = 0) -> Iterator[tuple[str, bytes]]:
-    """``count`` varied deterministic clips as ``(key, mp4_bytes)`` for the demo.
+SAMPLE_SIZES = [(320, 240), (320, 180), (240, 320), (256, 256), (352, 288)]
+SAMPLE_RATES = [12, 15, 24, 25, 30]
+
+
+def sample_clip(index: int, seed: int = 0) -> tuple[str, bytes]:
+    """Deterministic demo clip ``index`` as ``(key, mp4_bytes)``.
 
     Photos go round-robin; motion, duration (2-7 s), size (landscape, portrait, square) and frame rate
-    are drawn from a seeded generator, so the demo sees the variety of a web video dataset.
+    are drawn from a generator seeded by ``(seed, index)``, so the demo sees the variety of a web video
+    dataset and any clip can be made alone, on any worker.
     """
-    rng = np.random.default_rng(seed)
-    sizes = [(320, 240), (320, 180), (240, 320), (256, 256), (352, 288)]
-    rates = [12, 15, 24, 25, 30]
+    rng = np.random.default_rng([seed, index])
+    motion = ("pan", "zoom")[int(rng.integers(2))]
+    seconds = round(float(rng.uniform(2.0, 7.0)), 2)
+    size = SAMPLE_SIZES[int(rng.integers(len(SAMPLE_SIZES)))]
+    fps = SAMPLE_RATES[int(rng.integers(len(SAMPLE_RATES)))]
     paths = sample_photo_paths()
-    for i in range(count):
-        motion = ("pan", "zoom")[int(rng.integers(2))]
-        seconds = round(float(rng.uniform(2.0, 7.0)), 2)
-        size = sizes[int(rng.integers(len(sizes)))]
-        fps = rates[int(rng.integers(len(rates)))]
-        clip = make_clip(i % len(paths), seconds, fps, size, motion)
-        yield f"{paths[i % len(paths)].stem}-{motion}-{i:05d}", clip
+    clip = make_clip(index % len(paths), seconds, fps, size, motion)
+    return f"{paths[index % len(paths)].stem}-{motion}-{index:05d}", clip
+
+
+def sample_clips(count: int, seed: int = 0) -> Iterator[tuple[str, bytes]]:
+    """The first ``count`` clips of :func:`sample_clip`."""
+    return (sample_clip(index, seed) for index in range(count))

@@ -1,0 +1,45 @@
+"""The job's own flags, as Beam pipeline options: they sit beside --runner, --project, --region …"""
+
+from __future__ import annotations
+
+from apache_beam.options.pipeline_options import PipelineOptions
+
+from shared.profiles import DEFAULT_PROFILES
+from shared.tokenizer import DEFAULT_VOCAB_SIZE
+
+DEFAULT_SEQ_LEN = {"image": 12288, "video": 32768}  # the paper's context lengths
+DEFAULT_SAMPLE_SIZE = {"image": 300, "video": 24}
+
+
+class PreprocessOptions(PipelineOptions):
+    @classmethod
+    def _add_argparse_args(cls, parser) -> None:
+        group = parser.add_argument_group("codec-LM preprocessing")
+        group.add_argument("--input", action="append", metavar="PATTERN",
+                           help="files to read (repeatable; local, gs://, s3:// globs). Images/videos by extension "
+                                "or content, WebDataset .tar shards (img2dataset's key.jpg + key.json …) and "
+                                ".parquet files with an image-bytes column. Default: the embedded sample dataset.")
+        group.add_argument("--output", required=True, metavar="DIR", help="dataset directory (created; replaced on rerun)")
+        group.add_argument("--modality", choices=["image", "video"], default="image")
+        group.add_argument("--profile", help=f"codec profile (default: {DEFAULT_PROFILES['image']} for images, "
+                                             f"{DEFAULT_PROFILES['video']} for videos)")
+        group.add_argument("--vocab-size", type=int,
+                           help=f"total BPE vocabulary incl. 256 bytes and BOS/EOS (default: "
+                                f"{DEFAULT_VOCAB_SIZE['jpeg']} for images, {DEFAULT_VOCAB_SIZE['avc']} for videos)")
+        group.add_argument("--bpe-sample", type=int, default=10000,
+                           help="streams the BPE is learned on, chosen by content hash (default: 10000, as the paper)")
+        group.add_argument("--tokenizer", metavar="FILE", help="use this tokenizer.json instead of learning one")
+        group.add_argument("--seq-len", type=int, help=f"tokens per training sequence (default: "
+                                                       f"{DEFAULT_SEQ_LEN['image']} images, {DEFAULT_SEQ_LEN['video']} videos)")
+        group.add_argument("--val-fraction", type=float, default=0.01, help="share of documents in the val split")
+        group.add_argument("--seed", type=int, default=0, help="seeds every choice made by hash: BPE sample, split, shard")
+        group.add_argument("--shard-bytes", type=int, default=256 * 2**20, help="target shard size (default: 256 MiB)")
+        group.add_argument("--shard-sequences", type=int, help="target sequences per shard (overrides --shard-bytes)")
+        group.add_argument("--parquet-column", default="image",
+                           help="Parquet column with the media bytes: a binary column or the Hugging Face "
+                                "datasets image struct {bytes, path} (default: image)")
+        group.add_argument("--sample-size", type=int,
+                           help=f"items of the embedded sample dataset when no --input is given (default: "
+                                f"{DEFAULT_SAMPLE_SIZE['image']} images, {DEFAULT_SAMPLE_SIZE['video']} videos)")
+        group.add_argument("--max-pixels", type=int,
+                           help="refuse inputs with more pixels (default: Pillow's decompression-bomb limit)")

@@ -1,0 +1,92 @@
+"""The preprocessing pipeline, stage by stage, as one readable composition of named transforms.
+
+read -> encode (profile) -> drop exact duplicates -> BPE sample -> learn BPE -> tokenize (side input)
+-> split + shard by hash -> pack + write each shard -> documents.parquet, rejected.jsonl, manifest.json
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import apache_beam as beam
+from apache_beam.pvalue import AsDict, AsList, AsSingleton
+
+from preprocess.bpe import LearnBpe
+from preprocess.encode import EncodeFn, KeepOnePerStream
+from preprocess.finalize import finalize
+from preprocess.inputs import ReadInputs, SampleInputs
+from preprocess.pack import TokenizeFn, WriteShardFn, assign_shard
+from preprocess.records import DUPLICATE, REJECTED
+
+
+@dataclass(frozen=True)
+class JobConfig:
+    output: str
+    modality: str
+    inputs: list[str]  # empty: the embedded sample dataset
+    profile: dict[str, Any]  # the profile's JSON record
+    vocab_size: int
+    bpe_sample: int
+    tokenizer_json: str | None  # given with --tokenizer, else learned
+    seq_len: int
+    val_fraction: float
+    seed: int
+    tokens_per_shard: int
+    dtype: str
+    parquet_column: str
+    sample_size: int
+    max_pixels: int | None
+    arguments: dict[str, Any]  # what the manifest records about how it was made
+    progress_dir: str | None = None
+
+
+def build_pipeline(pipeline: beam.Pipeline, job: JobConfig) -> None:
+    if job.inputs:
+        read = pipeline | "ReadInputs" >> ReadInputs(job.inputs, job.modality, job.parquet_column)
+        media, read_rejected = read.media, read[REJECTED]
+    else:
+        media = pipeline | "SampleInputs" >> SampleInputs(job.modality, job.sample_size)
+        read_rejected = pipeline | "NothingRejectedOnRead" >> beam.Create([])
+
+    encoded = media | "Encode" >> beam.ParDo(EncodeFn(job.profile, job.max_pixels, job.progress_dir)).with_outputs(
+        REJECTED, main="encoded")
+    rejected = (read_rejected, encoded[REJECTED]) | "AllRejected" >> beam.Flatten()
+    unique = (
+        encoded.encoded
+        | "KeyByStream" >> beam.Map(lambda e: (e.digest, e))
+        | "GroupByStream" >> beam.GroupByKey()
+        | "DropDuplicates" >> beam.ParDo(KeepOnePerStream(job.progress_dir)).with_outputs(DUPLICATE, main="unique")
+    )
+
+    if job.tokenizer_json is not None:
+        tokenizer = pipeline | "GivenTokenizer" >> beam.Create([job.tokenizer_json])
+    else:
+        tokenizer = unique.unique | "LearnBpe" >> LearnBpe(job.bpe_sample, job.seed, job.vocab_size, job.profile["kind"])
+
+    documents = unique.unique | "Tokenize" >> beam.ParDo(
+        TokenizeFn(job.val_fraction, job.seed, job.progress_dir), AsSingleton(tokenizer))
+    tokens_per_split = (
+        documents
+        | "TokensOf" >> beam.Map(lambda d: (d.split, len(d.tokens)))
+        | "TokensPerSplit" >> beam.CombinePerKey(sum)
+    )
+    shards = (
+        documents
+        | "AssignShard" >> beam.Map(assign_shard, AsDict(tokens_per_split), job.tokens_per_shard, job.seed)
+        | "GroupByShard" >> beam.GroupByKey()
+        | "PackAndWrite" >> beam.ParDo(WriteShardFn(job.output, job.seq_len, job.dtype, job.progress_dir))
+    )
+
+    def count(collection: beam.PCollection, label: str) -> AsSingleton:
+        return AsSingleton(collection | label >> beam.combiners.Count.Globally())
+
+    (
+        pipeline
+        | "Once" >> beam.Create([None])
+        | "WriteManifest" >> beam.Map(
+            finalize, job.output, job.arguments, job.profile, AsList(shards), AsList(rejected),
+            inputs=count((media, read_rejected) | "AllInputs" >> beam.Flatten(), "CountInputs"),
+            encoded=count(encoded.encoded, "CountEncoded"), duplicates=count(unique[DUPLICATE], "CountDuplicates"),
+            tokenizer_json=AsSingleton(tokenizer), seq_len=job.seq_len)
+    )

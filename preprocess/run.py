@@ -1,0 +1,166 @@
+"""Raw image/video datasets -> codec streams -> BPE -> packed WebDataset token shards (Apache Beam).
+
+    python -m preprocess.run --output out/images                          # embedded sample photos, all cores
+    python -m preprocess.run --input 'photos/**/*.jpg' --output out/images
+    python -m preprocess.run --modality video --input 'clips/*.mp4' --output out/videos
+    python -m preprocess.run --input 'gs://bucket/laion/*.tar' --output gs://bucket/jpeg-lm \\
+        --runner DataflowRunner --project P --region R --temp_location gs://bucket/tmp \\
+        --sdk_container_image IMAGE   (or --setup_file ./setup.py)
+
+Any standard Beam pipeline option passes through (--runner, --direct_num_workers,
+--direct_running_mode, Dataflow's --project/--region/--temp_location/--sdk_container_image …).
+Locally (DirectRunner) the job uses every core unless --direct_num_workers says otherwise.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import tempfile
+import time
+from typing import Any
+
+import apache_beam as beam
+import numpy as np
+import pyarrow.parquet as pq
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
+from apache_beam.runners.portability.fn_api_runner import FnApiRunner
+
+from preprocess.options import DEFAULT_SAMPLE_SIZE, DEFAULT_SEQ_LEN, PreprocessOptions
+from preprocess.pack import STAGING
+from preprocess.pipeline import JobConfig, build_pipeline
+from preprocess.progress import ProgressWatcher
+from shared.files import delete, exists, join, matching, read_bytes
+from shared.profiles import DEFAULT_PROFILES, get_profile
+from shared.shards import MANIFEST
+from shared.tokenizer import DEFAULT_VOCAB_SIZE, ByteTokenizer
+
+DIRECT_RUNNERS = (None, "DirectRunner", "direct")
+LOCAL_RUNNERS = DIRECT_RUNNERS + ("PrismRunner", "prism")
+
+
+def job_config(options: PreprocessOptions, progress_dir: str | None) -> JobConfig:
+    """Check every flag before anything runs, and resolve the paper's defaults."""
+    def fail(message: str) -> None:
+        raise SystemExit(f"preprocess.run: error: {message}")
+
+    modality = options.modality
+    try:
+        profile = get_profile(options.profile or DEFAULT_PROFILES[modality])
+    except ValueError as error:
+        fail(str(error))
+    expected_kind = {"image": "jpeg", "video": "avc"}[modality]
+    if profile.kind != expected_kind:
+        fail(f"--profile {profile.name} is a {profile.kind} profile, but --modality {modality} needs a {expected_kind} one")
+    for pattern in options.input or []:
+        paths = matching(pattern)
+        if not paths:
+            fail(f"--input {pattern!r} matches no file")
+        parquet = [p for p in paths if p.endswith(".parquet")]
+        if parquet:  # a wrong --parquet-column is a flag error: check the first file's schema up front
+            with FileSystems.open(parquet[0]) as handle:
+                names = pq.ParquetFile(handle).schema_arrow.names
+            if options.parquet_column not in names:
+                fail(f"{parquet[0]} has no column {options.parquet_column!r} (columns: {names}); pass --parquet-column")
+    tokenizer_json = None
+    if options.tokenizer:
+        if not exists(options.tokenizer):
+            fail(f"--tokenizer {options.tokenizer} does not exist")
+        tokenizer_json = read_bytes(options.tokenizer).decode()
+        try:
+            vocab_size = ByteTokenizer.from_str(tokenizer_json).vocab_size
+        except Exception as error:
+            fail(f"--tokenizer {options.tokenizer} is not a codec-LM tokenizer.json ({error})")
+    else:
+        vocab_size = options.vocab_size or DEFAULT_VOCAB_SIZE[profile.kind]
+        if vocab_size < 258:
+            fail(f"--vocab-size must be at least 258 (256 bytes + BOS + EOS), not {vocab_size}")
+    seq_len = options.seq_len or DEFAULT_SEQ_LEN[modality]
+    if seq_len < 1:
+        fail(f"--seq-len must be positive, not {seq_len}")
+    if not 0.0 <= options.val_fraction < 1.0:
+        fail(f"--val-fraction must be in [0, 1), not {options.val_fraction}")
+    if options.bpe_sample < 1:
+        fail(f"--bpe-sample must be positive, not {options.bpe_sample}")
+    dtype = np.dtype(np.uint16 if vocab_size <= 1 << 16 else np.uint32)
+    if options.shard_sequences is not None and options.shard_sequences < 1:
+        fail(f"--shard-sequences must be positive, not {options.shard_sequences}")
+    sequences_per_shard = options.shard_sequences or max(1, options.shard_bytes // ((seq_len + 1) * dtype.itemsize))
+    sample_size = options.sample_size or DEFAULT_SAMPLE_SIZE[modality]
+    arguments: dict[str, Any] = {
+        "modality": modality, "inputs": list(options.input or []) or f"embedded sample dataset ({sample_size} items)",
+        "profile": profile.name, "vocab_size": vocab_size, "bpe_sample": options.bpe_sample,
+        "tokenizer": options.tokenizer, "seq_len": seq_len, "val_fraction": options.val_fraction, "seed": options.seed,
+        "sequences_per_shard": sequences_per_shard, "parquet_column": options.parquet_column,
+        "max_pixels": options.max_pixels,
+    }
+    return JobConfig(
+        output=options.output.rstrip("/"), modality=modality, inputs=list(options.input or []),
+        profile=profile.to_json(), vocab_size=vocab_size, bpe_sample=options.bpe_sample, tokenizer_json=tokenizer_json,
+        seq_len=seq_len, val_fraction=options.val_fraction, seed=options.seed,
+        tokens_per_shard=sequences_per_shard * (seq_len + 1), dtype=dtype.name, parquet_column=options.parquet_column,
+        sample_size=sample_size, max_pixels=options.max_pixels, arguments=arguments, progress_dir=progress_dir,
+    )
+
+
+def use_all_cores_locally(options: PipelineOptions) -> None:
+    """The DirectRunner defaults to one worker; a local run should use the machine."""
+    given = options.get_all_options(drop_default=True)
+    direct = options.view_as(DirectOptions)
+    if options.view_as(StandardOptions).runner in LOCAL_RUNNERS and "direct_num_workers" not in given:
+        direct.direct_num_workers = os.cpu_count() or 1
+        if "direct_running_mode" not in given and direct.direct_num_workers > 1:
+            direct.direct_running_mode = "multi_processing"
+
+
+def run(argv: list[str] | None = None) -> dict[str, Any]:
+    """Run the job; returns the manifest it wrote."""
+    # Local worker processes relay each harmless start-up warning of theirs; errors still show.
+    logging.getLogger("apache_beam.runners.portability.local_job_service").setLevel(logging.ERROR)
+    options = PipelineOptions(argv if argv is not None else sys.argv[1:])
+    job_options = options.view_as(PreprocessOptions)
+    runner = options.view_as(StandardOptions).runner
+    local = runner in LOCAL_RUNNERS
+    use_all_cores_locally(options)
+    with tempfile.TemporaryDirectory(prefix="codec-lm-progress-") as progress_dir:
+        job = job_config(job_options, progress_dir if local else None)
+        # A rerun into the same folder: the old manifest goes first, so a crash never looks complete.
+        delete([join(job.output, MANIFEST), join(job.output, STAGING)])
+        started = time.monotonic()
+        # Beam's DirectRunner first tries to download the Prism runner binary, and so behaves differently
+        # with and without internet; its own in-process engine (FnApiRunner) runs the same everywhere.
+        pipeline = beam.Pipeline(runner=FnApiRunner() if runner in DIRECT_RUNNERS else None, options=options)
+        build_pipeline(pipeline, job)
+        if local:
+            with ProgressWatcher(progress_dir):
+                pipeline.run().wait_until_finish()
+        else:
+            pipeline.run().wait_until_finish()
+    manifest = json.loads(read_bytes(join(job.output, MANIFEST)))
+    print_summary(manifest, job.output, time.monotonic() - started)
+    return manifest
+
+
+def print_summary(manifest: dict[str, Any], output: str, seconds: float) -> None:
+    totals = manifest["totals"]
+    print(f"\n{output}: {manifest['profile']['name']}, vocab {manifest['vocab_size']}, seq_len {manifest['seq_len']} "
+          f"({seconds:.0f} s)")
+    print(f"  inputs {totals['inputs']:,} = encoded {totals['encoded']:,} + rejected {totals['rejected']:,}; "
+          f"duplicates {totals['duplicates']:,}; documents {totals['documents']:,}")
+    print(f"  tokens {totals['tokens']:,} in {totals['sequences']:,} sequences "
+          f"({totals['dropped_tokens']:,} dropped at shard ends); "
+          f"{totals['tokens'] / max(1, totals['documents']):,.0f} tokens per document")
+    for split in ("train", "val"):
+        shards = [s for s in manifest["shards"] if s["split"] == split]
+        print(f"  {split}: {len(shards)} shards, {sum(s['sequences'] for s in shards):,} sequences, "
+              f"{sum(s['bytes'] for s in shards) / 2**20:.1f} MiB")
+    if manifest["rejection_reasons"]:
+        print("  rejected: " + ", ".join(f"{reason} {count}" for reason, count in manifest["rejection_reasons"].items())
+              + f" (details in {join(output, manifest['rejected'])})")
+
+
+if __name__ == "__main__":
+    run()

@@ -1,0 +1,120 @@
+"""The dataset format: what `preprocess.run` writes and the trainer and `codec-shards` read.
+
+    DIR/manifest.json        profile (with header), tokenizer file + sha256, vocab, BOS/EOS ids, seq_len,
+                             every shard (split, path, sha256, bytes, sequences, tokens), totals,
+                             the arguments and library versions. Written last: no manifest, no dataset.
+    DIR/tokenizer.json       the byte-level BPE (a standard HF tokenizers file)
+    DIR/{train,val}/shard-000000.tar …
+                             WebDataset tars; each sample is one packed sequence of seq_len + 1 token ids,
+                             member "{shard}-{index:06d}.npy" (uint16, or uint32 for vocabularies > 65536)
+    DIR/documents.parquet    one row per document: where its tokens are (shard, sequence, offset)
+    DIR/rejected.jsonl       one line per rejected input: source, reason, message
+
+Packing: a document is BOS + stream tokens + EOS; a shard's documents are concatenated and cut into
+windows of seq_len + 1; the last partial window is dropped (counted as dropped tokens). Documents
+may span windows, never shards.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import tarfile
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, BinaryIO
+
+import numpy as np
+
+FORMAT = "codec-lm-shards/1"
+MANIFEST = "manifest.json"
+TOKENIZER = "tokenizer.json"
+DOCUMENTS = "documents.parquet"
+REJECTED = "rejected.jsonl"
+SPLITS = ("train", "val")
+
+
+def shard_name(index: int) -> str:
+    return f"shard-{index:06d}"
+
+
+def shard_path(split: str, index: int) -> str:
+    """Path of a shard relative to the dataset directory."""
+    return f"{split}/{shard_name(index)}.tar"
+
+
+def sample_key(shard: str, index: int) -> str:
+    return f"{shard}-{index:06d}"
+
+
+def sha256_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+@dataclass(frozen=True)
+class PackedShard:
+    windows: np.ndarray  # (sequences, seq_len + 1)
+    placements: list[tuple[int, int]]  # per document: (sequence, offset) of its BOS in the windows
+    tokens: int  # tokens kept in windows
+    dropped: int  # tokens of the last partial window
+
+
+def pack_documents(documents: Sequence[np.ndarray], seq_len: int, dtype: np.dtype) -> PackedShard:
+    """Concatenate documents (each already BOS … EOS) and cut windows of ``seq_len + 1`` tokens."""
+    width = seq_len + 1
+    lengths = np.array([len(d) for d in documents], dtype=np.int64)
+    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]) if len(documents) else np.zeros(0, np.int64)
+    total = int(lengths.sum())
+    sequences = total // width
+    flat = np.concatenate(documents).astype(dtype, copy=False) if len(documents) else np.zeros(0, dtype)
+    windows = flat[: sequences * width].reshape(sequences, width)
+    placements = [(int(s // width), int(s % width)) for s in starts]
+    return PackedShard(windows, placements, sequences * width, total - sequences * width)
+
+
+def npy_bytes(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, np.ascontiguousarray(array), allow_pickle=False)
+    return buffer.getvalue()
+
+
+def shard_tar_bytes(shard: str, windows: np.ndarray) -> bytes:
+    """A deterministic tar: sorted members, fixed mtime/owner/mode, plain ustar headers."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+        for index, window in enumerate(windows):
+            payload = npy_bytes(window)
+            info = tarfile.TarInfo(f"{sample_key(shard, index)}.npy")
+            info.size, info.mtime, info.mode = len(payload), 0, 0o644
+            info.uid = info.gid = 0
+            info.uname = info.gname = ""
+            tar.addfile(info, io.BytesIO(payload))
+    return buffer.getvalue()
+
+
+def read_shard_tar(fileobj: BinaryIO) -> Iterator[tuple[str, np.ndarray]]:
+    """``(key, ids)`` for each sample of a shard tar, in order (streaming: no random access needed)."""
+    with tarfile.open(fileobj=fileobj, mode="r|") as tar:
+        for member in tar:
+            if not member.isfile() or not member.name.endswith(".npy"):
+                raise ValueError(f"unexpected member {member.name!r} in a codec-LM shard")
+            data = tar.extractfile(member).read()
+            yield member.name[: -len(".npy")], np.load(io.BytesIO(data), allow_pickle=False)
+
+
+def load_shard(fileobj: BinaryIO) -> np.ndarray:
+    """All sequences of a shard as one (sequences, seq_len + 1) array."""
+    windows = [ids for _, ids in read_shard_tar(fileobj)]
+    return np.stack(windows) if windows else np.zeros((0, 0), np.uint16)
+
+
+def document_tokens(windows: np.ndarray, sequence: int, offset: int, length: int) -> np.ndarray:
+    """A document's tokens (BOS … EOS) from its shard's windows, across window boundaries."""
+    start = sequence * windows.shape[1] + offset
+    return windows.reshape(-1)[start:start + length]
+
+
+def manifest_json(manifest: dict[str, Any]) -> str:
+    """The manifest as written: sorted keys, so equal manifests are equal bytes."""
+    return json.dumps(manifest, indent=2, sort_keys=True) + "\n"

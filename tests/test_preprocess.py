@@ -1,0 +1,227 @@
+"""The Beam job end to end on the DirectRunner: real sample photos and generated clips, odd inputs, formats."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import webdataset as wds
+from PIL import Image
+
+from preprocess.run import run
+from shared.jpeg import JpegProfile
+from shared.sample_data import sample_crop
+from shared.sample_videos import sample_clip
+from shared.profiles import profile_from_json
+from shared.shards import document_tokens, load_shard
+from shared.tokenizer import ByteTokenizer
+
+IN_MEMORY = ["--direct_running_mode", "in_memory", "--direct_num_workers", "1"]
+SMALL = ["--seq-len", "2047", "--vocab-size", "300", "--val-fraction", "0.25"]
+
+
+def run_job(output: Path, *args: str) -> dict:
+    return run(["--output", str(output), *args])
+
+
+def tree_digest(folder: Path) -> dict[str, str]:
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def documents_from_shards(folder: Path) -> dict[str, bytes]:
+    """source -> stream rebuilt from the shards alone (via documents.parquet placements)."""
+    manifest = json.loads((folder / "manifest.json").read_text())
+    tokenizer = ByteTokenizer.from_file(folder / "tokenizer.json")
+    rows = pq.read_table(folder / "documents.parquet").to_pylist()
+    windows = {}
+    for shard in manifest["shards"]:
+        with open(folder / shard["path"], "rb") as handle:
+            windows[(shard["split"], Path(shard["path"]).stem)] = load_shard(handle)
+    streams = {}
+    for row in rows:
+        if not row["complete"]:
+            continue
+        ids = document_tokens(windows[(row["split"], row["shard"])], row["sequence"], row["offset"], row["tokens"])
+        assert ids[0] == manifest["bos_id"] and ids[-1] == manifest["eos_id"]
+        assert manifest["bos_id"] not in ids[1:-1] and manifest["eos_id"] not in ids[1:-1]
+        streams[row["source"]] = tokenizer.decode(ids)
+        assert len(streams[row["source"]]) == row["stream_bytes"]
+    return streams
+
+
+@pytest.fixture(scope="module")
+def sample_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    output = tmp_path_factory.mktemp("images") / "dataset"
+    run_job(output, "--sample-size", "40", *SMALL, *IN_MEMORY)
+    return output
+
+
+def test_manifest_and_totals(sample_dataset: Path) -> None:
+    manifest = json.loads((sample_dataset / "manifest.json").read_text())
+    totals = manifest["totals"]
+    assert totals["inputs"] == totals["encoded"] + totals["rejected"] == 40
+    assert totals["encoded"] == totals["documents"] + totals["duplicates"]
+    assert totals["tokens"] == totals["sequences"] * 2048 + totals["dropped_tokens"]
+    assert manifest["vocab_size"] == 300 and (manifest["bos_id"], manifest["eos_id"]) == (298, 299)
+    assert manifest["seq_len"] == 2047 and manifest["dtype"] == "uint16"
+    assert profile_from_json(manifest["profile"]) == JpegProfile()
+    assert {s["split"] for s in manifest["shards"]} == {"train", "val"}
+    for shard in manifest["shards"]:
+        data = (sample_dataset / shard["path"]).read_bytes()
+        assert len(data) == shard["bytes"] and hashlib.sha256(data).hexdigest() == shard["sha256"]
+    tokenizer = (sample_dataset / "tokenizer.json").read_bytes()
+    assert hashlib.sha256(tokenizer).hexdigest() == manifest["tokenizer"]["sha256"]
+    rows = pq.read_table(sample_dataset / "documents.parquet").to_pylist()
+    assert len(rows) == totals["documents"] and sum(r["tokens"] for r in rows) == totals["tokens"]
+    assert (sample_dataset / "rejected.jsonl").read_text() == ""
+    assert not list(sample_dataset.rglob(".*"))  # no temporary or staging files left
+
+
+def test_shards_read_with_stock_webdataset_and_tar(sample_dataset: Path) -> None:
+    manifest = json.loads((sample_dataset / "manifest.json").read_text())
+    for shard in manifest["shards"]:
+        path = sample_dataset / shard["path"]
+        with tarfile.open(path) as tar:
+            members = tar.getmembers()
+            assert [m.name for m in members] == sorted(m.name for m in members)
+            assert all(m.mtime == 0 and m.uid == 0 and m.mode == 0o644 for m in members)
+        samples = list(wds.WebDataset(str(path), shardshuffle=False).decode())
+        assert len(samples) == shard["sequences"]
+        for index, sample in enumerate(samples):
+            assert sample["__key__"] == f"{path.stem}-{index:06d}"
+            assert sample["npy"].shape == (2048,) and sample["npy"].dtype == np.uint16
+            assert sample["npy"].max() < manifest["vocab_size"]
+        assert sum(len(s["npy"]) for s in samples) == shard["tokens"]
+
+
+def test_documents_decode_back_byte_identical(sample_dataset: Path) -> None:
+    profile = JpegProfile()
+    streams = documents_from_shards(sample_dataset)
+    assert len(streams) >= 30  # all but the few cut off at shard ends
+    for source, stream in streams.items():
+        index = int(source.rsplit("-", 1)[1])
+        assert stream == profile.encode(sample_crop(index)[1]), source
+        assert profile.decode(stream, strict=True).complete
+
+
+def test_identical_bytes_with_two_worker_processes(sample_dataset: Path, tmp_path: Path) -> None:
+    run_job(tmp_path / "mp", "--sample-size", "40", *SMALL, "--direct_running_mode", "multi_processing",
+            "--direct_num_workers", "2")
+    assert tree_digest(tmp_path / "mp") == tree_digest(sample_dataset)
+
+
+def test_given_tokenizer_is_reused(sample_dataset: Path, tmp_path: Path) -> None:
+    manifest = run_job(tmp_path / "again", "--sample-size", "40", *SMALL, "--tokenizer",
+                       str(sample_dataset / "tokenizer.json"), "--bpe-sample", "3", *IN_MEMORY)
+    assert (tmp_path / "again" / "tokenizer.json").read_bytes() == (sample_dataset / "tokenizer.json").read_bytes()
+    assert manifest["arguments"]["tokenizer"] == str(sample_dataset / "tokenizer.json")
+    original = json.loads((sample_dataset / "manifest.json").read_text())
+    assert [s["sha256"] for s in manifest["shards"]] == [s["sha256"] for s in original["shards"]]
+
+
+def write_inputs(folder: Path) -> dict[str, str]:
+    """A folder of good and bad files; returns the expected rejection reason per bad file."""
+    folder.mkdir(parents=True)
+    for index in range(6):
+        key, png = sample_crop(index)
+        (folder / f"{key}.png").write_bytes(png)
+    (folder / "copy-of-astronaut.png").write_bytes(sample_crop(0)[1])  # an exact duplicate
+    photo = io.BytesIO()
+    Image.open(io.BytesIO(sample_crop(7)[1])).convert("RGB").save(photo, "JPEG", quality=90)
+    (folder / "photo.jpg").write_bytes(photo.getvalue())
+    (folder / "cut.jpg").write_bytes(photo.getvalue()[:1500])
+    (folder / "empty.png").write_bytes(b"")
+    (folder / "notes.png").write_bytes(b"this is text, not a picture")
+    (folder / "caption.json").write_text('{"caption": "sidecar files are not inputs"}')
+    (folder / "clip.mp4").write_bytes(b"videos are skipped in an image job")
+    return {"cut.jpg": "truncated", "empty.png": "empty", "notes.png": "unreadable"}
+
+
+def test_bad_inputs_are_rejected_and_accounted(tmp_path: Path) -> None:
+    expected = write_inputs(tmp_path / "in")
+    manifest = run_job(tmp_path / "out", "--input", str(tmp_path / "in" / "*"), *SMALL, *IN_MEMORY)
+    totals = manifest["totals"]
+    assert totals["inputs"] == 11 and totals["rejected"] == 3 and totals["encoded"] == 8
+    assert totals["duplicates"] == 1 and totals["documents"] == 7
+    rejected = [json.loads(line) for line in (tmp_path / "out" / "rejected.jsonl").read_text().splitlines()]
+    assert {Path(r["source"]).name: r["reason"] for r in rejected} == expected
+    assert all(r["message"] for r in rejected)
+    assert manifest["rejection_reasons"] == {"empty": 1, "truncated": 1, "unreadable": 1}
+    sources = {r["source"] for r in pq.read_table(tmp_path / "out" / "documents.parquet").to_pylist()}
+    assert str(tmp_path / "in" / "astronaut-00000.png") in sources  # the smaller name of the duplicate pair is kept
+
+
+def test_webdataset_and_parquet_inputs(tmp_path: Path) -> None:
+    tar_path = tmp_path / "in" / "00000.tar"
+    tar_path.parent.mkdir()
+    with tarfile.open(tar_path, "w") as tar:  # as img2dataset writes them
+        for index in range(4):
+            for suffix, data in ((".jpg", sample_crop(index)[1]), (".json", b'{"url": "x"}'), (".txt", b"a caption")):
+                info = tarfile.TarInfo(f"{index:09d}{suffix}")
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+    images = [sample_crop(index)[1] for index in range(4, 8)]
+    struct = pa.array([{"bytes": b, "path": f"{i}.png"} for i, b in enumerate(images[:2])] + [None])
+    pq.write_table(pa.table({"image": struct}), tmp_path / "in" / "hf.parquet")
+    pq.write_table(pa.table({"png": pa.array(images[2:], pa.binary())}), tmp_path / "in" / "plain.parquet")
+    manifest = run_job(tmp_path / "out", "--input", str(tmp_path / "in" / "*.tar"), "--input",
+                       str(tmp_path / "in" / "hf.parquet"), *SMALL, *IN_MEMORY)
+    assert manifest["totals"]["inputs"] == 7 and manifest["totals"]["encoded"] == 6
+    assert manifest["rejection_reasons"] == {"empty": 1}
+    sources = {r["source"] for r in pq.read_table(tmp_path / "out" / "documents.parquet").to_pylist()}
+    assert {f"{tar_path}#{i:09d}.jpg" for i in range(4)} | {f"{tmp_path / 'in' / 'hf.parquet'}#{i}" for i in range(2)} == sources
+    streams = documents_from_shards(tmp_path / "out")
+    for index in range(4):
+        if f"{tar_path}#{index:09d}.jpg" in streams:
+            assert streams[f"{tar_path}#{index:09d}.jpg"] == JpegProfile().encode(sample_crop(index)[1])
+    manifest = run_job(tmp_path / "plain", "--input", str(tmp_path / "in" / "plain.parquet"), "--parquet-column",
+                       "png", *SMALL, *IN_MEMORY)
+    assert manifest["totals"]["documents"] == 2
+    # the first file has the column, a later one lacks it: that file is one rejected input
+    manifest = run_job(tmp_path / "mixed", "--input", str(tmp_path / "in" / "*.parquet"), *SMALL, *IN_MEMORY)
+    assert manifest["rejection_reasons"] == {"empty": 1, "unreadable-container": 1}
+    with pytest.raises(SystemExit, match="no column 'image'"):
+        run_job(tmp_path / "wrong", "--input", str(tmp_path / "in" / "plain.parquet"), *SMALL, *IN_MEMORY)
+
+
+def test_video_job_round_trips_streams(tmp_path: Path) -> None:
+    manifest = run_job(tmp_path / "out", "--modality", "video", "--sample-size", "3", "--seq-len", "4095",
+                       "--vocab-size", "300", "--val-fraction", "0", *IN_MEMORY)
+    assert manifest["profile"]["name"] == "avc-256x144-3fps-5s-qp37" and manifest["totals"]["documents"] == 3
+    profile = profile_from_json(manifest["profile"])
+    streams = documents_from_shards(tmp_path / "out")
+    assert streams
+    for source, stream in streams.items():
+        index = int(source.rsplit("-", 1)[1])
+        assert stream == profile.encode(sample_clip(index)[1])
+        assert profile.decode(stream, strict=True).complete
+
+
+def test_rerun_replaces_the_dataset_cleanly(tmp_path: Path) -> None:
+    run_job(tmp_path / "out", "--sample-size", "12", *SMALL, "--shard-sequences", "1", *IN_MEMORY)
+    many = sorted(p.name for p in (tmp_path / "out" / "train").iterdir())
+    manifest = run_job(tmp_path / "out", "--sample-size", "12", *SMALL, *IN_MEMORY)
+    assert len(many) > 1
+    assert sorted(p.name for p in (tmp_path / "out" / "train").iterdir()) == ["shard-000000.tar"]
+    assert [s["path"] for s in manifest["shards"]] == ["train/shard-000000.tar", "val/shard-000000.tar"]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--modality", "video", "--profile", "jpeg-256-q25"], "needs a avc one"),
+    (["--input", "/nonexistent/*.jpg"], "matches no file"),
+    (["--vocab-size", "100"], "at least 258"),
+    (["--val-fraction", "1.5"], "val-fraction"),
+    (["--profile", "jpeg-256"], "not a JPEG profile name"),
+    (["--tokenizer", "/nonexistent/tokenizer.json"], "does not exist"),
+])
+def test_bad_flags_fail_before_running(tmp_path: Path, args: list[str], message: str) -> None:
+    with pytest.raises(SystemExit, match=message):
+        run_job(tmp_path / "out", *args, *IN_MEMORY)
