@@ -42,7 +42,7 @@ class TokenizeFn(beam.DoFn):
         self.progress = Progress(self.progress_dir)
 
     def process(self, encoded: Encoded, tokenizer_json: str) -> Iterator[Document]:
-        if tokenizer_json is not self.tokenizer_json:  # parse once per worker, not per element
+        if tokenizer_json is not self.tokenizer_json and tokenizer_json != self.tokenizer_json:  # parse once
             self.tokenizer = ByteTokenizer.from_str(tokenizer_json)
             self.tokenizer_json = tokenizer_json
         tokens = self.tokenizer.encode(encoded.stream, bos=True, eos=True)

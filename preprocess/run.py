@@ -5,7 +5,7 @@
     python -m preprocess.run --modality video --input 'clips/*.mp4' --output out/videos
     python -m preprocess.run --input 'gs://bucket/laion/*.tar' --output gs://bucket/jpeg-lm \\
         --runner DataflowRunner --project P --region R --temp_location gs://bucket/tmp \\
-        --sdk_container_image IMAGE   (or --setup_file ./setup.py)
+        --sdk_container_image IMAGE
 
 Any standard Beam pipeline option passes through (--runner, --direct_num_workers,
 --direct_running_mode, Dataflow's --project/--region/--temp_location/--sdk_container_image …).
@@ -14,6 +14,7 @@ Locally (DirectRunner) the job uses every core unless --direct_num_workers says 
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import os
@@ -26,7 +27,8 @@ import apache_beam as beam
 import numpy as np
 import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
-from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
+from apache_beam.options.pipeline_options import (DirectOptions, GoogleCloudOptions, PipelineOptions, SetupOptions,
+                                                  StandardOptions, WorkerOptions, _BeamArgumentParser)
 from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 
 from preprocess.options import DEFAULT_SAMPLE_SIZE, DEFAULT_SEQ_LEN, PreprocessOptions
@@ -116,11 +118,26 @@ def use_all_cores_locally(options: PipelineOptions) -> None:
             direct.direct_running_mode = "multi_processing"
 
 
+def print_help() -> None:
+    """Our flags first, then the Beam options a user of this job is most likely to need."""
+    parser = _BeamArgumentParser(prog="python -m preprocess.run", description=__doc__,
+                                 usage="python -m preprocess.run --output DIR [--input PATTERN …] [flags] [Beam options]",
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    PreprocessOptions._add_argparse_args(parser)
+    for beam_options in (StandardOptions, DirectOptions, GoogleCloudOptions, WorkerOptions, SetupOptions):
+        beam_options._add_argparse_args(parser.add_argument_group(f"Beam {beam_options.__name__}"))
+    parser.print_help()
+
+
 def run(argv: list[str] | None = None) -> dict[str, Any]:
     """Run the job; returns the manifest it wrote."""
+    argv = argv if argv is not None else sys.argv[1:]
+    if "-h" in argv or "--help" in argv:
+        print_help()
+        raise SystemExit(0)
     # Local worker processes relay each harmless start-up warning of theirs; errors still show.
     logging.getLogger("apache_beam.runners.portability.local_job_service").setLevel(logging.ERROR)
-    options = PipelineOptions(argv if argv is not None else sys.argv[1:])
+    options = PipelineOptions(argv)
     job_options = options.view_as(PreprocessOptions)
     runner = options.view_as(StandardOptions).runner
     local = runner in LOCAL_RUNNERS

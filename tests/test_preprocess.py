@@ -15,6 +15,7 @@ import pytest
 import webdataset as wds
 from PIL import Image
 
+from preprocess.progress import Progress, read_counts, status_line
 from preprocess.run import run
 from shared.jpeg import JpegProfile
 from shared.sample_data import sample_crop
@@ -145,9 +146,12 @@ def write_inputs(folder: Path) -> dict[str, str]:
     return {"cut.jpg": "truncated", "empty.png": "empty", "notes.png": "unreadable"}
 
 
-def test_bad_inputs_are_rejected_and_accounted(tmp_path: Path) -> None:
+def test_bad_inputs_are_rejected_and_accounted(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     expected = write_inputs(tmp_path / "in")
     manifest = run_job(tmp_path / "out", "--input", str(tmp_path / "in" / "*"), *SMALL, *IN_MEMORY)
+    shown = capsys.readouterr()
+    assert "read 11 | encoded 8 | rejected 3 | duplicates 1 | tokenized 7" in shown.err  # the live progress line
+    assert "inputs 11 = encoded 8 + rejected 3" in shown.out  # the closing summary
     totals = manifest["totals"]
     assert totals["inputs"] == 11 and totals["rejected"] == 3 and totals["encoded"] == 8
     assert totals["duplicates"] == 1 and totals["documents"] == 7
@@ -225,3 +229,25 @@ def test_rerun_replaces_the_dataset_cleanly(tmp_path: Path) -> None:
 def test_bad_flags_fail_before_running(tmp_path: Path, args: list[str], message: str) -> None:
     with pytest.raises(SystemExit, match=message):
         run_job(tmp_path / "out", *args, *IN_MEMORY)
+
+
+def test_progress_files_are_summed(tmp_path: Path) -> None:
+    first, second = Progress(str(tmp_path)), Progress(str(tmp_path))
+    first.add("encoded", 3)
+    second.add("encoded", 2)
+    second.add("rejected")
+    first.flush()
+    second.flush()
+    assert read_counts(str(tmp_path)) == {"encoded": 5, "rejected": 1}
+    assert "encoded 5 | rejected 1" in status_line(read_counts(str(tmp_path)), 10.0)
+
+
+def test_help_lists_the_job_flags_and_beam_options(capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit) as done:
+        run(["--help"])
+    assert done.value.code == 0
+    text = capsys.readouterr().out
+    for flag in ("--input PATTERN", "--output DIR", "--modality", "--vocab-size", "--bpe-sample", "--tokenizer",
+                 "--seq-len", "--val-fraction", "--seed", "--shard-bytes", "--parquet-column", "--runner",
+                 "--direct_num_workers", "--project", "--sdk_container_image", "--setup_file"):
+        assert flag in text, flag
