@@ -1,0 +1,100 @@
+"""Reading a dataset written by `preprocess.run` (local, gs://, s3://): manifest, shards, documents."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Any
+
+import numpy as np
+import pyarrow.parquet as pq
+from apache_beam.io.filesystems import FileSystems
+
+from shared.files import RAW, exists, join, matching, read_bytes
+from shared.profiles import Profile, profile_from_json
+from shared.shards import FORMAT, MANIFEST, document_tokens, load_shard
+from shared.tokenizer import ByteTokenizer
+
+
+class DatasetError(Exception):
+    """The folder is not a (readable) codec-LM dataset."""
+
+
+@dataclass
+class Dataset:
+    root: str
+    manifest: dict[str, Any]
+
+    @classmethod
+    def open(cls, root: str) -> Dataset:
+        root = str(root).rstrip("/")
+        path = join(root, MANIFEST)
+        if not exists(path):
+            hint = " (a run that has not finished, or crashed, has no manifest yet)" if exists(root) else ""
+            raise DatasetError(f"{root} is not a codec-LM dataset: no {MANIFEST}{hint}")
+        try:
+            manifest = json.loads(read_bytes(path))
+        except ValueError as error:
+            raise DatasetError(f"{path} is not valid JSON ({error})") from None
+        if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+            raise DatasetError(f"{path} is not a {FORMAT} manifest (format: {manifest.get('format')!r})"
+                               if isinstance(manifest, dict) else f"{path} is not a manifest")
+        return cls(root, manifest)
+
+    # ---- what the manifest points at ----------------------------------------------------------
+    def path(self, relative: str) -> str:
+        return join(self.root, relative)
+
+    @cached_property
+    def profile(self) -> Profile:
+        return profile_from_json(self.manifest["profile"])
+
+    @cached_property
+    def tokenizer(self) -> ByteTokenizer:
+        return ByteTokenizer.from_str(read_bytes(self.path(self.manifest["tokenizer"]["path"])).decode())
+
+    @cached_property
+    def documents(self) -> list[dict[str, Any]]:
+        """documents.parquet as rows (key, source, split, stream_bytes, tokens, shard, sequence, offset, complete)."""
+        return pq.read_table(io.BytesIO(read_bytes(self.path(self.manifest["documents"])))).to_pylist()
+
+    def shards(self, split: str | None = None) -> list[dict[str, Any]]:
+        return [s for s in self.manifest["shards"] if split is None or s["split"] == split]
+
+    def find_shard(self, name: str) -> dict[str, Any]:
+        """A shard by its path (``train/shard-000000.tar``), without ``.tar``, or by bare name if unambiguous."""
+        wanted = name.removesuffix(".tar")
+        found = [s for s in self.manifest["shards"]
+                 if s["path"].removesuffix(".tar") == wanted or s["path"].removesuffix(".tar").endswith("/" + wanted)]
+        if len(found) != 1:
+            known = ", ".join(s["path"] for s in self.manifest["shards"][:6])
+            raise DatasetError(f"{'no' if not found else 'more than one'} shard named {name!r} "
+                               f"(shards: {known}{' …' if len(self.manifest['shards']) > 6 else ''}); "
+                               "name it as split/shard-NNNNNN")
+        return found[0]
+
+    def read_windows(self, shard: dict[str, Any]) -> np.ndarray:
+        with FileSystems.open(self.path(shard["path"]), compression_type=RAW) as handle:
+            return load_shard(handle)
+
+    def document_streams(self, rows: list[dict[str, Any]]) -> Iterator[tuple[dict[str, Any], np.ndarray, bytes]]:
+        """``(row, tokens, stream)`` for complete documents, reading each needed shard once."""
+        by_shard: dict[tuple[str, str], list[dict[str, Any]]] = {}
+        for row in rows:
+            if row["complete"]:
+                by_shard.setdefault((row["split"], row["shard"]), []).append(row)
+        for (split, shard), shard_rows in by_shard.items():
+            windows = self.read_windows(self.find_shard(f"{split}/{shard}"))
+            for row in shard_rows:
+                tokens = document_tokens(windows, row["sequence"], row["offset"], row["tokens"])
+                yield row, tokens, self.tokenizer.decode(tokens)
+
+    def files(self) -> list[str]:
+        """Every file under the dataset folder (hidden ones too, for local folders)."""
+        if "://" not in self.root:
+            return sorted(os.path.join(folder, name) for folder, _, names in os.walk(self.root) for name in names)
+        return matching(join(self.root, "**"))

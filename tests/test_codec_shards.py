@@ -1,0 +1,183 @@
+"""codec-shards on a dataset the pipeline made: every subcommand, and every corruption verify must catch."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from preprocess.run import run
+from shared.codec_shards import main, safe_file_name
+from shared.jpeg import JpegProfile
+from shared.sample_data import sample_crop
+from shared.sample_videos import sample_clip
+from shared.profiles import profile_from_json
+
+IN_MEMORY = ["--direct_running_mode", "in_memory", "--direct_num_workers", "1"]
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    output = tmp_path_factory.mktemp("shards") / "dataset"
+    run(["--output", str(output), "--sample-size", "24", "--seq-len", "1023", "--vocab-size", "300",
+         "--val-fraction", "0.25", *IN_MEMORY])
+    return output
+
+
+def rows_of(folder: Path) -> list[dict]:
+    return pq.read_table(folder / "documents.parquet").to_pylist()
+
+
+def test_summary(dataset: Path, capsys: pytest.CaptureFixture) -> None:
+    assert main(["summary", str(dataset), "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    manifest = json.loads((dataset / "manifest.json").read_text())
+    assert summary["totals"] == manifest["totals"]
+    assert sum(s["documents"] for s in summary["splits"].values()) == manifest["totals"]["documents"] == 24
+    assert sum(s["sequences"] for s in summary["splits"].values()) == manifest["totals"]["sequences"]
+    per = summary["tokens_per_document"]
+    assert per["p50"] <= per["p95"] <= per["max"] and per["mean"] > 1000
+    assert 0.5 < summary["vocabulary"]["share_used"] <= 1.0
+    assert summary["vocabulary"]["top"][0]["count"] >= summary["vocabulary"]["top"][-1]["count"]
+    assert 15 < summary["compression_vs_raw_pixels"] < 100
+    assert main(["summary", str(dataset)]) == 0
+    text = capsys.readouterr().out
+    assert "tokens per document" in text and "compression vs raw pixels" in text and "ids used" in text
+
+
+def test_show_marks_document_boundaries(dataset: Path, capsys: pytest.CaptureFixture) -> None:
+    starts = [r for r in rows_of(dataset) if r["split"] == "train" and r["sequence"] > 0]
+    row = starts[0]
+    assert main(["show", str(dataset), "--shard", f"train/{row['shard']}", "--index", str(row["sequence"]),
+                 "--bytes"]) == 0
+    text = capsys.readouterr().out
+    assert f"BOS at {row['offset']}: document {row['key']}" in text
+    assert "continues a document from the previous sequence" in text
+    assert " ff d" in text  # the hex view shows restart markers
+    assert main(["show", str(dataset), "--shard", f"train/{row['shard']}", "--index", "99999"]) == 2
+
+
+def test_decode_rebuilds_files_byte_identical(dataset: Path, tmp_path: Path) -> None:
+    assert main(["decode", str(dataset), "--out", str(tmp_path / "out")]) == 0
+    profile = JpegProfile()
+    rows = [r for r in rows_of(dataset) if r["complete"]]
+    assert any(r["offset"] + r["tokens"] > 1024 for r in rows)  # documents that span sequences are included
+    for row in rows:
+        index = int(row["source"].rsplit("-", 1)[1])
+        expected = profile.restore(profile.encode(sample_crop(index)[1]))
+        assert (tmp_path / "out" / f"{row['key']}.jpg").read_bytes() == expected
+    assert len(list((tmp_path / "out").iterdir())) == len(rows)
+    key = rows[0]["key"]
+    assert main(["decode", str(dataset), "--out", str(tmp_path / "one"), "--key", key[:10]]) == 0
+    assert [p.name for p in (tmp_path / "one").iterdir()] == [f"{key}.jpg"]
+    assert main(["decode", str(dataset), "--out", str(tmp_path / "none"), "--key", "zzzz"]) == 2
+
+
+def test_file_names_stay_inside_the_output_folder() -> None:
+    for hostile in ("../../etc/passwd", "a/b\\c", ".hidden", "", "x" * 500, "ok-key_1.2"):
+        name = safe_file_name(hostile, ".jpg")
+        assert "/" not in name and "\\" not in name and not name.startswith(".") and len(name) <= 154
+
+
+def test_sheet(dataset: Path, tmp_path: Path) -> None:
+    assert main(["sheet", str(dataset), "--out", str(tmp_path / "sheet.png"), "--n", "10"]) == 0
+    with Image.open(tmp_path / "sheet.png") as sheet:
+        assert sheet.width > 8 * 128 and sheet.height > 128
+
+
+def test_verify_passes_on_a_sound_dataset(dataset: Path, capsys: pytest.CaptureFixture) -> None:
+    assert main(["verify", str(dataset)]) == 0
+    assert "every document decodes strictly" in capsys.readouterr().out
+
+
+def flip_a_byte(folder: Path) -> None:
+    shard = folder / "train" / "shard-000000.tar"
+    data = bytearray(shard.read_bytes())
+    data[2000] ^= 0x01  # inside the first sample's ids
+    shard.write_bytes(bytes(data))
+
+
+def truncate(folder: Path) -> None:
+    shard = folder / "train" / "shard-000000.tar"
+    shard.write_bytes(shard.read_bytes()[:3000])
+
+
+def remove(folder: Path) -> None:
+    (folder / "train" / "shard-000000.tar").unlink()
+
+
+def add_unknown(folder: Path) -> None:
+    (folder / "train" / "notes.txt").write_text("who put this here?")
+
+
+def wrong_totals(folder: Path) -> None:
+    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest["totals"]["documents"] += 1
+    manifest["shards"][0]["sequences"] += 1
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+
+
+def wrong_tokenizer(folder: Path) -> None:
+    (folder / "tokenizer.json").write_text((folder / "tokenizer.json").read_text().replace('"<|eos|>"', '"<|eos|>" '))
+
+
+@pytest.mark.parametrize("corrupt, expected", [
+    (flip_a_byte, "sha256 differs"),
+    (truncate, "not a readable tar"),
+    (remove, "train/shard-000000.tar: missing"),
+    (add_unknown, "train/notes.txt: unknown file"),
+    (wrong_totals, "totals.documents is"),
+    (wrong_tokenizer, "tokenizer.json: sha256 differs"),
+])
+def test_verify_catches_corruption(dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture, corrupt, expected: str) -> None:
+    copy = tmp_path / "copy"
+    shutil.copytree(dataset, copy)
+    corrupt(copy)
+    assert main(["verify", str(copy)]) == 1
+    out = capsys.readouterr().out
+    assert expected in out and "problems found" in out
+
+
+def test_flipped_byte_is_caught_without_the_checksum(dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """Even when someone 'fixes' the manifest's checksum, the data checks notice the change."""
+    copy = tmp_path / "copy"
+    shutil.copytree(dataset, copy)
+    shard = copy / "train" / "shard-000000.tar"
+    data = bytearray(shard.read_bytes())
+    data[2000:2002] = (9999).to_bytes(2, "little")  # an id beyond the vocabulary
+    shard.write_bytes(bytes(data))
+    manifest = json.loads((copy / "manifest.json").read_text())
+    manifest["shards"][0]["sha256"] = hashlib.sha256(bytes(data)).hexdigest()
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    assert main(["verify", str(copy)]) == 1
+    assert ">= vocab_size 300" in capsys.readouterr().out
+
+
+def test_not_a_dataset(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    assert main(["summary", str(tmp_path)]) == 2
+    assert "not a codec-LM dataset: no manifest.json" in capsys.readouterr().err
+    (tmp_path / "manifest.json").write_text("{broken")
+    assert main(["verify", str(tmp_path)]) == 2
+    assert "not valid JSON" in capsys.readouterr().err
+
+
+def test_video_dataset_decodes_to_mp4_and_raw_streams(tmp_path: Path) -> None:
+    run(["--output", str(tmp_path / "videos"), "--modality", "video", "--sample-size", "2", "--seq-len", "2047",
+         "--vocab-size", "300", "--val-fraction", "0", *IN_MEMORY])
+    assert main(["verify", str(tmp_path / "videos")]) == 0
+    assert main(["decode", str(tmp_path / "videos"), "--out", str(tmp_path / "raw"), "--raw"]) == 0
+    assert main(["decode", str(tmp_path / "videos"), "--out", str(tmp_path / "mp4")]) == 0
+    manifest = json.loads((tmp_path / "videos" / "manifest.json").read_text())
+    profile = profile_from_json(manifest["profile"])
+    for row in rows_of(tmp_path / "videos"):
+        if not row["complete"]:
+            continue
+        stream = profile.encode(sample_clip(int(row["source"].rsplit("-", 1)[1]))[1])
+        assert (tmp_path / "raw" / f"{row['key']}.h264").read_bytes() == profile.restore(stream)
+        assert (tmp_path / "mp4" / f"{row['key']}.mp4").read_bytes() == profile.to_mp4(stream)
+    assert main(["sheet", str(tmp_path / "videos"), "--out", str(tmp_path / "sheet.png"), "--n", "2"]) == 0
