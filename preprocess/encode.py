@@ -7,6 +7,7 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 import apache_beam as beam
+from PIL import Image
 
 from preprocess.progress import Progress
 from preprocess.records import DUPLICATE, REJECTED, Encoded, rejection
@@ -25,6 +26,10 @@ class EncodeFn(beam.DoFn):
     def setup(self) -> None:
         self.profile = profile_from_json(self.profile_record)
         self.progress = Progress(self.progress_dir)
+        if self.max_pixels is not None:
+            # Pillow refuses images above 2x its own limit before ours is consulted; in the job's
+            # workers its limit is the job's flag.
+            Image.MAX_IMAGE_PIXELS = self.max_pixels
 
     def process(self, item: tuple[str, bytes]) -> Iterator[Any]:
         source, data = item

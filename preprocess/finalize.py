@@ -54,7 +54,7 @@ def merge_document_rows(output: str, shards: list[dict[str, Any]]) -> None:
 def finalize(_: Any, output: str, config: dict[str, Any], profile_record: dict[str, Any], shards: list[dict[str, Any]],
              rejected: list[dict[str, str]], inputs: int, encoded: int, duplicates: int, tokenizer_json: str,
              seq_len: int) -> dict[str, Any]:
-    rejected = sorted(rejected, key=lambda r: (r["source"], r["reason"]))
+    rejected = sorted(rejected, key=lambda r: (r["source"], r["reason"], r["message"]))
     write_atomic(join(output, REJECTED), "".join(json.dumps(r, sort_keys=True) + "\n" for r in rejected))
     if not tokenizer_json:
         raise RuntimeError(f"none of the {inputs} inputs could be encoded; see {join(output, REJECTED)} for why")

@@ -7,6 +7,7 @@ the ``rejected`` output with a reason, like a bad image does later.
 
 from __future__ import annotations
 
+import os
 import tarfile
 from collections.abc import Iterator
 from typing import Any
@@ -14,6 +15,7 @@ from typing import Any
 import apache_beam as beam
 import pyarrow.parquet as pq
 from apache_beam.io import fileio
+from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.metrics import Metrics
 
 from preprocess.records import REJECTED, rejection
@@ -31,6 +33,11 @@ MEDIA_EXTENSIONS = {"image": IMAGE_EXTENSIONS, "video": VIDEO_EXTENSIONS}
 def extension(path: str) -> str:
     name = path.rsplit("/", 1)[-1]
     return name.rsplit(".", 1)[-1].lower() if "." in name else ""
+
+
+def canonical_path(path: str) -> str:
+    """One spelling per local file (``dir/./a.png`` is ``dir/a.png``), so overlapping patterns read it once."""
+    return path if "://" in path else os.path.normpath(path)
 
 
 def is_candidate(path: str, modality: str) -> bool:
@@ -55,7 +62,7 @@ class ExpandFile(beam.DoFn):
         path = readable.metadata.path
         kind = extension(path)
         try:
-            if kind == "tar" or path.endswith((".tar.gz", ".tgz")):
+            if kind == "tar" or path.lower().endswith((".tar.gz", ".tgz", ".tar.bz2", ".tar.xz")):
                 yield from self.tar_members(readable, path)
             elif kind == "parquet":
                 yield from self.parquet_rows(readable, path)
@@ -63,15 +70,22 @@ class ExpandFile(beam.DoFn):
                 yield path, readable.read()
             else:
                 self.skipped.inc()
-        except (OSError, tarfile.TarError, ValueError, EOFError) as error:
+        except Exception as error:  # noqa: BLE001 — whatever a broken file provokes, the job goes on
             # An unreadable container counts as one rejected input; members already yielded stay counted.
             yield beam.pvalue.TaggedOutput(REJECTED, rejection(path, "unreadable-container", f"{type(error).__name__}: {error}"))
 
-    def tar_members(self, readable: fileio.ReadableFile, path: str) -> Iterator[tuple[str, bytes]]:
+    def tar_members(self, readable: fileio.ReadableFile, path: str) -> Iterator[Any]:
+        """Media members, chosen like plain files; links cannot be followed in a stream and are rejected."""
         with readable.open() as handle, tarfile.open(fileobj=handle, mode="r|*") as tar:
             for member in tar:  # streaming: members are read in order, a tar is never held whole
-                if member.isfile() and extension(member.name) in MEDIA_EXTENSIONS[self.modality]:
-                    yield f"{path}#{member.name}", tar.extractfile(member).read()
+                if member.isdir() or not is_candidate(member.name, self.modality):
+                    continue
+                source = f"{path}#{member.name}"
+                if member.isfile():
+                    yield source, tar.extractfile(member).read()
+                else:
+                    yield beam.pvalue.TaggedOutput(REJECTED, rejection(
+                        source, "unsupported-tar-member", "a link or special file inside a tar; store the file itself"))
 
     def parquet_rows(self, readable: fileio.ReadableFile, path: str) -> Iterator[Any]:
         with readable.open() as handle:
@@ -87,8 +101,12 @@ class ExpandFile(beam.DoFn):
                     data = value.get("bytes") if isinstance(value, dict) else value
                     if isinstance(data, (bytes, bytearray)):
                         yield source, bytes(data)
-                    else:
+                    elif data is None:
                         yield beam.pvalue.TaggedOutput(REJECTED, rejection(source, "empty", "no bytes in this row"))
+                    else:
+                        yield beam.pvalue.TaggedOutput(REJECTED, rejection(
+                            source, "unreadable", f"the row holds {type(data).__name__}, not bytes; "
+                                                  "pass the binary column with --parquet-column"))
 
 
 class ReadInputs(beam.PTransform):
@@ -105,9 +123,10 @@ class ReadInputs(beam.PTransform):
             pipeline
             | "Patterns" >> beam.Create(self.patterns)
             | "Match" >> fileio.MatchAll()
-            | "Paths" >> beam.Map(lambda metadata: metadata.path)
+            | "Paths" >> beam.Map(lambda metadata: canonical_path(metadata.path))
             | "Unique" >> beam.Distinct()  # overlapping patterns must not read a file twice
-            | "Read" >> fileio.ReadMatches()
+            # bytes as stored: a ".gz" name must not make Beam decompress (tar reads .tar.gz itself)
+            | "Read" >> fileio.ReadMatches(compression=CompressionTypes.UNCOMPRESSED)
             | "Expand" >> beam.ParDo(ExpandFile(self.modality, self.parquet_column)).with_outputs(REJECTED, main="media")
         )
 

@@ -77,7 +77,9 @@ class WriteShardFn(beam.DoFn):
     def process(self, group: tuple[tuple[str, int], Iterable[Document]]) -> Iterator[dict[str, Any]]:
         (split, index), documents = group
         documents = sorted(documents, key=lambda d: d.digest)
-        packed = pack_documents([d.tokens for d in documents], self.seq_len, np.dtype(self.dtype))
+        # the tokenizer's own dtype (the learned vocabulary may be smaller than the one asked for)
+        dtype = documents[0].tokens.dtype if documents else np.dtype(self.dtype)
+        packed = pack_documents([d.tokens for d in documents], self.seq_len, dtype)
         name = shard_name(index)
         tar = shard_tar_bytes(name, packed.windows)
         path = shard_path(split, index)

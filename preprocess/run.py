@@ -1,7 +1,7 @@
 """Raw image/video datasets -> codec streams -> BPE -> packed WebDataset token shards (Apache Beam).
 
     python -m preprocess.run --output out/images                          # embedded sample photos, all cores
-    python -m preprocess.run --input 'photos/**/*.jpg' --output out/images
+    python -m preprocess.run --input 'photos/**.jpg' --output out/images   # ** spans folders
     python -m preprocess.run --modality video --input 'clips/*.mp4' --output out/videos
     python -m preprocess.run --input 'gs://bucket/laion/*.tar' --output gs://bucket/jpeg-lm \\
         --runner DataflowRunner --project P --region R --temp_location gs://bucket/tmp \\
@@ -35,7 +35,7 @@ from preprocess.options import DEFAULT_SAMPLE_SIZE, DEFAULT_SEQ_LEN, PreprocessO
 from preprocess.pack import STAGING
 from preprocess.pipeline import JobConfig, build_pipeline
 from preprocess.progress import ProgressWatcher
-from shared.files import delete, exists, join, matching, read_bytes
+from shared.files import RAW, delete, exists, join, matching, read_bytes
 from shared.profiles import DEFAULT_PROFILES, get_profile
 from shared.shards import MANIFEST
 from shared.tokenizer import DEFAULT_VOCAB_SIZE, ByteTokenizer
@@ -63,8 +63,11 @@ def job_config(options: PreprocessOptions, progress_dir: str | None) -> JobConfi
             fail(f"--input {pattern!r} matches no file")
         parquet = [p for p in paths if p.endswith(".parquet")]
         if parquet:  # a wrong --parquet-column is a flag error: check the first file's schema up front
-            with FileSystems.open(parquet[0]) as handle:
-                names = pq.ParquetFile(handle).schema_arrow.names
+            try:
+                with FileSystems.open(parquet[0], compression_type=RAW) as handle:
+                    names = pq.ParquetFile(handle).schema_arrow.names
+            except Exception:  # noqa: BLE001 — a corrupt file is the workers' to reject, not a flag error
+                names = [options.parquet_column]
             if options.parquet_column not in names:
                 fail(f"{parquet[0]} has no column {options.parquet_column!r} (columns: {names}); pass --parquet-column")
     tokenizer_json = None
@@ -77,10 +80,10 @@ def job_config(options: PreprocessOptions, progress_dir: str | None) -> JobConfi
         except Exception as error:
             fail(f"--tokenizer {options.tokenizer} is not a codec-LM tokenizer.json ({error})")
     else:
-        vocab_size = options.vocab_size or DEFAULT_VOCAB_SIZE[profile.kind]
+        vocab_size = DEFAULT_VOCAB_SIZE[profile.kind] if options.vocab_size is None else options.vocab_size
         if vocab_size < 258:
             fail(f"--vocab-size must be at least 258 (256 bytes + BOS + EOS), not {vocab_size}")
-    seq_len = options.seq_len or DEFAULT_SEQ_LEN[modality]
+    seq_len = DEFAULT_SEQ_LEN[modality] if options.seq_len is None else options.seq_len
     if seq_len < 1:
         fail(f"--seq-len must be positive, not {seq_len}")
     if not 0.0 <= options.val_fraction < 1.0:
@@ -91,7 +94,11 @@ def job_config(options: PreprocessOptions, progress_dir: str | None) -> JobConfi
     if options.shard_sequences is not None and options.shard_sequences < 1:
         fail(f"--shard-sequences must be positive, not {options.shard_sequences}")
     sequences_per_shard = options.shard_sequences or max(1, options.shard_bytes // ((seq_len + 1) * dtype.itemsize))
-    sample_size = options.sample_size or DEFAULT_SAMPLE_SIZE[modality]
+    sample_size = DEFAULT_SAMPLE_SIZE[modality] if options.sample_size is None else options.sample_size
+    if sample_size < 1:
+        fail(f"--sample-size must be positive, not {sample_size}")
+    if options.max_pixels is not None and options.max_pixels < 1:
+        fail(f"--max-pixels must be positive, not {options.max_pixels}")
     arguments: dict[str, Any] = {
         "modality": modality, "inputs": list(options.input or []) or f"embedded sample dataset ({sample_size} items)",
         "profile": profile.name, "vocab_size": vocab_size, "bpe_sample": options.bpe_sample,

@@ -189,11 +189,15 @@ class JpegProfile:
         """MCUs in a prompt of ``ratio``: whole groups of 8 restart intervals, as the authors' release.
 
         At 256x256 that is ``8 * int(32 * ratio)`` (the stream cut after the ``int(32*ratio)``-th FF D7).
+        Small profiles have coarse prompts: 64x64 has 16 intervals, so ratios below 0.5 give none.
         """
         if not 0.0 <= ratio <= 1.0:
             raise ValueError(f"prompt ratio must be in [0, 1], not {ratio}")
-        if not self.restart_interval:
-            raise ValueError(f"{self.name} has no restart markers, so it has no prompt cuts")
+        if not self.restart_interval or self.layout.intervals < 8:
+            raise ValueError(f"{self.name} has fewer than 8 restart intervals, so it has no ratio prompts; "
+                             "use cut_after_mcus")
+        if ratio == 1.0:
+            return self.layout.mcus
         groups = int(ratio * (self.layout.intervals / 8))
         return min(self.layout.mcus, groups * 8 * self.restart_interval)
 

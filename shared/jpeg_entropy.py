@@ -212,7 +212,7 @@ def check_stream(layout: ScanLayout, stream: bytes) -> ScanCheck:
                 break
     else:
         pieces = [stream]
-    if pieces and not pieces[-1]:
+    if pieces and not pieces[-1] and len(pieces) - 1 < layout.intervals:
         pieces.pop()  # a stream cut right after a marker (a prompt) has no partial interval
     if len(pieces) > layout.intervals:
         problems.append(f"{len(pieces) - layout.intervals} restart intervals beyond the image's {layout.intervals}")

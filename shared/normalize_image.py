@@ -10,7 +10,9 @@ Rules (documented in the README):
 - Center square crop, then one high-quality (Lanczos) resize. A JPEG source much larger than the
   target is first reduced in the DCT domain (Pillow's draft mode), since decoding dominates.
 - More pixels than ``max_pixels`` (default: Pillow's decompression-bomb limit,
-  ``PIL.Image.MAX_IMAGE_PIXELS``) is refused before any pixel is decoded.
+  ``PIL.Image.MAX_IMAGE_PIXELS``) is refused before any pixel is decoded. ``max_pixels`` can lower
+  the limit; Pillow itself refuses twice its own limit, so raising it means raising
+  ``PIL.Image.MAX_IMAGE_PIXELS`` (what the Beam job's ``--max-pixels`` does in its workers).
 """
 
 from __future__ import annotations
@@ -100,6 +102,7 @@ def normalize_image(source: ImageSource | Image.Image, size: int, max_pixels: in
     try:
         image.load()
         image = ImageOps.exif_transpose(image)
+        icc = image.info.get("icc_profile")  # read before to_rgb: compositing alpha drops image.info
         image = to_rgb(image)
     except InvalidMediaError:
         raise
@@ -108,7 +111,6 @@ def normalize_image(source: ImageSource | Image.Image, size: int, max_pixels: in
         raise InvalidMediaError(reason, f"image data cannot be decoded ({error})") from None
     except (ValueError, SyntaxError, IndexError, Image.DecompressionBombError) as error:
         raise InvalidMediaError("unreadable", f"image data cannot be decoded ({error})") from None
-    icc = image.info.get("icc_profile") if image.mode == "RGB" else None
     box = center_square_box(*image.size)
     # Crop first: resizing with a box would let the filter reach outside the square.
     image = image.crop(box).resize((size, size), Image.Resampling.LANCZOS, reducing_gap=3.0)

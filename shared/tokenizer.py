@@ -131,6 +131,7 @@ class ByteTokenizer:
 
     def decode(self, ids: Iterable[int] | np.ndarray) -> bytes:
         """Ids -> bytes; BOS/EOS contribute nothing. Raises IndexError on ids outside the vocabulary."""
-        if isinstance(ids, np.ndarray):
-            ids = ids.tolist()
+        ids = ids.tolist() if isinstance(ids, np.ndarray) else list(ids)
+        if ids and (min(ids) < 0 or max(ids) >= self.vocab_size):
+            raise IndexError(f"token id {min(ids) if min(ids) < 0 else max(ids)} is outside the vocabulary of {self.vocab_size}")
         return b"".join([self.token_bytes[i] for i in ids])

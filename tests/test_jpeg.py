@@ -296,3 +296,31 @@ def test_adobe_rgb_sources_are_converted_to_srgb() -> None:
 
     # Adobe RGB's primaries are wider: the same colours need more saturated sRGB values.
     assert saturation(converted) > saturation(ignored) + 1
+
+
+def test_alpha_sources_keep_their_colour_profile() -> None:
+    profile = JpegProfile.from_name("jpeg-64-q25")
+    rocket = next(p for p in PHOTOS if p.name == "rocket.jpg")
+    with Image.open(rocket) as image:
+        icc = image.info["icc_profile"]
+        rgba = image.convert("RGBA")
+    rgba.info = {"icc_profile": icc}
+    plain = rgba.copy()
+    plain.info = {}
+    converted = np.asarray(profile.normalize(rgba), dtype=np.int16)
+    ignored = np.asarray(profile.normalize(plain), dtype=np.int16)
+    assert np.abs(converted - ignored).mean() > 2  # the profile was applied despite the alpha channel
+
+
+def test_strict_decoding_rejects_a_marker_after_the_last_interval(paper: JpegProfile, photo_stream: bytes) -> None:
+    with pytest.raises(InvalidMediaError, match="beyond the image"):
+        paper.decode(photo_stream + b"\xff\xd7", strict=True)
+
+
+def test_prompt_ratios_on_other_restart_intervals(photo_stream: bytes) -> None:
+    every_third = JpegProfile.from_name("jpeg-256-q25-ri3")
+    stream = every_third.encode(PHOTOS[3])
+    assert every_third.prompt(stream, 1.0) == stream
+    assert every_third.prompt_mcus(0.5) % 3 == 0
+    with pytest.raises(ValueError, match="fewer than 8 restart intervals"):
+        JpegProfile.from_name("jpeg-64-q25-ri5").prompt_mcus(0.5)

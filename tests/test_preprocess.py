@@ -15,6 +15,7 @@ import pytest
 import webdataset as wds
 from PIL import Image
 
+from preprocess.encode import EncodeFn
 from preprocess.progress import Progress, read_counts, status_line
 from preprocess.run import run
 from shared.jpeg import JpegProfile
@@ -218,7 +219,58 @@ def test_rerun_replaces_the_dataset_cleanly(tmp_path: Path) -> None:
     assert [s["path"] for s in manifest["shards"]] == ["train/shard-000000.tar", "val/shard-000000.tar"]
 
 
+def test_hostile_containers_never_stop_the_job(tmp_path: Path) -> None:
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for index in range(3):
+        (folder / f"photo{index}").write_bytes(sample_crop(index)[1])  # no extension: an input all the same
+    (folder / "log.gz").write_bytes(b"not gzip at all")
+    (folder / "notes.xz").write_bytes(b"not xz either")
+    (folder / "broken.tar.gz").write_bytes(b"\x1f\x8b\x08 and then garbage")
+    good = io.BytesIO()
+    pq.write_table(pa.table({"image": pa.array([sample_crop(5)[1]], pa.binary())}), good)
+    (folder / "a-corrupt.parquet").write_bytes(good.getvalue()[:100])  # first in order: the flag check skips it
+    (folder / "b-good.parquet").write_bytes(good.getvalue())
+    links = io.BytesIO()
+    with tarfile.open(fileobj=links, mode="w") as tar:
+        data = sample_crop(6)[1]
+        info = tarfile.TarInfo("000.png")
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+        link = tarfile.TarInfo("001.png")
+        link.type, link.linkname = tarfile.LNKTYPE, "000.png"  # how GNU tar stores a repeated file
+        tar.addfile(link)
+        plain = tarfile.TarInfo("002")
+        plain.size = len(sample_crop(7)[1])
+        tar.addfile(plain, io.BytesIO(sample_crop(7)[1]))
+    (folder / "links.tar").write_bytes(links.getvalue())
+    manifest = run_job(tmp_path / "out", "--input", str(folder / "*"), "--input", str(folder / "." / "photo0"),
+                       *SMALL, *IN_MEMORY)
+    totals = manifest["totals"]
+    assert totals["inputs"] == totals["encoded"] + totals["rejected"]
+    assert totals["encoded"] == 6  # photo0-2, the good parquet row, 000.png and 002 from the tar
+    assert manifest["rejection_reasons"] == {"unreadable": 2, "unreadable-container": 2, "unsupported-tar-member": 1}
+
+
+def test_dtype_follows_the_learned_vocabulary(tmp_path: Path) -> None:
+    manifest = run_job(tmp_path / "out", "--sample-size", "4", "--vocab-size", "70000", "--seq-len", "1023",
+                       "--val-fraction", "0", *IN_MEMORY)
+    assert manifest["vocab_size"] < 65536 and manifest["dtype"] == "uint16"
+    with open(tmp_path / "out" / manifest["shards"][0]["path"], "rb") as handle:
+        assert load_shard(handle).dtype == np.uint16
+
+
+def test_max_pixels_flag_lifts_pillows_own_guard(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # Pillow alone would refuse anything above 2000
+    encode = EncodeFn(JpegProfile.from_name("jpeg-64-q25").to_json(), max_pixels=10**6, progress_dir=None)
+    encode.setup()
+    outputs = list(encode.process(("big", sample_crop(0)[1])))
+    assert len(outputs) == 1 and outputs[0].stream
+
+
 @pytest.mark.parametrize("args, message", [
+    (["--seq-len", "0"], "--seq-len must be positive"),
+    (["--sample-size", "0"], "--sample-size must be positive"),
     (["--modality", "video", "--profile", "jpeg-256-q25"], "needs a avc one"),
     (["--input", "/nonexistent/*.jpg"], "matches no file"),
     (["--vocab-size", "100"], "at least 258"),

@@ -84,6 +84,9 @@ def test_every_byte_value_round_trips(jpeg_tokenizer: ByteTokenizer) -> None:
     assert text_to_bytes(bytes_to_text(everything)) == everything
     with pytest.raises(ValueError, match="outside the byte alphabet"):
         text_to_bytes("plain ascii")
+    for bad in ([-1], [5, jpeg_tokenizer.vocab_size]):
+        with pytest.raises(IndexError, match="outside the vocabulary"):
+            jpeg_tokenizer.decode(bad)
 
 
 def test_no_merge_crosses_a_restart_marker(jpeg_tokenizer: ByteTokenizer, jpeg_streams: list[bytes]) -> None:
