@@ -1,0 +1,212 @@
+"""The trainer: the data module (epochs, ranks, workers, exact resume, checks) and litgpt pretrain on CPU."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+import yaml
+from litgpt import GPT, Config
+from litgpt.utils import CycleIterator
+
+from preprocess.run import run
+from shared.dataset import Dataset, DatasetError
+from train.data import CodecShards
+
+ROOT = Path(__file__).resolve().parents[1]
+IN_MEMORY = ["--direct_running_mode", "in_memory", "--direct_num_workers", "1"]
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny config's dataset: 64x64 JPEG, 1023-token sequences (about 48 train sequences)."""
+    output = tmp_path_factory.mktemp("train") / "jpeg-tiny"
+    run(["--output", str(output), "--profile", "jpeg-64-q25", "--seq-len", "1023", "--sample-size", "120",
+         "--val-fraction", "0.05", *IN_MEMORY])
+    return output
+
+
+def module(path: Path, batch_size: int = 4, context: int | None = None, workers: int = 2, seed: int = 42) -> CodecShards:
+    data = CodecShards(path=str(path), seed=seed, num_workers=workers)
+    data.connect(batch_size=batch_size, max_seq_length=context)
+    data.setup()
+    return data
+
+
+def fingerprint(row: torch.Tensor) -> str:
+    return hashlib.sha1(row.numpy().astype(np.uint16).tobytes()).hexdigest()
+
+
+def stored_windows(path: Path, context: int) -> list[str]:
+    """Fingerprints of every training example, straight from the shards."""
+    data = Dataset.open(str(path))
+    rows = []
+    for shard in data.shards("train"):
+        for sequence in data.read_windows(shard):
+            for start in range(0, data.manifest["seq_len"] - context + 1, context):
+                rows.append(fingerprint(torch.from_numpy(sequence[start:start + context + 1].astype(np.int64))))
+    return rows
+
+
+def take(loader, count: int) -> list[torch.Tensor]:
+    iterator = CycleIterator(loader)  # as LitGPT's fit() wraps it
+    return [next(iterator) for _ in range(count)]
+
+
+def test_batches_shape_and_epochs(dataset: Path) -> None:
+    loader = module(dataset).train_dataloader()
+    per_epoch = len(loader)
+    batches = take(loader, 2 * per_epoch)
+    assert all(b.dtype == torch.int64 and b.shape[1] == 1024 for b in batches)
+    first, second = batches[:per_epoch], batches[per_epoch:]
+    expected = sorted(stored_windows(dataset, 1023))
+    for epoch in (first, second):
+        assert sorted(fingerprint(row) for batch in epoch for row in batch) == expected  # each exactly once
+    assert [fingerprint(r) for r in first[0]] != [fingerprint(r) for r in second[0]]  # reshuffled per epoch
+    again = take(module(dataset).train_dataloader(), per_epoch)
+    assert all(torch.equal(a, b) for a, b in zip(again, first))  # same seed, same order
+    other = take(module(dataset, seed=7).train_dataloader(), 1)
+    assert not torch.equal(other[0], first[0])
+
+
+@pytest.mark.parametrize("cut", ["mid-epoch", "epoch-end", "next-epoch"])
+def test_loader_resumes_at_exactly_the_next_batch(dataset: Path, cut: str) -> None:
+    per_epoch = len(module(dataset).train_dataloader())
+    taken = {"mid-epoch": per_epoch // 2 + 1, "epoch-end": per_epoch, "next-epoch": per_epoch + 2}[cut]
+    reference = take(module(dataset).train_dataloader(), taken + per_epoch + 3)
+    interrupted = module(dataset).train_dataloader()
+    take(interrupted, taken)
+    state = interrupted.state_dict()
+    resumed = module(dataset, workers=1).train_dataloader()  # a new process after the kill, other worker count
+    resumed.load_state_dict(state)
+    following = take(resumed, per_epoch + 3)
+    assert all(torch.equal(a, b) for a, b in zip(following, reference[taken:]))
+    changed = module(dataset, batch_size=3).train_dataloader()
+    with pytest.raises(ValueError, match="batch_size 4 -> 3"):
+        changed.load_state_dict(state)
+
+
+def rank_worker(rank: int, init_file: str, path: str, out: str) -> None:
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    try:
+        loader = module(Path(path), batch_size=3, workers=2).train_dataloader()
+        rows = [fingerprint(row) for batch in take(loader, len(loader)) for row in batch]
+        Path(out, f"rank{rank}.json").write_text(json.dumps({"rows": rows, "batches": len(loader)}))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_two_ranks_two_workers_see_every_sequence_once(dataset: Path, tmp_path: Path) -> None:
+    """A real 2-process gloo group, each rank with 2 dataloader workers."""
+    mp.spawn(rank_worker, args=(str(tmp_path / "init"), str(dataset), str(tmp_path)), nprocs=2, join=True)
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+    union = ranks[0]["rows"] + ranks[1]["rows"]
+    assert sorted(union) == sorted(stored_windows(dataset, 1023))  # all of them, none twice
+    assert abs(len(ranks[0]["rows"]) - len(ranks[1]["rows"])) <= 1 and not set(ranks[0]["rows"]) & set(ranks[1]["rows"])
+
+
+def test_shorter_context_cuts_windows(dataset: Path) -> None:
+    loader = module(dataset, batch_size=5, context=255, workers=0).train_dataloader()
+    rows = [fingerprint(row) for batch in take(loader, len(loader)) for row in batch]
+    assert sorted(rows) == sorted(stored_windows(dataset, 255))
+    assert len(rows) == 4 * sum(s["sequences"] for s in Dataset.open(str(dataset)).shards("train"))
+    with pytest.raises(ValueError, match="longer than the dataset's sequences"):
+        module(dataset, context=2048)
+
+
+def test_validation_reads_the_val_split(dataset: Path) -> None:
+    data = module(dataset, workers=0)
+    rows = [fingerprint(row) for batch in data.val_dataloader() for row in batch]
+    val = Dataset.open(str(dataset))
+    expected = [fingerprint(torch.from_numpy(seq.astype(np.int64))) for shard in val.shards("val")
+                for seq in val.read_windows(shard)]
+    assert rows == expected and rows
+
+
+def test_mismatches_are_caught_before_training(dataset: Path, tmp_path: Path) -> None:
+    def litgpt_main() -> None:  # LitGPT's main() holds the model config when it connects the data
+        config = Config(name="small-vocab", padded_vocab_size=256, vocab_size=256, n_layer=1, n_head=1, n_embd=8)
+        assert config
+        module(dataset)
+
+    with pytest.raises(ValueError, match=r"vocabulary \(320 ids\) is larger than the model's \(256\)"):
+        litgpt_main()
+    with pytest.raises(DatasetError, match="not a codec-LM dataset"):
+        module(tmp_path)
+    broken = tmp_path / "broken"
+    shutil.copytree(dataset, broken)
+    shard = broken / "train" / "shard-000000.tar"
+    shard.write_bytes(shard.read_bytes()[:-512])
+    with pytest.raises(DatasetError, match="truncated or was replaced"):
+        module(broken)
+    flipped = bytearray((dataset / "train" / "shard-000000.tar").read_bytes())
+    flipped[1000] ^= 1
+    shard.write_bytes(bytes(flipped))
+    with pytest.raises(DatasetError, match="sha256 differs"):
+        take(module(broken, workers=0).train_dataloader(), 1)
+
+
+# ---- litgpt pretrain on the CPU -------------------------------------------------------------------
+def pretrain(config: str, dataset: Path, out: Path, *flags: str) -> None:
+    env = {**os.environ, "TORCH_COMPILE_DISABLE": "1"}  # LitGPT compiles the model; on 2 CPU cores that costs more than it saves here
+    subprocess.run(["litgpt", "pretrain", "--config", str(ROOT / config), "--data.path", str(dataset),
+                    "--out_dir", str(out), *flags], check=True, env=env, cwd=ROOT, capture_output=True)
+
+
+def losses(out: Path) -> dict[int, float]:
+    found = {}
+    for metrics in out.rglob("metrics.csv"):
+        for row in csv.DictReader(metrics.open()):
+            if row.get("loss"):
+                found[int(row["iter"])] = float(row["loss"])
+    return found
+
+
+def test_tiny_pretrain_trains_and_resumes_exactly(dataset: Path, tmp_path: Path) -> None:
+    # constant LR (min_lr = lr), so a run stopped early saw the same schedule as the uninterrupted one
+    common = ["--data.num_workers", "2", "--train.micro_batch_size", "8", "--train.global_batch_size", "8",
+              "--train.log_interval", "1", "--train.save_interval", "5", "--train.lr_warmup_steps", "0",
+              "--train.min_lr", "0.001", "--eval.interval", "1000", "--eval.final_validation", "false"]
+    per_iter = 8 * 1023
+    pretrain("train/jpeg-tiny.yaml", dataset, tmp_path / "full", *common, "--train.max_tokens", str(12 * per_iter))
+    pretrain("train/jpeg-tiny.yaml", dataset, tmp_path / "cut", *common, "--train.max_tokens", str(5 * per_iter))
+    pretrain("train/jpeg-tiny.yaml", dataset, tmp_path / "cut", *common, "--train.max_tokens", str(12 * per_iter),
+             "--resume", "auto")
+    full, resumed = losses(tmp_path / "full"), losses(tmp_path / "cut")
+    assert sorted(full) == list(range(1, 13)) and sorted(resumed) == list(range(1, 13))
+    assert np.mean([full[i] for i in (10, 11, 12)]) < np.mean([full[i] for i in (1, 2, 3)]) - 0.1  # it learns
+    assert (tmp_path / "full" / "final" / "lit_model.pth").is_file()
+    # iterations 6-12 ran after the restart (crossing an epoch: 6 batches of 8 per epoch)
+    assert [resumed[i] for i in range(6, 13)] == pytest.approx([full[i] for i in range(6, 13)], abs=1e-6)
+    state = torch.load(tmp_path / "cut" / "step-00000010" / "lit_model.pth", weights_only=False)["train_dataloader"]
+    per_epoch = len(module(dataset, batch_size=8).train_dataloader())
+    assert state["epoch"] * per_epoch + state["consumed"] == 10 and state["epoch"] == 1  # the loop's position
+
+
+@pytest.mark.parametrize("config, parameters", [("train/jpeg7b.yaml", 6_478_893_056), ("train/avc7b.yaml", 6_484_660_224)])
+def test_7b_configs_parse_and_instantiate_on_meta(config: str, parameters: int) -> None:
+    printed = subprocess.run(["litgpt", "pretrain", "--config", str(ROOT / config), "--print_config"], check=True,
+                             capture_output=True, text=True, cwd=ROOT).stdout
+    parsed = yaml.safe_load(printed)
+    model = Config(**{k: v for k, v in parsed["model_config"].items() if k not in ("hf_config",)})
+    assert (model.n_layer, model.n_head, model.n_embd, model.intermediate_size) == (32, 32, 4096, 11008)
+    assert model.norm_class_name == "RMSNorm" and model.mlp_class_name == "LLaMAMLP"
+    assert parsed["data"]["class_path"] == "train.data.CodecShards"
+    assert parsed["precision"] == "bf16-true" and parsed["optimizer"]["init_args"]["lr"] == 3e-4
+    with torch.device("meta"):
+        gpt = GPT(model)
+    assert sum(p.numel() for p in gpt.parameters()) == parameters
+    assert gpt.lm_head.weight is not gpt.transformer.wte.weight  # untied embeddings
+    tokens_per_step = parsed["train"]["global_batch_size"] * model.block_size
+    assert 3.9e6 <= tokens_per_step <= 4.2e6  # about 4M tokens per optimizer step

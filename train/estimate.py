@@ -1,0 +1,76 @@
+"""What a config costs: parameters, tokens per optimizer step, memory per GPU, tokens/s per GPU.
+
+    python -m train.estimate --config train/jpeg7b.yaml [--gpus-per-node 8] [--nodes 4] [--gpu-memory-gb 80]
+
+The numbers in the 7B configs' comments come from here. Memory follows LitGPT pretrain's setup:
+``bf16-true`` keeps weights, gradients and both AdamW moments in bf16 (8 bytes per parameter),
+FSDP ``HYBRID_SHARD`` shards them across the GPUs of one node, and no activation checkpointing, so a
+layer keeps its activations for the backward pass. Per layer and token that is ~(20 h + 8 i) bytes
+(h = model width, i = SwiGLU width, bf16): the inputs of both norms, of the QKV, output and MLP
+projections (2h each), q, k, v and the attention output plus their transposed copies (8h), and the MLP's
+four i-wide tensors (fc_1, fc_2, SiLU, product); flash attention keeps no s x s matrix. Throughput assumes a
+model FLOPs utilisation (MFU) of 40% of the GPU's dense bf16 peak.
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import yaml
+from litgpt import GPT, Config
+
+BF16_PEAK_TFLOPS = {"H100": 989.0, "A100": 312.0, "H200": 989.0}
+
+
+@dataclass(frozen=True)
+class Estimate:
+    parameters: int
+    tokens_per_step: int
+    sharded_state_gb: float  # weights + grads + AdamW moments, per GPU
+    activations_gb: float  # per GPU, micro-batch of micro_batch_size sequences
+    total_gb: float
+    flops_per_token: float
+    tokens_per_second: float  # per GPU at the assumed MFU
+
+
+def count_parameters(config: Config) -> int:
+    with torch.device("meta"):
+        return sum(p.numel() for p in GPT(config).parameters())
+
+
+def estimate(config: Config, micro_batch: int, global_batch: int, gpus_per_node: int, gpu: str = "H100",
+             mfu: float = 0.4) -> Estimate:
+    parameters = count_parameters(config)
+    tokens = config.block_size * micro_batch
+    state = 8 * parameters / gpus_per_node / 1e9
+    per_layer_token = 20 * config.n_embd + 8 * config.intermediate_size
+    activations = config.n_layer * tokens * per_layer_token / 1e9
+    logits = tokens * config.padded_vocab_size * 4 * 2 / 1e9  # fp32 logits and their gradient
+    block = 2 * 2 * parameters / config.n_layer / 1e9  # two gathered blocks (FSDP prefetch), bf16
+    flops = 6 * parameters + 6 * config.n_layer * config.n_embd * config.block_size  # + causal attention
+    return Estimate(parameters, config.block_size * global_batch, state, activations,
+                    state + activations + logits + block, flops, mfu * BF16_PEAK_TFLOPS[gpu] * 1e12 / flops)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", type=Path, required=True)
+    parser.add_argument("--gpus-per-node", type=int, default=8)
+    parser.add_argument("--gpu", choices=sorted(BF16_PEAK_TFLOPS), default="H100")
+    args = parser.parse_args()
+    settings = yaml.safe_load(args.config.read_text())
+    config = Config(**settings["model_config"])
+    train = settings["train"]
+    result = estimate(config, train["micro_batch_size"], train["global_batch_size"], args.gpus_per_node, args.gpu)
+    print(f"{config.name}: {result.parameters:,} parameters, {result.tokens_per_step:,} tokens per optimizer step")
+    print(f"  per GPU ({args.gpus_per_node} per node, HYBRID_SHARD, bf16-true): sharded state {result.sharded_state_gb:.1f} GB"
+          f" + activations {result.activations_gb:.1f} GB = {result.total_gb:.1f} GB")
+    print(f"  {result.flops_per_token / 1e9:.1f} GFLOP per token -> {result.tokens_per_second:,.0f} tokens/s per {args.gpu}"
+          f" at 40% MFU")
+
+
+if __name__ == "__main__":
+    main()
