@@ -87,23 +87,24 @@ def epoch_order(layout: Layout, seed: int, epoch: int, shuffle: bool, start: int
 
 # ---- what the DataLoader reads ---------------------------------------------------------------------
 class RankBatches(TorchDataset):
-    """Batch ``i`` of one rank's range of the epoch (map-style, so any worker can fetch any batch)."""
+    """Batch ``(epoch, i)`` of one rank's range (map-style, so any worker can fetch any batch of any epoch;
+    the epoch travels with the index, so workers can live across epochs)."""
 
     def __init__(self, root: str, layout: Layout, batch_size: int, seed: int, shuffle: bool, rank: int, world: int,
                  verify_checksums: bool) -> None:
         self.root, self.layout, self.batch_size, self.seed, self.shuffle = root, layout, batch_size, seed, shuffle
         self.rank, self.world, self.verify_checksums = rank, world, verify_checksums
         self.start, self.stop = slot_range(layout.total, rank, world)
-        self.epoch = 0
         self._plan: tuple[int, list[tuple[int, int]]] | None = None  # (epoch, pairs), made once per worker
         self._loaded: tuple[int, np.ndarray] | None = None  # the shard this worker is reading
 
     def __len__(self) -> int:
         return -(-(self.stop - self.start) // self.batch_size)
 
-    def __getitem__(self, index: int) -> torch.Tensor:
-        if self._plan is None or self._plan[0] != self.epoch:
-            self._plan = (self.epoch, epoch_order(self.layout, self.seed, self.epoch, self.shuffle, self.start, self.stop))
+    def __getitem__(self, key: tuple[int, int]) -> torch.Tensor:
+        epoch, index = key
+        if self._plan is None or self._plan[0] != epoch:
+            self._plan = (epoch, epoch_order(self.layout, self.seed, epoch, self.shuffle, self.start, self.stop))
         rows = []
         for shard, example in self._plan[1][index * self.batch_size:(index + 1) * self.batch_size]:
             if self._loaded is None or self._loaded[0] != shard:
@@ -123,14 +124,15 @@ class RankBatches(TorchDataset):
 
 
 class FromBatch(Sampler):
-    """Batch indices ``start, start + 1, …`` of an epoch: where a resumed run picks up."""
+    """Batches ``(epoch, start)``, ``(epoch, start + 1)``, … of an epoch: where a resumed run picks up."""
 
     def __init__(self, dataset: RankBatches) -> None:
         self.dataset = dataset
+        self.epoch = 0
         self.start = 0
 
     def __iter__(self):
-        return iter(range(self.start, len(self.dataset)))
+        return ((self.epoch, index) for index in range(self.start, len(self.dataset)))
 
     def __len__(self) -> int:
         return len(self.dataset) - self.start
@@ -141,7 +143,7 @@ class ResumableLoader(DataLoader):
 
     def __init__(self, dataset: RankBatches, num_workers: int) -> None:
         super().__init__(dataset, batch_size=None, sampler=FromBatch(dataset), num_workers=num_workers,
-                         persistent_workers=False, pin_memory=torch.cuda.is_available())
+                         persistent_workers=num_workers > 0, pin_memory=torch.cuda.is_available())
         self.epoch = 0
         self.consumed = 0
 
@@ -151,8 +153,7 @@ class ResumableLoader(DataLoader):
     def __iter__(self):
         if self.consumed >= len(self.dataset):  # saved right after an epoch's last batch
             self.epoch, self.consumed = self.epoch + 1, 0
-        self.dataset.epoch = self.epoch  # the workers started below copy this epoch and position
-        self.sampler.start = self.consumed
+        self.sampler.epoch, self.sampler.start = self.epoch, self.consumed
         for batch in super().__iter__():
             self.consumed += 1
             yield batch
@@ -237,7 +238,9 @@ class CodecShards(DataModule):
         return ResumableLoader(self.batches("train", shuffle=True), self.num_workers)
 
     def val_dataloader(self) -> DataLoader:
-        return DataLoader(self.batches("val", shuffle=False), batch_size=None, num_workers=self.num_workers)
+        batches = self.batches("val", shuffle=False)
+        return DataLoader(batches, batch_size=None, sampler=FromBatch(batches), num_workers=self.num_workers,
+                          persistent_workers=self.num_workers > 0)
 
 
 def _model_config_of_caller() -> Any:
