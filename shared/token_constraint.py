@@ -1,0 +1,89 @@
+"""From a byte automaton to token masks: which BPE tokens may come next.
+
+A token spans several bytes, so it is allowed only if every one of its bytes is. The tokens' bytes form
+a trie; one walk of the trie from a state finds all allowed tokens at once, sharing prefixes. Masks are
+cached on the grammar's cache key (states that repeat every restart interval or slice share one), so
+after warm-up a sampling step costs a dictionary lookup per sequence.
+
+A grammar provides ``start()``, ``step(state, byte) -> state | None``, ``cache_key(state)``,
+``is_done(state)`` (only EOS may follow) and ``can_end(state)`` (EOS may follow).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+import numpy as np
+
+
+class ByteGrammar(Protocol):
+    def start(self) -> Any: ...
+    def step(self, state: Any, byte: int) -> Any | None: ...
+    def cache_key(self, state: Any) -> Any: ...
+    def is_done(self, state: Any) -> bool: ...
+
+
+class TokenConstraint:
+    def __init__(self, grammar: ByteGrammar, token_bytes: list[bytes], eos_id: int) -> None:
+        self.grammar, self.token_bytes, self.eos_id = grammar, token_bytes, eos_id
+        self.vocab_size = len(token_bytes)
+        # trie: children[node] maps a byte to a node; ending[node] lists the tokens spelled by the path
+        self.children: list[dict[int, int]] = [{}]
+        self.ending: list[list[int]] = [[]]
+        for token, data in enumerate(token_bytes):
+            if not data:
+                continue  # BOS/EOS stand for no bytes
+            node = 0
+            for byte in data:
+                if byte not in self.children[node]:
+                    self.children[node][byte] = len(self.children)
+                    self.children.append({})
+                    self.ending.append([])
+                node = self.children[node][byte]
+            self.ending[node].append(token)
+        self._masks: dict[Any, np.ndarray] = {}
+
+    def start(self) -> Any:
+        return self.grammar.start()
+
+    def can_end(self, state: Any) -> bool:
+        can_end = getattr(self.grammar, "can_end", None)
+        return self.grammar.is_done(state) or (can_end is not None and can_end(state))
+
+    def allowed(self, state: Any) -> np.ndarray:
+        """Boolean mask over the vocabulary."""
+        key = self.grammar.cache_key(state)
+        mask = self._masks.get(key)
+        if mask is None:
+            mask = np.zeros(self.vocab_size, dtype=bool)
+            if self.grammar.is_done(state):
+                mask[self.eos_id] = True
+            else:
+                stack = [(0, state)]
+                while stack:
+                    node, at = stack.pop()
+                    for byte, child in self.children[node].items():
+                        after = self.grammar.step(at, byte)
+                        if after is not None:
+                            mask[self.ending[child]] = True
+                            stack.append((child, after))
+                if self.can_end(state):
+                    mask[self.eos_id] = True
+            self._masks[key] = mask
+        return mask
+
+    def advance(self, state: Any, token: int) -> Any:
+        """The state after ``token`` (which must be allowed)."""
+        for byte in self.token_bytes[token]:
+            state = self.grammar.step(state, byte)
+            if state is None:
+                raise ValueError(f"token {token} is not allowed here")
+        return state
+
+    def feed(self, state: Any, data: bytes) -> Any:
+        """The state after a byte string (a prompt); raises when it is not a valid prefix."""
+        for index, byte in enumerate(data):
+            state = self.grammar.step(state, byte)
+            if state is None:
+                raise ValueError(f"the prompt is not a valid stream prefix (byte {index})")
+        return state
