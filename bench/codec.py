@@ -24,7 +24,7 @@ from PIL import Image
 
 from shared.avc import AvcProfile
 from shared.jpeg import JpegProfile
-from shared.sample_data import sample_crops, sample_photo_paths
+from shared.sample_data import sample_crops
 from shared.sample_videos import sample_clips
 from shared.tokenizer import ByteTokenizer
 

@@ -33,13 +33,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 from litgpt import Config
 from litgpt.scripts.convert_lit_checkpoint import check_conversion_supported, copy_weights_llama
-from litgpt.utils import lazy_load
 from safetensors.torch import save_file
 
-from shared.dataset import Dataset, DatasetError
+from train.checkpoint import load_lit_weights, load_model_config, open_dataset
 from shared.files import read_bytes
 from shared.tokenizer import BOS, BYTE_BASE, EOS
 
@@ -62,25 +60,7 @@ DECODING_NOTE = (
 )
 
 
-# ---- reading the checkpoint --------------------------------------------------------------------------
-def load_model_config(checkpoint: Path) -> Config:
-    """The model's LitGPT config: model_config.yaml, or the model_config section of hyperparameters.yaml."""
-    if (checkpoint / "model_config.yaml").is_file():
-        return Config.from_file(checkpoint / "model_config.yaml")
-    hyperparameters = read_hyperparameters(checkpoint)
-    if isinstance(hyperparameters.get("model_config"), dict):
-        return Config(**hyperparameters["model_config"])
-    raise SystemExit(f"{checkpoint} has no model_config.yaml and its hyperparameters.yaml has no model_config: "
-                     "pass a checkpoint folder written by `litgpt pretrain`")
-
-
-def read_hyperparameters(checkpoint: Path) -> dict[str, Any]:
-    path = checkpoint / "hyperparameters.yaml"
-    if not path.is_file():
-        return {}
-    return yaml.safe_load(path.read_text()) or {}
-
-
+# ---- what Llama can hold -------------------------------------------------------------------------------
 def llama_incompatibilities(config: Config) -> list[str]:
     """Why HF's LlamaForCausalLM could not compute what this LitGPT model computes (empty: it can)."""
     problems = []
@@ -100,16 +80,6 @@ def llama_incompatibilities(config: Config) -> list[str]:
     if "gemma" in config.name.lower():  # LitGPT's RMSNorm adds a unit offset for Gemma names
         problems.append(f"name {config.name!r} selects Gemma's RMSNorm (weight + 1)")
     return problems
-
-
-def load_lit_weights(checkpoint: Path) -> dict[str, Any]:
-    """The model's weights, lazily: step checkpoints keep the whole training state, the model under "model"."""
-    state = lazy_load(checkpoint / "lit_model.pth")
-    weights = state.get("model", state)
-    if not isinstance(weights, dict) or "transformer.wte.weight" not in weights:
-        raise SystemExit(f"{checkpoint / 'lit_model.pth'} holds no LitGPT model weights "
-                         f"(keys: {', '.join(list(state)[:6])})")
-    return weights
 
 
 def hf_state_dict(config: Config, lit_weights: dict[str, Any]) -> dict[str, torch.Tensor]:
@@ -295,24 +265,6 @@ def export(checkpoint: Path, out: Path, dataset: str | None = None, overwrite: b
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return out
-
-
-def open_dataset(checkpoint: Path, dataset: str | None) -> Dataset:
-    """The training dataset: --dataset, else the path hyperparameters.yaml recorded."""
-    if dataset is None:
-        recorded = read_hyperparameters(checkpoint).get("data") or {}
-        dataset = (recorded.get("init_args") or {}).get("path")
-        if dataset is None:
-            raise SystemExit(f"{checkpoint / 'hyperparameters.yaml'} records no dataset (data.init_args.path); "
-                             "pass --dataset DIR")
-        where = f"recorded in {checkpoint / 'hyperparameters.yaml'}"
-    else:
-        where = "given with --dataset"
-    try:
-        return Dataset.open(str(dataset))
-    except DatasetError as error:
-        raise SystemExit(f"cannot read the training dataset {dataset} ({where}): {error}; "
-                         "the export needs its manifest.json and tokenizer.json (--dataset DIR)") from None
 
 
 def replace_folder(staging: Path, out: Path) -> None:
