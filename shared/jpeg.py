@@ -31,6 +31,7 @@ class DecodedImage:
     valid_mcus: int  # MCUs whose entropy-coded data decoded without error
     total_mcus: int
     problems: tuple[str, ...]  # empty when the stream is a complete, valid image
+    stream: bytes  # what was decoded: the input when it is valid, else the repaired stream (restore() it for a file)
 
     @property
     def complete(self) -> bool:
@@ -167,7 +168,7 @@ class JpegProfile:
         with Image.open(io.BytesIO(self.restore(repaired))) as image:
             image.load()
             decoded = image.convert("RGB")
-        return DecodedImage(decoded, check.valid_mcus, self.layout.mcus, check.problems)
+        return DecodedImage(decoded, check.valid_mcus, self.layout.mcus, check.problems, repaired)
 
     # ---- prompts --------------------------------------------------------------------------
     def cut_after_mcus(self, stream: bytes, mcus: int) -> bytes:

@@ -38,8 +38,9 @@ from typing import Any
 import numpy as np
 import torch
 import torch.distributed as dist
+from apache_beam.io.filesystems import FileSystems
 from litgpt.data import DataModule
-from torch.utils.data import DataLoader, Sampler
+from torch.utils.data import DataLoader, DistributedSampler
 from torch.utils.data import Dataset as TorchDataset
 
 from shared.dataset import Dataset, DatasetError
@@ -68,21 +69,21 @@ def slot_range(total: int, slot: int, slots: int) -> tuple[int, int]:
     return total * slot // slots, total * (slot + 1) // slots
 
 
-def epoch_order(layout: Layout, seed: int, epoch: int, shuffle: bool, start: int, stop: int) -> list[tuple[int, int]]:
-    """``(shard, example)`` pairs at global positions ``start:stop`` of the epoch's order."""
+def epoch_order(layout: Layout, seed: int, epoch: int, shuffle: bool, start: int, stop: int) -> np.ndarray:
+    """``(shard, example)`` rows at global positions ``start:stop`` of the epoch's order (an int64 array)."""
     shard_order = (np.random.default_rng([seed, epoch]).permutation(len(layout.shard_paths)) if shuffle
                    else np.arange(len(layout.shard_paths)))
     counts = np.array(layout.examples_per_shard, dtype=np.int64)[shard_order]
     ends = np.cumsum(counts)
-    pairs: list[tuple[int, int]] = []
+    parts = [np.zeros((0, 2), np.int64)]
     for position, shard in enumerate(shard_order):
         first, last = int(ends[position] - counts[position]), int(ends[position])
         if last <= start or first >= stop:
             continue
         examples = (np.random.default_rng([seed, epoch, int(shard)]).permutation(last - first) if shuffle
-                    else np.arange(last - first))
-        pairs += [(int(shard), int(e)) for e in examples[max(start, first) - first:min(stop, last) - first]]
-    return pairs
+                    else np.arange(last - first))[max(start, first) - first:min(stop, last) - first]
+        parts.append(np.stack([np.full(len(examples), shard, np.int64), examples.astype(np.int64)], axis=1))
+    return np.concatenate(parts)
 
 
 # ---- what the DataLoader reads ---------------------------------------------------------------------
@@ -95,7 +96,7 @@ class RankBatches(TorchDataset):
         self.root, self.layout, self.batch_size, self.seed, self.shuffle = root, layout, batch_size, seed, shuffle
         self.rank, self.world, self.verify_checksums = rank, world, verify_checksums
         self.start, self.stop = slot_range(layout.total, rank, world)
-        self._plan: tuple[int, list[tuple[int, int]]] | None = None  # (epoch, pairs), made once per worker
+        self._plan: tuple[int, np.ndarray] | None = None  # (epoch, order), made once per epoch per worker
         self._loaded: tuple[int, np.ndarray] | None = None  # the shard this worker is reading
 
     def __len__(self) -> int:
@@ -106,7 +107,7 @@ class RankBatches(TorchDataset):
         if self._plan is None or self._plan[0] != epoch:
             self._plan = (epoch, epoch_order(self.layout, self.seed, epoch, self.shuffle, self.start, self.stop))
         rows = []
-        for shard, example in self._plan[1][index * self.batch_size:(index + 1) * self.batch_size]:
+        for shard, example in self._plan[1][index * self.batch_size:(index + 1) * self.batch_size].tolist():
             if self._loaded is None or self._loaded[0] != shard:
                 self._loaded = (shard, self.read_shard(shard))  # examples come grouped by shard: keep one
             sequence, window = divmod(example, self.layout.windows_per_sequence)
@@ -123,13 +124,20 @@ class RankBatches(TorchDataset):
         return load_shard(io.BytesIO(data))
 
 
-class FromBatch(Sampler):
-    """Batches ``(epoch, start)``, ``(epoch, start + 1)``, … of an epoch: where a resumed run picks up."""
+class FromBatch(DistributedSampler):
+    """Batches ``(epoch, start)``, ``(epoch, start + 1)``, … of an epoch: where a resumed run picks up.
 
-    def __init__(self, dataset: RankBatches) -> None:
+    It is a DistributedSampler only so that Fabric's ``setup_dataloaders`` keeps it: the rank's share is
+    already chosen by ``RankBatches``, and Fabric must neither wrap it nor rebuild the loader.
+    """
+
+    def __init__(self, dataset: RankBatches) -> None:  # noqa: the parent's init would split by rank again
         self.dataset = dataset
         self.epoch = 0
         self.start = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Ignored: the loader keeps its own epoch (Fabric may call this)."""
 
     def __iter__(self):
         return ((self.epoch, index) for index in range(self.start, len(self.dataset)))
@@ -139,30 +147,37 @@ class FromBatch(Sampler):
 
 
 class ResumableLoader(DataLoader):
-    """A DataLoader that knows its position: epoch and batches taken, saved and restored with checkpoints."""
+    """A DataLoader that knows its position, saved and restored with checkpoints.
+
+    The position is ``taken``: batches handed to the training loop since the start. LitGPT's loop takes
+    one batch per iteration on every rank, so ``taken`` is the same on all ranks even when their epochs
+    differ in length by a batch; that matters because FSDP checkpoints hold rank 0's copy of this state
+    and every rank loads it. Each rank derives its own epoch and batch from it. (LitGPT takes one more
+    batch before it stops, so ``final/`` is one batch ahead; ``--resume auto`` uses the ``step-*``
+    checkpoints, which are exact.)
+    """
 
     def __init__(self, dataset: RankBatches, num_workers: int) -> None:
         super().__init__(dataset, batch_size=None, sampler=FromBatch(dataset), num_workers=num_workers,
                          persistent_workers=num_workers > 0, pin_memory=torch.cuda.is_available())
-        self.epoch = 0
-        self.consumed = 0
+        self.taken = 0
 
     def __len__(self) -> int:
         return len(self.dataset)
 
+    @property
+    def epoch(self) -> int:
+        return self.taken // len(self.dataset)
+
     def __iter__(self):
-        if self.consumed >= len(self.dataset):  # saved right after an epoch's last batch
-            self.epoch, self.consumed = self.epoch + 1, 0
-        self.sampler.epoch, self.sampler.start = self.epoch, self.consumed
+        self.sampler.epoch, self.sampler.start = divmod(self.taken, len(self.dataset))
         for batch in super().__iter__():
-            self.consumed += 1
+            self.taken += 1
             yield batch
-        self.epoch, self.consumed = self.epoch + 1, 0
 
     def state_dict(self) -> dict[str, Any]:
-        return {"epoch": self.epoch, "consumed": self.consumed, "seed": self.dataset.seed,
-                "world": self.dataset.world, "batch_size": self.dataset.batch_size,
-                "examples": self.dataset.layout.total}
+        return {"taken": self.taken, "seed": self.dataset.seed, "world": self.dataset.world,
+                "batch_size": self.dataset.batch_size, "examples": self.dataset.layout.total}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         expected = self.state_dict()
@@ -171,7 +186,7 @@ class ResumableLoader(DataLoader):
             raise ValueError("cannot resume the data exactly: "
                              + ", ".join(f"{k} {state.get(k)} -> {expected[k]}" for k in changed)
                              + " changed since the checkpoint was written; resume with the same settings")
-        self.epoch, self.consumed = state["epoch"], state["consumed"]
+        self.taken = state["taken"]
 
 
 # ---- the LitGPT data module --------------------------------------------------------------------------
@@ -209,18 +224,21 @@ class CodecShards(DataModule):
         if config is not None and config.padded_vocab_size < dataset.manifest["vocab_size"]:
             raise ValueError(f"the dataset's vocabulary ({dataset.manifest['vocab_size']} ids) is larger than the "
                              f"model's ({config.padded_vocab_size}); set model_config.padded_vocab_size and vocab_size")
+        world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+        windows = seq_len // self.max_seq_length
         for split in ("train", "val"):
-            if not sum(s["sequences"] for s in dataset.shards(split)):
-                raise ValueError(f"{self.path} has no {split} sequences; preprocess with more data, a larger "
-                                 "--val-fraction or a shorter --seq-len")
-        from apache_beam.io.filesystems import FileSystems
+            examples = windows * sum(s["sequences"] for s in dataset.shards(split))
+            if examples < world:  # a rank without data would stop early or fail while the others wait
+                raise ValueError(f"{self.path} has {examples} {split} sequences for {world} ranks; every rank needs "
+                                 "one: preprocess with more data, a larger --val-fraction or a shorter --seq-len")
         for shard in dataset.shards():
             path = dataset.path(shard["path"])
-            found = FileSystems.match([path])[0].metadata_list
-            if not found:
-                raise DatasetError(f"{path} is missing (listed in the manifest)")
-            if found[0].size_in_bytes != shard["bytes"]:
-                raise DatasetError(f"{path} is {found[0].size_in_bytes} bytes, the manifest says {shard['bytes']}: "
+            try:
+                size = FileSystems.get_filesystem(path).metadata(path).size_in_bytes  # no globbing of the name
+            except Exception:  # noqa: BLE001 — each filesystem raises its own "not found"
+                raise DatasetError(f"{path} is missing (listed in the manifest)") from None
+            if size != shard["bytes"]:
+                raise DatasetError(f"{path} is {size} bytes, the manifest says {shard['bytes']}: "
                                    "the shard is truncated or was replaced (run `codec-shards verify`)")
 
     def layout(self, split: str) -> Layout:
