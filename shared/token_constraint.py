@@ -3,7 +3,8 @@
 A token spans several bytes, so it is allowed only if every one of its bytes is. The tokens' bytes form
 a trie; one walk of the trie from a state finds all allowed tokens at once, sharing prefixes. Masks are
 cached on the grammar's cache key (states that repeat every restart interval or slice share one), so
-after warm-up a sampling step costs a dictionary lookup per sequence.
+after warm-up a sampling step costs a dictionary lookup per sequence. With top-k sampling only the
+best-ranked tokens need a verdict: ``first_allowed`` checks tokens in logit order until it has k.
 
 A grammar provides ``start()``, ``step(state, byte) -> state | None``, ``cache_key(state)``,
 ``is_done(state)`` (only EOS may follow) and ``can_end(state)`` (EOS may follow).
@@ -42,6 +43,7 @@ class TokenConstraint:
                 node = self.children[node][byte]
             self.ending[node].append(token)
         self._masks: dict[Any, np.ndarray] = {}
+        self._verdicts: dict[tuple[Any, int], bool] = {}
 
     def start(self) -> Any:
         return self.grammar.start()
@@ -71,6 +73,36 @@ class TokenConstraint:
                     mask[self.eos_id] = True
             self._masks[key] = mask
         return mask
+
+    def is_allowed(self, state: Any, token: int) -> bool:
+        """One token's verdict, cached: cheaper than a whole mask when only a few candidates matter."""
+        key = (self.grammar.cache_key(state), token)
+        verdict = self._verdicts.get(key)
+        if verdict is None:
+            if token == self.eos_id:
+                verdict = self.can_end(state)
+            elif self.grammar.is_done(state) or not self.token_bytes[token]:
+                verdict = False
+            else:
+                at = state
+                for byte in self.token_bytes[token]:
+                    at = self.grammar.step(at, byte)
+                    if at is None:
+                        break
+                verdict = at is not None
+            self._verdicts[key] = verdict
+        return verdict
+
+    def first_allowed(self, state: Any, ranked: list[int], count: int) -> list[int]:
+        """The first ``count`` allowed tokens of ``ranked`` (tokens by falling logit): top-k among the
+        allowed tokens, without building the whole mask."""
+        found = []
+        for token in ranked:
+            if self.is_allowed(state, token):
+                found.append(token)
+                if len(found) == count:
+                    break
+        return found
 
     def advance(self, state: Any, token: int) -> Any:
         """The state after ``token`` (which must be allowed)."""

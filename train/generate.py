@@ -4,6 +4,7 @@
         --num-samples 8 --out out/samples
     python -m train.generate --checkpoint out/jpeg-tiny/final --unconditional --num-samples 16 --out out/samples
     python -m train.generate --checkpoint out/avc-tiny/final --prompt clip.mp4 --prompt-frames 2 --out out/samples
+    python -m train.generate --checkpoint out/jpeg-tiny/final --prompt-val 4 --out out/samples   # held-out images
 
 The model comes from a `litgpt pretrain` checkpoint folder; the tokenizer and codec profile from the
 dataset it was trained on (recorded in the checkpoint's hyperparameters.yaml, or --dataset). An image
@@ -25,7 +26,6 @@ by EOS or length, MCUs/frames decoded, clean or not); videos likewise as .mp4 wi
 from __future__ import annotations
 
 import argparse
-import json
 import re
 import time
 from dataclasses import dataclass
@@ -104,7 +104,13 @@ def sample(model: GPT, tokenizer: ByteTokenizer, prompt: bytes, count: int, max_
     generated: list[list[int]] = [[] for _ in range(count)]
     finished = [False] * count
     for step in range(max_new_tokens):
-        if constraint is not None:
+        if constraint is not None and top_k is not None:  # top-k among allowed tokens: verdicts in logit order
+            ranked = torch.argsort(logits, dim=-1, descending=True).tolist()
+            mask = torch.zeros_like(logits, dtype=torch.bool)
+            for row, state in enumerate(states):
+                mask[row, constraint.first_allowed(state, ranked[row], top_k)] = True
+            logits = logits.masked_fill(~mask, float("-inf"))
+        elif constraint is not None:
             mask = torch.from_numpy(np.stack([constraint.allowed(s) for s in states])).to(device)
             logits = logits.masked_fill(~mask, float("-inf"))
         else:
@@ -196,10 +202,16 @@ def write_outputs(out: Path, profile: Profile, samples: list[Sample], original: 
     return record
 
 
+def val_prompts(data: Dataset, count: int) -> list[tuple[str, bytes]]:
+    """The first ``count`` complete documents of the dataset's val split: images the model has not trained on."""
+    rows = [r for r in data.documents if r["split"] == "val" and r["complete"]][:count]
+    return [(f"val-{row['key'][:12]}", stream) for row, _, stream in data.document_streams(rows)]
+
+
 def generate(checkpoint: Path, out: Path, prompts: list[Path], unconditional: bool, num_samples: int = 4,
              prompt_ratio: float = 0.5, prompt_frames: int = 1, temperature: float = 1.0, top_k: int | None = 50,
              top_p: float = 1.0, seed: int = 2024, max_new_tokens: int | None = None, constrained: bool = True,
-             dataset: str | None = None, device: str | None = None) -> dict[str, Any]:
+             dataset: str | None = None, device: str | None = None, prompt_val: int = 0) -> dict[str, Any]:
     torch_device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     data: Dataset = open_dataset(checkpoint, dataset)
     profile, tokenizer = data.profile, data.tokenizer
@@ -218,6 +230,9 @@ def generate(checkpoint: Path, out: Path, prompts: list[Path], unconditional: bo
         except InvalidMediaError as error:
             raise SystemExit(f"--prompt {source}: {error}") from None
         jobs.append((safe_name(source.stem), whole, prefix))
+    for name, whole in val_prompts(data, prompt_val):
+        prefix = profile.prompt(whole, prompt_ratio) if profile.kind == "jpeg" else profile.cut_after_frames(whole, prompt_frames)
+        jobs.append((name, whole, prefix))
     if unconditional:
         jobs.append(("unconditional", None, b""))
     results = {}
@@ -236,6 +251,8 @@ def main(argv: list[str] | None = None) -> None:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", type=Path, required=True, help="a litgpt pretrain checkpoint folder")
     parser.add_argument("--prompt", type=Path, nargs="+", default=[], help="images (or videos) to complete")
+    parser.add_argument("--prompt-val", type=int, default=0, metavar="N",
+                        help="also prompt with the first N documents of the training dataset's val split")
     parser.add_argument("--unconditional", action="store_true", help="also sample from BOS alone")
     parser.add_argument("--prompt-ratio", type=float, default=0.5, help="share of an image the model is given")
     parser.add_argument("--prompt-frames", type=int, default=1, help="frames of a video the model is given")
@@ -251,13 +268,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--device", help="cpu, cuda, cuda:1 … (default: cuda when available)")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
-    if not args.prompt and not args.unconditional:
-        parser.error("give --prompt FILE … and/or --unconditional")
+    if not args.prompt and not args.unconditional and not args.prompt_val:
+        parser.error("give --prompt FILE …, --prompt-val N and/or --unconditional")
     if not 0.0 <= args.prompt_ratio <= 1.0:
         parser.error("--prompt-ratio must be in [0, 1]")
     generate(args.checkpoint, args.out, args.prompt, args.unconditional, args.num_samples, args.prompt_ratio,
              args.prompt_frames, args.temperature, args.top_k, args.top_p, args.seed, args.max_new_tokens,
-             args.constrained, args.dataset, args.device)
+             args.constrained, args.dataset, args.device, args.prompt_val)
 
 
 if __name__ == "__main__":
