@@ -52,15 +52,17 @@ def summarize(dataset: Dataset, max_shards: int | None = None, top: int = 10) ->
     counts = np.zeros(manifest["vocab_size"], dtype=np.int64)
     stream_bytes = raw_bytes = 0
     shards = manifest["shards"][:max_shards]
+    by_shard: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for row in rows:  # one pass, not one per shard
+        if row["complete"]:
+            by_shard.setdefault((row["split"], row["shard"]), []).append(row)
     for shard in tqdm(shards, desc="reading shards", unit="shard", disable=not shards):
         windows = dataset.read_windows(shard)
         counts += np.bincount(windows.reshape(-1), minlength=len(counts))[:len(counts)]
-        name = posixpath.basename(shard["path"]).removesuffix(".tar")
-        for row in rows:
-            if row["split"] == shard["split"] and row["shard"] == name and row["complete"]:
-                stream = dataset.tokenizer.decode(document_tokens(windows, row["sequence"], row["offset"], row["tokens"]))
-                stream_bytes += len(stream)
-                raw_bytes += raw_pixel_bytes(dataset, stream)
+        for row in by_shard.get((shard["split"], shard_name(shard)), []):
+            stream = dataset.tokenizer.decode(document_tokens(windows, row["sequence"], row["offset"], row["tokens"]))
+            stream_bytes += len(stream)
+            raw_bytes += raw_pixel_bytes(dataset, stream)
     used = int((counts > 0).sum())
     order = np.argsort(-counts, kind="stable")[:top]
     return {
@@ -156,6 +158,10 @@ def select_rows(dataset: Dataset, split: str | None, keys: list[str] | None, lim
         missing = [k for k in keys if not any(r["key"].startswith(k) for r in rows)]
         if missing:
             raise DatasetError(f"no document with key {missing[0]!r} in split {split or 'any'}")
+    incomplete = [r for r in rows if not r["complete"]]
+    if keys and incomplete:
+        print(f"codec-shards: {len(incomplete)} selected documents are cut at a shard end and cannot be rebuilt: "
+              + ", ".join(r["key"] for r in incomplete[:5]), file=sys.stderr)
     rows = [r for r in rows if r["complete"]]
     return rows[:limit] if limit else rows
 
@@ -164,7 +170,8 @@ def decode_documents(dataset: Dataset, out: str, rows: list[dict[str, Any]], raw
     """Write each document as a file inside ``out``; returns the paths written."""
     profile = dataset.profile
     out_dir = Path(out).resolve()
-    written = []
+    written: list[str] = []
+    names: set[str] = set()
     for row, _, stream in tqdm(dataset.document_streams(rows), total=len(rows), desc="decoding", unit="doc"):
         if profile.kind == "jpeg":
             name, data = safe_file_name(row["key"], ".jpg"), profile.restore(stream)
@@ -172,6 +179,10 @@ def decode_documents(dataset: Dataset, out: str, rows: list[dict[str, Any]], raw
             name, data = safe_file_name(row["key"], ".h264"), profile.restore(stream)
         else:
             name, data = safe_file_name(row["key"], ".mp4"), profile.to_mp4(stream)
+        if name in names:  # two keys that sanitise alike: keep both files
+            stem, dot, suffix = name.rpartition(".")
+            name = f"{stem}-{len(written)}{dot}{suffix}"
+        names.add(name)
         target = (out_dir / name).resolve()
         if target.parent != out_dir:  # belt and braces: never write outside OUT
             raise DatasetError(f"refusing to write {target} outside {out_dir}")
@@ -225,6 +236,10 @@ def verify(dataset: Dataset, decode: bool = True) -> list[str]:
         if len(lines) != manifest["totals"]["rejected"]:
             problems.append(f"{REJECTED}: {len(lines)} lines, but the manifest counts {manifest['totals']['rejected']} rejected")
 
+    keys = Counter(row["key"] for row in rows)
+    repeated = [key for key, count in keys.items() if count > 1]
+    if repeated:
+        problems.append(f"{DOCUMENTS}: {len(repeated)} keys name more than one document (first: {repeated[0]})")
     width, dtype = manifest["seq_len"] + 1, np.dtype(manifest["dtype"])
     bos, eos, vocab = manifest["bos_id"], manifest["eos_id"], manifest["vocab_size"]
     rows_by_shard: dict[tuple[str, str], list[dict[str, Any]]] = {}

@@ -5,6 +5,8 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
+import tarfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cached_property
@@ -18,6 +20,9 @@ from shared.files import RAW, exists, join, matching, read_bytes
 from shared.profiles import Profile, profile_from_json
 from shared.shards import FORMAT, MANIFEST, document_tokens, load_shard
 from shared.tokenizer import ByteTokenizer
+
+
+SAFE_PATH = re.compile(r"(?:[A-Za-z0-9_-]+/)?[A-Za-z0-9_-][A-Za-z0-9_.-]*")
 
 
 class DatasetError(Exception):
@@ -43,6 +48,12 @@ class Dataset:
         if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
             raise DatasetError(f"{path} is not a {FORMAT} manifest (format: {manifest.get('format')!r})"
                                if isinstance(manifest, dict) else f"{path} is not a manifest")
+        # Every file a manifest names lies inside the dataset folder: copying the folder copies the dataset.
+        named = [s.get("path", "") for s in manifest.get("shards", [])]
+        named += [manifest.get("tokenizer", {}).get("path", ""), manifest.get("documents", ""), manifest.get("rejected", "")]
+        outside = [p for p in named if not SAFE_PATH.fullmatch(str(p)) or ".." in str(p).split("/")]
+        if outside:
+            raise DatasetError(f"{path} names files outside the dataset folder or with odd names: {outside[:3]}")
         return cls(root, manifest)
 
     # ---- what the manifest points at ----------------------------------------------------------
@@ -78,8 +89,12 @@ class Dataset:
         return found[0]
 
     def read_windows(self, shard: dict[str, Any]) -> np.ndarray:
-        with FileSystems.open(self.path(shard["path"]), compression_type=RAW) as handle:
-            return load_shard(handle)
+        try:
+            with FileSystems.open(self.path(shard["path"]), compression_type=RAW) as handle:
+                return load_shard(handle)
+        except (OSError, ValueError, EOFError, tarfile.TarError) as error:
+            raise DatasetError(f"{self.path(shard['path'])} cannot be read as a shard ({error}); "
+                               "run `codec-shards verify` on the dataset") from None
 
     def document_streams(self, rows: list[dict[str, Any]]) -> Iterator[tuple[dict[str, Any], np.ndarray, bytes]]:
         """``(row, tokens, stream)`` for complete documents, reading each needed shard once."""

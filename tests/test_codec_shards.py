@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import json
+import tarfile
 import shutil
 from pathlib import Path
 
@@ -181,3 +183,20 @@ def test_video_dataset_decodes_to_mp4_and_raw_streams(tmp_path: Path) -> None:
         assert (tmp_path / "raw" / f"{row['key']}.h264").read_bytes() == profile.restore(stream)
         assert (tmp_path / "mp4" / f"{row['key']}.mp4").read_bytes() == profile.to_mp4(stream)
     assert main(["sheet", str(tmp_path / "videos"), "--out", str(tmp_path / "sheet.png"), "--n", "2"]) == 0
+
+
+def test_hostile_manifests_and_shards_get_clear_errors(dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    outside = tmp_path / "outside"
+    shutil.copytree(dataset, outside)
+    manifest = json.loads((outside / "manifest.json").read_text())
+    manifest["shards"][0]["path"] = "../elsewhere/shard-000000.tar"
+    (outside / "manifest.json").write_text(json.dumps(manifest))
+    assert main(["verify", str(outside)]) == 2
+    assert "outside the dataset folder" in capsys.readouterr().err
+    extra = tmp_path / "extra"
+    shutil.copytree(dataset, extra)
+    with tarfile.open(extra / "train" / "shard-000000.tar", "a") as tar:
+        info = tarfile.TarInfo("README.txt")
+        tar.addfile(info, io.BytesIO(b""))
+    assert main(["show", str(extra), "--shard", "train/shard-000000", "--index", "0"]) == 2
+    assert "cannot be read as a shard" in capsys.readouterr().err
