@@ -14,6 +14,7 @@ marginal cost per image, from timing the job on half and on all of the inputs â€
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import tempfile
 from pathlib import Path
@@ -21,6 +22,8 @@ from pathlib import Path
 os.environ.setdefault("RAYON_NUM_THREADS", "1")  # the tokenizer on one core too: figures are per core
 
 from codec import best_rate, image_inputs, pillow_floor  # noqa: E402  (bench/ is the script's folder)
+
+import pyarrow.parquet as pq  # noqa: E402
 
 from preprocess.run import run  # noqa: E402
 from shared.jpeg import JpegProfile  # noqa: E402
@@ -57,8 +60,8 @@ def main() -> None:
         ours = best_rate(lambda: job("*.jpg", *one_core), len(images), args.repeats)
         marginal = (len(images) - half) / (len(images) / ours - half_seconds)
         all_cores = best_rate(lambda: job("*.jpg"), len(images), 1) if args.all_cores else None
-        manifest = __import__("json").loads((Path(scratch) / "out" / "manifest.json").read_text())
-        rows = __import__("pyarrow.parquet", fromlist=["x"]).read_table(Path(scratch) / "out" / "documents.parquet")
+        manifest = json.loads((Path(scratch) / "out" / "manifest.json").read_text())
+        rows = pq.read_table(Path(scratch) / "out" / "documents.parquet")
         stream_bytes = sum(rows.column("stream_bytes").to_pylist()) / len(rows)
 
     totals = manifest["totals"]
