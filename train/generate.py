@@ -100,7 +100,8 @@ def sample(model: GPT, tokenizer: ByteTokenizer, prompt: bytes, count: int, max_
     vocab = tokenizer.vocab_size
     started = time.perf_counter()
     tokens = torch.tensor([prompt_ids] * count, device=device)
-    logits = model(tokens, input_pos=torch.arange(len(prompt_ids), device=device))[:, -1, :vocab].float()
+    logits = model(tokens, input_pos=torch.arange(len(prompt_ids), device=device),
+                   input_pos_maxp1=len(prompt_ids))[:, -1, :vocab].float()
     generated: list[list[int]] = [[] for _ in range(count)]
     finished = [False] * count
     for step in range(max_new_tokens):
@@ -127,8 +128,10 @@ def sample(model: GPT, tokenizer: ByteTokenizer, prompt: bytes, count: int, max_
                 states[row] = constraint.advance(states[row], token)
         if all(finished):
             break
-        position = torch.tensor([len(prompt_ids) + step], device=device)
-        logits = model(torch.tensor(chosen, device=device)[:, None], input_pos=position)[:, -1, :vocab].float()
+        position = len(prompt_ids) + step
+        # input_pos_maxp1: attend over the filled part of the KV cache only, not the whole buffer
+        logits = model(torch.tensor(chosen, device=device)[:, None], input_pos=torch.tensor([position], device=device),
+                       input_pos_maxp1=position + 1)[:, -1, :vocab].float()
     model.clear_kv_cache()
     seconds = time.perf_counter() - started
     return [Sample(len(ids), "eos" if ids and ids[-1] == tokenizer.eos_id else "length",
