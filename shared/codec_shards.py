@@ -42,24 +42,21 @@ def raw_pixel_bytes(dataset: Dataset, stream: bytes) -> int:
 
 
 def summarize(dataset: Dataset, max_shards: int | None = None, top: int = 10) -> dict[str, Any]:
-    manifest, rows = dataset.manifest, dataset.documents
-    tokens = np.array([r["tokens"] for r in rows], dtype=np.int64)
+    manifest = dataset.manifest
+    tokens = dataset.column("tokens").astype(np.int64)
+    split_of = dataset.column("split")
     splits = {}
     for split in SPLITS:
         shards = dataset.shards(split)
         splits[split] = {"shards": len(shards), "sequences": sum(s["sequences"] for s in shards),
-                         "documents": sum(r["split"] == split for r in rows), "tokens": sum(s["tokens"] for s in shards)}
+                         "documents": int((split_of == split).sum()), "tokens": sum(s["tokens"] for s in shards)}
     counts = np.zeros(manifest["vocab_size"], dtype=np.int64)
     stream_bytes = raw_bytes = 0
     shards = manifest["shards"][:max_shards]
-    by_shard: dict[tuple[str, str], list[dict[str, Any]]] = {}
-    for row in rows:  # one pass, not one per shard
-        if row["complete"]:
-            by_shard.setdefault((row["split"], row["shard"]), []).append(row)
     for shard in tqdm(shards, desc="reading shards", unit="shard", disable=not shards):
         windows = dataset.read_windows(shard)
         counts += np.bincount(windows.reshape(-1), minlength=len(counts))[:len(counts)]
-        for row in by_shard.get((shard["split"], shard_name(shard)), []):
+        for row in dataset.shard_rows(shard["split"], shard_name(shard), complete=True):
             stream = dataset.tokenizer.decode(document_tokens(windows, row["sequence"], row["offset"], row["tokens"]))
             stream_bytes += len(stream)
             raw_bytes += raw_pixel_bytes(dataset, stream)
@@ -118,8 +115,8 @@ def show(dataset: Dataset, shard_name: str, index: int, with_bytes: bool) -> str
         raise DatasetError(f"{shard['path']} has {len(windows)} sequences; --index must be in 0..{len(windows) - 1}")
     ids = windows[index]
     name = posixpath.basename(shard["path"]).removesuffix(".tar")
-    starts = {r["offset"]: r for r in dataset.documents
-              if r["split"] == shard["split"] and r["shard"] == name and r["sequence"] == index}
+    starts = {r["offset"]: r for r in dataset.rows([("split", "=", shard["split"]), ("shard", "=", name),
+                                                     ("sequence", "=", index)])}
     bos, eos = dataset.manifest["bos_id"], dataset.manifest["eos_id"]
     lines = [f"{shard['path']} sequence {index} (sample {sample_key(name, index)}): {len(ids)} ids"]
     segments = np.split(np.arange(len(ids)), [i for i in range(1, len(ids)) if ids[i] == bos or ids[i - 1] == eos])
@@ -151,13 +148,16 @@ def safe_file_name(key: str, suffix: str) -> str:
 
 
 def select_rows(dataset: Dataset, split: str | None, keys: list[str] | None, limit: int | None) -> list[dict[str, Any]]:
-    rows = [r for r in dataset.documents if split is None or r["split"] == split]
-    if keys:
-        wanted = set(keys)
-        rows = [r for r in rows if r["key"] in wanted or any(r["key"].startswith(k) for k in wanted)]
-        missing = [k for k in keys if not any(r["key"].startswith(k) for r in rows)]
+    filters = [("split", "=", split)] if split else []
+    if keys:  # prefixes: find the full keys in the key column first, then read only their rows
+        known = [str(k) for k in dataset.column("key")]
+        matched = sorted({full for full in known for k in keys if full.startswith(k)})
+        missing = [k for k in keys if not any(full.startswith(k) for full in matched)]
         if missing:
-            raise DatasetError(f"no document with key {missing[0]!r} in split {split or 'any'}")
+            raise DatasetError(f"no document with key {missing[0]!r}")
+        rows = dataset.rows(filters + [("key", "in", matched)])
+    else:
+        rows = dataset.rows(filters + [("complete", "=", True)], limit=limit)
     incomplete = [r for r in rows if not r["complete"]]
     if keys and incomplete:
         print(f"codec-shards: {len(incomplete)} selected documents are cut at a shard end and cannot be rebuilt: "
@@ -218,7 +218,9 @@ def verify(dataset: Dataset, decode: bool = True) -> list[str]:
     except Exception as error:
         return problems + [f"{TOKENIZER}: cannot be read ({error}); nothing else can be checked"]
     try:
-        rows = dataset.documents
+        keys = Counter(str(k) for k in dataset.column("key"))
+        places = {(str(a), str(b)) for a, b in zip(dataset.column("split"), dataset.column("shard"))}
+        document_tokens_total = int(dataset.column("tokens").sum())
     except Exception as error:
         return problems + [f"{DOCUMENTS}: cannot be read ({error}); nothing else can be checked"]
 
@@ -236,23 +238,20 @@ def verify(dataset: Dataset, decode: bool = True) -> list[str]:
         if len(lines) != manifest["totals"]["rejected"]:
             problems.append(f"{REJECTED}: {len(lines)} lines, but the manifest counts {manifest['totals']['rejected']} rejected")
 
-    keys = Counter(row["key"] for row in rows)
     repeated = [key for key, count in keys.items() if count > 1]
     if repeated:
         problems.append(f"{DOCUMENTS}: {len(repeated)} keys name more than one document (first: {repeated[0]})")
     width, dtype = manifest["seq_len"] + 1, np.dtype(manifest["dtype"])
     bos, eos, vocab = manifest["bos_id"], manifest["eos_id"], manifest["vocab_size"]
-    rows_by_shard: dict[tuple[str, str], list[dict[str, Any]]] = {}
-    for row in rows:
-        rows_by_shard.setdefault((row["split"], row["shard"]), []).append(row)
     for shard in tqdm(manifest["shards"], desc="verifying shards", unit="shard"):
-        problems += verify_shard(dataset, shard, rows_by_shard.pop((shard["split"], shard_name(shard)), []),
+        places.discard((shard["split"], shard_name(shard)))
+        problems += verify_shard(dataset, shard, dataset.shard_rows(shard["split"], shard_name(shard)),
                                  width, dtype, bos, eos, vocab, decode)
-    for (split, name), orphans in rows_by_shard.items():
-        problems.append(f"{DOCUMENTS}: {len(orphans)} documents in {split}/{name}, a shard the manifest does not list")
+    for split, name in sorted(places):
+        problems.append(f"{DOCUMENTS}: documents in {split}/{name}, a shard the manifest does not list")
     totals = manifest["totals"]
-    expected = {"documents": len(rows), "sequences": sum(s["sequences"] for s in manifest["shards"]),
-                "tokens": sum(r["tokens"] for r in rows)}
+    expected = {"documents": sum(keys.values()), "sequences": sum(s["sequences"] for s in manifest["shards"]),
+                "tokens": document_tokens_total}
     for name, value in expected.items():
         if totals.get(name) != value:
             problems.append(f"{MANIFEST}: totals.{name} is {totals.get(name)}, the data has {value}")
@@ -363,7 +362,7 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "decode":
             rows = select_rows(dataset, args.split, args.key, args.limit)
             written = decode_documents(dataset, args.out, rows, args.raw)
-            skipped = len([r for r in dataset.documents if not r["complete"]])
+            skipped = int((~dataset.column("complete")).sum())
             print(f"wrote {len(written)} files to {args.out}"
                   + (f" ({skipped} documents cut at shard ends cannot be rebuilt)" if skipped and not args.key else ""))
         elif args.command == "sheet":

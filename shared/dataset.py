@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import re
@@ -68,10 +67,29 @@ class Dataset:
     def tokenizer(self) -> ByteTokenizer:
         return ByteTokenizer.from_str(read_bytes(self.path(self.manifest["tokenizer"]["path"])).decode())
 
-    @cached_property
+    def rows(self, filters: list[tuple] | None = None, columns: list[str] | None = None,
+             limit: int | None = None) -> list[dict[str, Any]]:
+        """Rows of documents.parquet (key, source, split, stream_bytes, tokens, shard, sequence, offset,
+        complete) that match ``filters`` (pyarrow's ``[("split", "=", "val"), …]``). Each shard's rows are
+        one row group, so a filter on split and shard reads that shard's rows only: no need to hold tens
+        of millions of rows in memory."""
+        with FileSystems.open(self.path(self.manifest["documents"]), compression_type=RAW) as handle:
+            table = pq.read_table(handle, filters=filters or None, columns=columns)
+        return (table.slice(0, limit) if limit is not None else table).to_pylist()
+
+    def column(self, name: str) -> np.ndarray:
+        """One column of documents.parquet for all documents, as an array (cheap: columnar)."""
+        with FileSystems.open(self.path(self.manifest["documents"]), compression_type=RAW) as handle:
+            return pq.read_table(handle, columns=[name]).column(name).to_numpy()
+
+    @property
     def documents(self) -> list[dict[str, Any]]:
-        """documents.parquet as rows (key, source, split, stream_bytes, tokens, shard, sequence, offset, complete)."""
-        return pq.read_table(io.BytesIO(read_bytes(self.path(self.manifest["documents"])))).to_pylist()
+        """Every row of documents.parquet (for small datasets; large ones use ``rows`` with filters)."""
+        return self.rows()
+
+    def shard_rows(self, split: str, shard: str, complete: bool | None = None) -> list[dict[str, Any]]:
+        filters = [("split", "=", split), ("shard", "=", shard)] + ([("complete", "=", complete)] if complete is not None else [])
+        return self.rows(filters)
 
     def shards(self, split: str | None = None) -> list[dict[str, Any]]:
         return [s for s in self.manifest["shards"] if split is None or s["split"] == split]
@@ -100,7 +118,7 @@ class Dataset:
         """``(row, tokens, stream)`` for complete documents, reading each needed shard once."""
         by_shard: dict[tuple[str, str], list[dict[str, Any]]] = {}
         for row in rows:
-            if row["complete"]:
+            if row["complete"]:  # grouped so that each shard is read once
                 by_shard.setdefault((row["split"], row["shard"]), []).append(row)
         for (split, shard), shard_rows in by_shard.items():
             windows = self.read_windows(self.find_shard(f"{split}/{shard}"))

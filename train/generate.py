@@ -207,7 +207,7 @@ def write_outputs(out: Path, profile: Profile, samples: list[Sample], original: 
 
 def val_prompts(data: Dataset, count: int) -> list[tuple[str, bytes]]:
     """The first ``count`` complete documents of the dataset's val split: images the model has not trained on."""
-    rows = [r for r in data.documents if r["split"] == "val" and r["complete"]][:count]
+    rows = data.rows([("split", "=", "val"), ("complete", "=", True)], limit=count) if count else []
     return [(f"val-{row['key'][:12]}", stream) for row, _, stream in data.document_streams(rows)]
 
 
