@@ -187,20 +187,20 @@ class JpegProfile:
         return stream  # shorter than the cut: the whole stream is the prompt
 
     def prompt_mcus(self, ratio: float) -> int:
-        """MCUs in a prompt of ``ratio``: whole groups of 8 restart intervals, as the authors' release.
+        """MCUs in a prompt of ``ratio``: the first ``ratio`` of the image, in whole restart intervals.
 
-        At 256x256 that is ``8 * int(32 * ratio)`` (the stream cut after the ``int(32*ratio)``-th FF D7).
-        Small profiles have coarse prompts: 64x64 has 16 intervals, so ratios below 0.5 give none.
+        At 256x256 (256 MCUs, a restart marker after each) and every ratio that is a multiple of 1/32
+        (0.25, 0.5, 0.75 …) this is the authors' cut: right after the ``int(32*r)``-th FF D7. Unlike
+        their groups of 8 markers it also gives small profiles real prompts (64x64: 4 MCUs at 0.25).
         """
         if not 0.0 <= ratio <= 1.0:
             raise ValueError(f"prompt ratio must be in [0, 1], not {ratio}")
-        if not self.restart_interval or self.layout.intervals < 8:
-            raise ValueError(f"{self.name} has fewer than 8 restart intervals, so it has no ratio prompts; "
-                             "use cut_after_mcus")
+        if not self.restart_interval:
+            raise ValueError(f"{self.name} has no restart markers, so a prompt cannot be cut; use restart_interval >= 1")
         if ratio == 1.0:
-            return self.layout.mcus
-        groups = int(ratio * (self.layout.intervals / 8))
-        return min(self.layout.mcus, groups * 8 * self.restart_interval)
+            return self.layout.mcus  # the last interval may be short
+        intervals = int(ratio * self.layout.mcus) // self.restart_interval
+        return min(self.layout.mcus, intervals * self.restart_interval)
 
     def prompt(self, stream: bytes, ratio: float) -> bytes:
         return self.cut_after_mcus(stream, self.prompt_mcus(ratio))

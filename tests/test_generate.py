@@ -14,7 +14,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from preprocess.run import run
 from shared.avc import AvcProfile
 from shared.avc_grammar import AvcGrammar
 from shared.jpeg import JpegProfile
@@ -23,7 +22,8 @@ from shared.jpeg_grammar import JpegGrammar
 from shared.sample_data import sample_crops
 from shared.sample_videos import sample_clip
 from shared.token_constraint import TokenConstraint
-from train.generate import generate
+from train.checkpoint import open_dataset
+from train.generate import generate, grammar_for, load_model, sample_rows
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = JpegProfile.from_name("jpeg-64-q25")
@@ -125,20 +125,6 @@ def test_avc_grammar_follows_nal_structure() -> None:
     assert not accepts(stream[:-1] + b"\x00\x00\x02\x05")  # emulation prevention
 
 
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny Jpeg-LM trained for a few steps on the sample photos (64x64, 255-token context)."""
-    root = tmp_path_factory.mktemp("generate")
-    data = root / "data"
-    run(["--output", str(data), "--profile", "jpeg-64-q25", "--seq-len", "1023", "--sample-size", "60",
-         "--val-fraction", "0.2", "--direct_running_mode", "in_memory", "--direct_num_workers", "1"])
-    subprocess.run(["litgpt", "pretrain", "--config", str(ROOT / "train" / "jpeg-tiny.yaml"), "--data.path", str(data),
-                    "--out_dir", str(root / "out"), "--train.max_tokens", str(6 * 8 * 1023),
-                    "--eval.final_validation", "false", "--data.num_workers", "0"],
-                   check=True, cwd=ROOT, capture_output=True, env={**os.environ, "TORCH_COMPILE_DISABLE": "1"})
-    return root / "out" / "final"
-
-
 def test_constrained_generation_decodes_and_repeats_with_the_seed(checkpoint: Path, tmp_path: Path) -> None:
     prompt = tmp_path / "prompt.png"
     prompt.write_bytes(sample_crops(1, seed=9).__next__()[1])
@@ -181,3 +167,18 @@ def test_generate_cli(checkpoint: Path, tmp_path: Path) -> None:
     refused = subprocess.run(["python", "-m", "train.generate", "--checkpoint", str(checkpoint), "--out", str(tmp_path)],
                              cwd=ROOT, capture_output=True, text=True)
     assert refused.returncode == 2 and "--unconditional" in refused.stderr
+
+
+def test_a_row_samples_the_same_alone_or_batched_with_other_prompt_lengths(checkpoint: Path) -> None:
+    import torch
+    data = open_dataset(checkpoint, None)
+    profile, tokenizer = data.profile, data.tokenizer
+    model = load_model(checkpoint, torch.device("cpu"))
+    constraint = TokenConstraint(grammar_for(profile), tokenizer.token_bytes, tokenizer.eos_id)
+    stream = streams(1)[0]
+    prompts = [profile.prompt(stream, 0.75), b"", profile.prompt(stream, 0.25)]  # three prompt lengths
+    together = sample_rows(model, tokenizer, prompts, [11, 12, 13], 1000, 1.0, 50, 1.0, constraint)
+    for row, prompt in enumerate(prompts):
+        alone = sample_rows(model, tokenizer, [prompt], [11 + row], 1000, 1.0, 50, 1.0, constraint)[0]
+        assert alone.stream == together[row].stream and alone.stream.startswith(prompt)
+        assert alone.stopped == "eos" and profile.decode(alone.stream).complete

@@ -321,6 +321,9 @@ def test_prompt_ratios_on_other_restart_intervals(photo_stream: bytes) -> None:
     every_third = JpegProfile.from_name("jpeg-256-q25-ri3")
     stream = every_third.encode(PHOTOS[3])
     assert every_third.prompt(stream, 1.0) == stream
-    assert every_third.prompt_mcus(0.5) % 3 == 0
-    with pytest.raises(ValueError, match="fewer than 8 restart intervals"):
-        JpegProfile.from_name("jpeg-64-q25-ri5").prompt_mcus(0.5)
+    assert every_third.prompt_mcus(0.5) == 126  # 128 MCUs, down to whole intervals of 3
+    small = JpegProfile.from_name("jpeg-64-q25")  # 16 MCUs: a row of 4 per quarter
+    assert [small.prompt_mcus(r) for r in (0.0, 0.25, 0.5, 0.75, 1.0)] == [0, 4, 8, 12, 16]
+    assert JpegProfile.from_name("jpeg-64-q25-ri5").prompt_mcus(0.75) == 10
+    with pytest.raises(ValueError, match="no restart markers"):
+        JpegProfile.from_name("jpeg-64-q25-ri0").prompt_mcus(0.5)

@@ -8,8 +8,8 @@
 
 The model comes from a `litgpt pretrain` checkpoint folder; the tokenizer and codec profile from the
 dataset it was trained on (recorded in the checkpoint's hyperparameters.yaml, or --dataset). An image
-prompt is normalised and encoded with the profile and cut after whole groups of 8 restart intervals
-(the authors' ``int(32 * ratio)`` FF D7 markers at 256x256); a video prompt keeps its first
+prompt is normalised and encoded with the profile and cut after the first ``ratio`` of its MCUs in whole
+restart intervals (at 256x256 the authors' cut after the ``int(32 * ratio)``-th FF D7); a video prompt keeps its first
 ``--prompt-frames`` frames. Sampling batches the samples of a prompt through LitGPT's KV cache with
 temperature / top-k / top-p (defaults as the authors' release: 1.0, 50, 1.0).
 
@@ -82,29 +82,45 @@ def filter_logits(logits: torch.Tensor, temperature: float, top_k: int | None, t
     return logits
 
 
-@torch.inference_mode()
 def sample(model: GPT, tokenizer: ByteTokenizer, prompt: bytes, count: int, max_new_tokens: int,
            temperature: float, top_k: int | None, top_p: float, seed: int,
            constraint: TokenConstraint | None) -> list[Sample]:
     """``count`` continuations of ``prompt`` (a stream prefix), sampled together with the KV cache."""
+    return sample_rows(model, tokenizer, [prompt] * count, [seed + row for row in range(count)], max_new_tokens,
+                       temperature, top_k, top_p, constraint)
+
+
+@torch.inference_mode()
+def sample_rows(model: GPT, tokenizer: ByteTokenizer, prompts: list[bytes], seeds: list[int], max_new_tokens: int,
+                temperature: float, top_k: int | None, top_p: float,
+                constraint: TokenConstraint | None) -> list[Sample]:
+    """One continuation per prompt, all rows sampled as one batch through the KV cache.
+
+    Prompts may differ in length: every row keeps its own positions (LitGPT takes a (batch, T)
+    ``input_pos``), the prefill is right-padded, and a row's padding in the cache is overwritten by its
+    own next token before anything attends to it. Each row draws from its own seeded generator, so a
+    row's sample does not depend on which other rows share its batch (resumable evaluations rely on it).
+    """
     device = next(model.parameters()).device
-    prompt_ids = tokenizer.encode(prompt, bos=True).tolist()
-    max_new_tokens = min(max_new_tokens, model.config.block_size - len(prompt_ids))
-    if max_new_tokens < 1:
-        raise ValueError(f"the prompt ({len(prompt_ids)} tokens) leaves no room in the model's "
+    encoded = [tokenizer.encode(prompt, bos=True).tolist() for prompt in prompts]
+    lengths = [len(ids) for ids in encoded]
+    budgets = [min(max_new_tokens, model.config.block_size - length) for length in lengths]
+    if min(budgets) < 1:
+        raise ValueError(f"a prompt ({max(lengths)} tokens) leaves no room in the model's "
                          f"{model.config.block_size}-token context")
-    generator = torch.Generator(device=device).manual_seed(seed)
-    model.max_seq_length = len(prompt_ids) + max_new_tokens
+    count, vocab = len(prompts), tokenizer.vocab_size
+    generators = [torch.Generator(device=device).manual_seed(seed) for seed in seeds]
+    model.max_seq_length = cache_length = max(length + budget for length, budget in zip(lengths, budgets))
     model.set_kv_cache(batch_size=count, device=device)
-    states = [constraint.feed(constraint.start(), prompt)] * count if constraint else None
-    vocab = tokenizer.vocab_size
+    states = [constraint.feed(constraint.start(), prompt) for prompt in prompts] if constraint else None
     started = time.perf_counter()
-    tokens = torch.tensor([prompt_ids] * count, device=device)
-    logits = model(tokens, input_pos=torch.arange(len(prompt_ids), device=device),
-                   input_pos_maxp1=len(prompt_ids))[:, -1, :vocab].float()
+    width = max(lengths)
+    padded = torch.tensor([ids + [tokenizer.eos_id] * (width - len(ids)) for ids in encoded], device=device)
+    logits = model(padded, input_pos=torch.arange(width, device=device), input_pos_maxp1=width)
+    logits = logits[torch.arange(count, device=device), torch.tensor(lengths, device=device) - 1, :vocab].float()
     generated: list[list[int]] = [[] for _ in range(count)]
     finished = [False] * count
-    for step in range(max_new_tokens):
+    for step in range(max(budgets)):
         if constraint is not None and top_k is not None:  # top-k among allowed tokens: verdicts in logit order
             ranked = torch.argsort(logits, dim=-1, descending=True).tolist()
             mask = torch.zeros_like(logits, dtype=torch.bool)
@@ -116,26 +132,31 @@ def sample(model: GPT, tokenizer: ByteTokenizer, prompt: bytes, count: int, max_
             logits = logits.masked_fill(~mask, float("-inf"))
         else:
             logits[:, tokenizer.bos_id] = float("-inf")  # BOS never comes mid-stream
-        probabilities = torch.softmax(filter_logits(logits, temperature, top_k, top_p), dim=-1)
-        chosen = torch.multinomial(probabilities, 1, generator=generator).squeeze(1).tolist()
+        # inverse-CDF draw with one uniform per row from that row's generator
+        cumulative = torch.softmax(filter_logits(logits, temperature, top_k, top_p), dim=-1).cumsum(dim=-1)
+        uniform = torch.cat([torch.rand(1, generator=g, device=device) for g in generators])[:, None]
+        chosen = torch.searchsorted(cumulative, uniform * cumulative[:, -1:], right=True).clamp(max=vocab - 1)
+        chosen = chosen.squeeze(1).tolist()
         for row, token in enumerate(chosen):
             if finished[row]:
                 continue
             generated[row].append(token)
-            if token == tokenizer.eos_id:
+            if token == tokenizer.eos_id or len(generated[row]) == budgets[row]:
                 finished[row] = True
             elif constraint is not None:
                 states[row] = constraint.advance(states[row], token)
         if all(finished):
             break
-        position = len(prompt_ids) + step
+        # finished rows keep running (batch shapes stay fixed) at a clamped position nobody reads
+        positions = [min(length + step, cache_length - 1) for length in lengths]
         # input_pos_maxp1: attend over the filled part of the KV cache only, not the whole buffer
-        logits = model(torch.tensor(chosen, device=device)[:, None], input_pos=torch.tensor([position], device=device),
-                       input_pos_maxp1=position + 1)[:, -1, :vocab].float()
+        logits = model(torch.tensor(chosen, device=device)[:, None],
+                       input_pos=torch.tensor(positions, device=device)[:, None],
+                       input_pos_maxp1=max(positions) + 1)[:, -1, :vocab].float()
     model.clear_kv_cache()
     seconds = time.perf_counter() - started
     return [Sample(len(ids), "eos" if ids and ids[-1] == tokenizer.eos_id else "length",
-                   prompt + tokenizer.decode(ids), seconds) for ids in generated]
+                   prompt + tokenizer.decode(ids), seconds) for prompt, ids in zip(prompts, generated)]
 
 
 # ---- files, facts and pictures -----------------------------------------------------------------

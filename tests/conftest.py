@@ -1,0 +1,33 @@
+"""Fixtures shared by several test files: a tiny trained Jpeg-LM checkpoint (trained once per session)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from preprocess.run import run
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny Jpeg-LM trained for 6 steps on the sample photos (64x64, 1023-token context), with step
+    checkpoints after steps 3 and 6 and the final one. Returns the run's out_dir; the data sits beside it."""
+    root = tmp_path_factory.mktemp("tiny-run")
+    data = root / "data"
+    run(["--output", str(data), "--profile", "jpeg-64-q25", "--seq-len", "1023", "--sample-size", "60",
+         "--val-fraction", "0.2", "--direct_running_mode", "in_memory", "--direct_num_workers", "1"])
+    subprocess.run(["litgpt", "pretrain", "--config", str(ROOT / "train" / "jpeg-tiny.yaml"), "--data.path", str(data),
+                    "--out_dir", str(root / "out"), "--train.max_tokens", str(6 * 8 * 1023),
+                    "--train.save_interval", "3", "--eval.final_validation", "false", "--data.num_workers", "0"],
+                   check=True, cwd=ROOT, capture_output=True, env={**os.environ, "TORCH_COMPILE_DISABLE": "1"})
+    return root / "out"
+
+
+@pytest.fixture(scope="session")
+def checkpoint(tiny_run: Path) -> Path:
+    return tiny_run / "final"

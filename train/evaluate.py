@@ -1,0 +1,544 @@
+"""Evaluating Jpeg-LM checkpoints the way the paper does (§5.2, Tables 3 and 4).
+
+    python -m train.evaluate --checkpoint out/jpeg7b/step-00050000 out/jpeg7b/final \\
+        --images 'imagenet/val/*.JPEG' --num-images 5000 --inception-weights inception-2015-12-05.pt --out eval/imagenet
+    python -m train.evaluate --checkpoint out/jpeg-tiny/final --images data/jpeg-tiny --num-images 15 \\
+        --seeds 2 --unconditional 16 --out out/jpeg-tiny/eval        # with CODEC_LM_INCEPTION=inception-2015-12-05.pt
+
+Prompted completion: each evaluation image is normalised and encoded with the checkpoints' codec
+profile, cut after the first r of its MCUs (r in --prompt-ratios) and completed by the model until
+EOS. FID between the decoded completions and the originals, once per seed, is reported as mean (std)
+over --seeds. Unconditional: --unconditional N samples from BOS alone per seed, FID against the same
+originals (a held-out set: the model never trained on them). Also reported: the codec ceiling (FID of
+the plain codec round trip of the originals, which no model can beat), validation loss and bits per
+byte of the images' streams, the share of completions that decode cleanly, and sampling throughput.
+
+--images is a glob or a folder of image files (any Pillow-readable; --num-images of them chosen at
+random with --seed) or a dataset folder written by `preprocess.run` (its val split; those images are
+already codec output, so there is no round trip to measure and no ceiling).
+
+OUT/results.json holds every number; OUT/report.md the tables in the paper's layout (a row per
+checkpoint, a column per prompt ratio, cells mean (std)) and picture grids (OUT/grids/: prompt, one
+completion per seed, original). OUT/work/ keeps the evaluation set, its features and every finished
+batch of completions: the same command continues where a killed run stopped, and adding checkpoints,
+ratios or seeds reuses everything already done. Changing what the finished work depends on (images,
+profile, sampling settings, feature network) is refused: use another --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import io
+import json
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from shared.contact_sheet import save_contact_sheet
+from shared.dataset import Dataset
+from shared.errors import InvalidMediaError
+from shared.files import exists, join, matching, read_bytes, write_atomic, write_json_atomic
+from shared.profiles import Profile
+from shared.shards import MANIFEST
+from shared.token_constraint import TokenConstraint
+from shared.tokenizer import ByteTokenizer
+from train.checkpoint import open_dataset
+from train.fid import FeatureExtractor, FidError, fid
+from train.generate import grammar_for, load_model, safe_name, sample_rows
+
+UNCONDITIONAL = "unconditional"
+
+
+class EvaluationError(Exception):
+    """Inputs or an output folder the evaluation cannot use."""
+
+
+@dataclass
+class Settings:
+    checkpoints: list[str]
+    images: str
+    out: str
+    num_images: int = 5000
+    prompt_ratios: list[float] = field(default_factory=lambda: [0.25, 0.5, 0.75])
+    seeds: int = 3
+    unconditional: int = 0
+    inception_weights: str | None = None
+    batch_size: int = 16
+    feature_batch_size: int = 50
+    temperature: float = 1.0
+    top_k: int | None = 50
+    top_p: float = 1.0
+    seed: int = 2024
+    max_new_tokens: int | None = None
+    constrained: bool = True
+    dataset: str | None = None
+    device: str | None = None
+    grid_images: int = 8
+
+    def fixed(self, profile: Profile, extractor: FeatureExtractor) -> dict[str, Any]:
+        """What finished work depends on: a resumed run must agree on all of it."""
+        return {"images": self.images, "num_images": self.num_images, "seed": self.seed, "profile": profile.name,
+                "temperature": self.temperature, "top_k": self.top_k, "top_p": self.top_p,
+                "constrained": self.constrained, "max_new_tokens": self.max_new_tokens,
+                "feature_network_sha256": extractor.sha256}
+
+
+@dataclass
+class EvalSet:
+    keys: list[str]
+    streams: list[bytes]
+    reference: np.ndarray  # features of the originals
+    ceiling: np.ndarray | None  # features of the originals' codec round trip; None when they are codec output
+    pictures: np.ndarray  # the first --grid-images originals, for the grids
+    rejected: list[dict[str, str]]
+    source: str  # "files" or "dataset val split"
+
+
+# ---- small file helpers: arrays and byte lists in .npz, written atomically ------------------------
+def save_arrays(path: str, **arrays: np.ndarray) -> None:
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    write_atomic(path, buffer.getvalue())
+
+
+def load_arrays(path: str) -> dict[str, np.ndarray]:
+    with np.load(io.BytesIO(read_bytes(path)), allow_pickle=False) as arrays:
+        return dict(arrays)
+
+
+def pack_bytes(items: list[bytes]) -> dict[str, np.ndarray]:
+    return {"data": np.frombuffer(b"".join(items), np.uint8),
+            "offsets": np.cumsum([0] + [len(item) for item in items], dtype=np.int64)}
+
+
+def unpack_bytes(arrays: dict[str, np.ndarray]) -> list[bytes]:
+    data, offsets = arrays["data"].tobytes(), arrays["offsets"]
+    return [data[start:end] for start, end in zip(offsets[:-1], offsets[1:])]
+
+
+# ---- the evaluation set ------------------------------------------------------------------------
+def image_files(pattern: str) -> list[str]:
+    if "://" not in pattern and Path(pattern).is_dir():
+        return sorted(str(p) for p in Path(pattern).rglob("*") if p.is_file() and not p.name.startswith("."))
+    return matching(pattern)
+
+
+def file_images(pattern: str, profile: Profile, count: int, seed: int,
+                rejected: list[dict[str, str]]) -> Iterator[tuple[str, np.ndarray, bytes]]:
+    """(path, normalised original, stream) for ``count`` files chosen at random; unreadable ones are rejected."""
+    paths = image_files(pattern)
+    if not paths:
+        raise EvaluationError(f"--images {pattern}: no files match")
+    taken = 0
+    for index in np.random.default_rng(seed).permutation(len(paths)):
+        if taken == count:
+            return
+        path = paths[index]
+        try:
+            image = profile.normalize(read_bytes(path))
+            stream = profile.encode_image(image)
+        except InvalidMediaError as error:
+            rejected.append({"path": path, "reason": error.reason, "message": str(error)})
+            continue
+        except OSError as error:
+            rejected.append({"path": path, "reason": "unreadable", "message": str(error)})
+            continue
+        taken += 1
+        yield path, np.asarray(image), stream
+
+
+def dataset_images(root: str, profile: Profile, count: int, seed: int) -> Iterator[tuple[str, np.ndarray, bytes]]:
+    """(key, decoded stream, stream) for ``count`` complete documents of a dataset's val split."""
+    data = Dataset.open(root)
+    if data.profile.name != profile.name:
+        raise EvaluationError(f"--images {root} holds {data.profile.name} streams, the checkpoints model {profile.name}")
+    held_out = [("split", "=", "val"), ("complete", "=", True)]
+    keys = [row["key"] for row in data.rows(held_out, columns=["key"])]
+    if not keys:
+        raise EvaluationError(f"--images {root}: its val split has no complete documents (preprocess with --val-fraction)")
+    chosen = [keys[i] for i in np.random.default_rng(seed).permutation(len(keys))[:count]]
+    for row, _, stream in data.document_streams(data.rows(held_out + [("key", "in", chosen)])):
+        yield row["key"], np.asarray(profile.decode(stream).image), stream
+
+
+def build_eval_set(settings: Settings, profile: Profile, extractor: FeatureExtractor) -> EvalSet:
+    from_dataset = exists(join(settings.images, MANIFEST))
+    rejected: list[dict[str, str]] = []
+    items = (dataset_images(settings.images, profile, settings.num_images, settings.seed) if from_dataset
+             else file_images(settings.images, profile, settings.num_images, settings.seed, rejected))
+    keys: list[str] = []
+    streams: list[bytes] = []
+    reference, ceiling, pictures, originals, round_trips = [], [], [], [], []
+
+    def flush() -> None:
+        if originals:
+            reference.append(extractor(np.stack(originals)))
+            if round_trips:
+                ceiling.append(extractor(np.stack(round_trips)))
+            originals.clear()
+            round_trips.clear()
+
+    for key, original, stream in tqdm(items, total=settings.num_images, desc="evaluation images", unit="img"):
+        keys.append(key)
+        streams.append(stream)
+        originals.append(original)
+        if not from_dataset:
+            round_trips.append(np.asarray(profile.decode(stream).image))
+        if len(pictures) < settings.grid_images:
+            pictures.append(original)
+        if len(originals) == settings.feature_batch_size:
+            flush()
+    flush()
+    if len(keys) < 2:
+        raise EvaluationError(f"--images {settings.images}: {len(keys)} usable images; FID needs at least 2 "
+                              f"({len(rejected)} rejected, e.g. {rejected[:1]})")
+    return EvalSet(keys, streams, np.concatenate(reference), np.concatenate(ceiling) if ceiling else None,
+                   np.stack(pictures), rejected, "dataset val split" if from_dataset else "files")
+
+
+def load_or_build_eval_set(settings: Settings, profile: Profile, extractor: FeatureExtractor) -> EvalSet:
+    path, facts = join(settings.out, "work", "eval-set.npz"), join(settings.out, "work", "eval-set.json")
+    if exists(path) and exists(facts):
+        arrays, recorded = load_arrays(path), json.loads(read_bytes(facts))
+        return EvalSet(recorded["keys"], unpack_bytes(arrays), arrays["reference"],
+                       arrays["ceiling"] if "ceiling" in arrays else None, arrays["pictures"],
+                       recorded["rejected"], recorded["source"])
+    built = build_eval_set(settings, profile, extractor)
+    extra = {"ceiling": built.ceiling.astype(np.float32)} if built.ceiling is not None else {}
+    save_arrays(path, **pack_bytes(built.streams), reference=built.reference.astype(np.float32),
+                pictures=built.pictures, **extra)
+    write_json_atomic(facts, {"keys": built.keys, "rejected": built.rejected, "source": built.source})
+    return load_or_build_eval_set(settings, profile, extractor)  # read back: a resumed run sees the same floats
+
+
+def check_settings(settings: Settings, profile: Profile, extractor: FeatureExtractor) -> None:
+    path, wanted = join(settings.out, "work", "settings.json"), settings.fixed(profile, extractor)
+    if not exists(path):
+        write_json_atomic(path, wanted)
+        return
+    recorded = json.loads(read_bytes(path))
+    changed = [f"{name}: {recorded.get(name)!r} then, {value!r} now" for name, value in wanted.items()
+               if recorded.get(name) != value]
+    if changed:
+        raise EvaluationError(f"{settings.out} holds an evaluation made with other settings ({'; '.join(changed)}); "
+                              "its finished completions would not match: use another --out")
+
+
+# ---- one checkpoint ----------------------------------------------------------------------------
+def checkpoint_tag(checkpoint: str) -> str:
+    """A readable, collision-free folder name for a checkpoint path."""
+    resolved = str(Path(checkpoint).resolve())
+    return f"{safe_name('-'.join(Path(resolved).parts[-2:]))}-{hashlib.sha1(resolved.encode()).hexdigest()[:8]}"
+
+
+def row_seed(base: int, seed_index: int, task: float, row: int) -> int:
+    """The sampling seed of one completion: independent of batching, so resumed work matches."""
+    return int(np.random.SeedSequence([base, seed_index, round(task * 10_000), row]).generate_state(1)[0])
+
+
+def task_name(ratio: float | None, seed_index: int) -> str:
+    return f"{UNCONDITIONAL}-seed{seed_index}" if ratio is None else f"prompt-{ratio:g}-seed{seed_index}"
+
+
+def run_task(folder: str, prompts: list[bytes], seeds: list[int], desc: str, model: Any, tokenizer: ByteTokenizer,
+             profile: Profile, constraint: TokenConstraint | None, extractor: FeatureExtractor,
+             settings: Settings, budget: int) -> dict[str, Any]:
+    """Complete every prompt once, in batches; each finished batch is a file, so a rerun skips it."""
+    chunks = [load_arrays(path) for path in matching(join(folder, "*.npz"))]
+    done = {int(i) for chunk in chunks for i in chunk["index"]}
+    todo = sorted((i for i in range(len(prompts)) if i not in done), key=lambda i: (len(prompts[i]), i))
+    with tqdm(total=len(prompts), initial=len(prompts) - len(todo), desc=desc, unit="img") as bar:
+        for start in range(0, len(todo), settings.batch_size):
+            rows = todo[start:start + settings.batch_size]
+            samples = sample_rows(model, tokenizer, [prompts[i] for i in rows], [seeds[i] for i in rows], budget,
+                                  settings.temperature, settings.top_k, settings.top_p, constraint)
+            decoded = [profile.decode(s.stream) for s in samples]
+            chunk = {"index": np.array(rows, np.int64), **pack_bytes([s.stream for s in samples]),
+                     "tokens": np.array([s.tokens for s in samples], np.int64),
+                     "eos": np.array([s.stopped == "eos" for s in samples]),
+                     "valid_mcus": np.array([d.valid_mcus for d in decoded], np.int64),
+                     "clean": np.array([d.complete for d in decoded]),
+                     "seconds": np.array([samples[0].seconds]),
+                     "features": extractor(np.stack([np.asarray(d.image) for d in decoded])).astype(np.float32)}
+            save_arrays(join(folder, f"{rows[0]:06d}.npz"), **chunk)
+            chunks.append(chunk)
+            bar.update(len(rows))
+    order = np.argsort(np.concatenate([c["index"] for c in chunks]))
+    merged = {name: np.concatenate([c[name] for c in chunks])[order]
+              for name in ("index", "tokens", "eos", "valid_mcus", "clean", "features")}
+    merged["streams"] = [s for c in chunks for s in unpack_bytes(c)]
+    merged["streams"] = [merged["streams"][i] for i in order]
+    merged["seconds"] = float(sum(c["seconds"].sum() for c in chunks))
+    return merged
+
+
+@torch.inference_mode()
+def stream_loss(model: Any, tokenizer: ByteTokenizer, streams: list[bytes], batch_size: int) -> dict[str, float]:
+    """Cross-entropy of whole documents (BOS stream EOS) in the model's context windows: nats per token
+    and bits per stream byte. A document longer than the context is scored window by window."""
+    device = next(model.parameters()).device
+    block = model.config.block_size
+    windows = []
+    for stream in streams:
+        ids = tokenizer.encode(stream, bos=True, eos=True).tolist()
+        windows += [ids[start:start + block + 1] for start in range(0, len(ids) - 1, block)]
+    windows.sort(key=len)
+    nats, targets = 0.0, 0
+    model.max_seq_length = block
+    for start in tqdm(range(0, len(windows), batch_size), desc="validation loss", unit="batch"):
+        batch = windows[start:start + batch_size]
+        width = max(len(w) for w in batch) - 1
+        inputs = torch.tensor([w[:-1] + [0] * (width + 1 - len(w)) for w in batch], device=device)
+        labels = torch.tensor([w[1:] + [-100] * (width + 1 - len(w)) for w in batch], device=device)
+        logits = model(inputs).float()
+        nats += F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=-100, reduction="sum").item()
+        targets += int((labels != -100).sum())
+    stream_bytes = sum(len(s) for s in streams)
+    return {"loss": nats / targets, "bits_per_byte": nats / np.log(2) / stream_bytes, "tokens": targets,
+            "stream_bytes": stream_bytes}
+
+
+def summarize(task: dict[str, Any], reference: np.ndarray, profile: Profile) -> dict[str, Any]:
+    count = len(task["index"])
+    return {"fid": fid(task["features"].astype(np.float64), reference), "completions": count,
+            "clean_share": float(task["clean"].mean()), "eos_share": float(task["eos"].mean()),
+            "mcus_valid_share": float(task["valid_mcus"].sum() / (count * profile.total_mcus)),
+            "tokens_generated": int(task["tokens"].sum()), "seconds": task["seconds"]}
+
+
+def mean_std(values: list[float]) -> dict[str, Any]:
+    """Mean and sample standard deviation (ddof=1; 0 for a single seed) over seeds."""
+    return {"per_seed": values, "mean": float(np.mean(values)),
+            "std": float(np.std(values, ddof=1)) if len(values) > 1 else 0.0}
+
+
+def evaluate_checkpoint(checkpoint: str, eval_set: EvalSet, settings: Settings, extractor: FeatureExtractor,
+                        device: torch.device) -> dict[str, Any]:
+    data = open_dataset(Path(checkpoint), settings.dataset)
+    profile, tokenizer = data.profile, data.tokenizer
+    model = load_model(Path(checkpoint), device)
+    if model.config.padded_vocab_size < tokenizer.vocab_size:
+        raise EvaluationError(f"{checkpoint}: the model knows {model.config.padded_vocab_size} ids, "
+                              f"its tokenizer {tokenizer.vocab_size}")
+    constraint = TokenConstraint(grammar_for(profile), tokenizer.token_bytes, tokenizer.eos_id) if settings.constrained else None
+    tag = checkpoint_tag(checkpoint)
+    work = join(settings.out, "work", tag)
+    budget = settings.max_new_tokens or model.config.block_size
+    reference = eval_set.reference.astype(np.float64)
+    result: dict[str, Any] = {"checkpoint": checkpoint, "tag": tag, "prompted": {}, "grids": {}}
+
+    loss_path = join(work, "loss.json")
+    if not exists(loss_path):
+        write_json_atomic(loss_path, stream_loss(model, tokenizer, eval_set.streams, settings.batch_size))
+    result["validation"] = json.loads(read_bytes(loss_path))
+
+    jobs: list[tuple[float | None, list[bytes]]] = [(r, [profile.prompt(s, r) for s in eval_set.streams])
+                                                    for r in settings.prompt_ratios]
+    if settings.unconditional:
+        jobs.append((None, [b""] * settings.unconditional))
+    tokens, seconds, completions = 0, 0.0, 0
+    for ratio, prompts in jobs:
+        label = UNCONDITIONAL if ratio is None else f"{ratio:g}"
+        per_seed, shown = [], []
+        for seed_index in range(settings.seeds):
+            name = task_name(ratio, seed_index)
+            task_code = 2.0 if ratio is None else ratio  # keeps unconditional seeds apart from every ratio's
+            seeds = [row_seed(settings.seed, seed_index, task_code, row) for row in range(len(prompts))]
+            task = run_task(join(work, name), prompts, seeds, f"{tag[:20]} {name}", model, tokenizer, profile,
+                            constraint, extractor, settings, budget)
+            per_seed.append(summarize(task, reference, profile))
+            shown.append(task["streams"][:settings.grid_images if ratio is not None else 8])
+            tokens += int(task["tokens"].sum())
+            seconds += task["seconds"]
+            completions += len(prompts)
+        summary = {"fid": mean_std([s["fid"] for s in per_seed]), "seeds": per_seed,
+                   **{k: float(np.mean([s[k] for s in per_seed])) for k in ("clean_share", "eos_share", "mcus_valid_share")}}
+        if ratio is None:
+            result[UNCONDITIONAL] = summary
+        else:
+            result["prompted"][label] = summary
+        result["grids"][label] = save_grid(settings.out, tag, label, profile, eval_set, prompts, shown, ratio)
+    result["throughput"] = {"tokens_per_second": tokens / seconds if seconds else 0.0,
+                            "completions_per_second": completions / seconds if seconds else 0.0,
+                            "device": str(device), "batch_size": settings.batch_size}
+    del model
+    return result
+
+
+def save_grid(out: str, tag: str, label: str, profile: Profile, eval_set: EvalSet, prompts: list[bytes],
+              shown: list[list[bytes]], ratio: float | None) -> str:
+    """A picture grid: per image prompt | one completion per seed | original; unconditional: a row per seed."""
+    def picture(stream: bytes) -> tuple[np.ndarray, str]:
+        decoded = profile.decode(stream)
+        return np.asarray(decoded.image), "ok" if decoded.complete else "bad"
+
+    tiles: list[tuple[str, list[np.ndarray]]] = []
+    if ratio is None:
+        for seed_index, streams in enumerate(shown):
+            for number, stream in enumerate(streams):
+                image, verdict = picture(stream)
+                tiles.append((f"seed {seed_index} #{number} {verdict}", [image]))
+        columns = max(len(streams) for streams in shown)
+    else:
+        for row in range(len(shown[0])):
+            tiles.append((f"prompt {ratio:.0%}", [picture(prompts[row])[0]]))
+            for seed_index, streams in enumerate(shown):
+                image, verdict = picture(streams[row])
+                tiles.append((f"seed {seed_index} {verdict}", [image]))
+            tiles.append(("original" if eval_set.source == "files" else "original (codec)", [eval_set.pictures[row]]))
+        columns = len(shown) + 2
+    relative = f"grids/{tag}-{label}.png"
+    save_contact_sheet(join(out, relative), tiles, columns=columns, cell=128)
+    return relative
+
+
+# ---- the whole evaluation ----------------------------------------------------------------------
+def evaluate(settings: Settings) -> dict[str, Any]:
+    """Run (or continue) an evaluation; writes OUT/results.json and OUT/report.md and returns the results."""
+    for ratio in settings.prompt_ratios:
+        if not 0.0 <= ratio < 1.0:
+            raise EvaluationError(f"prompt ratios must be in [0, 1), not {ratio}")
+    if settings.seeds < 1 or settings.num_images < 2 or settings.batch_size < 1 or settings.unconditional < 0:
+        raise EvaluationError("--seeds and --batch-size must be >= 1, --num-images >= 2, --unconditional >= 0")
+    settings.checkpoints = list(dict.fromkeys(settings.checkpoints))
+    device = torch.device(settings.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    profiles = {checkpoint: open_dataset(Path(checkpoint), settings.dataset).profile for checkpoint in settings.checkpoints}
+    if len({p.name for p in profiles.values()}) > 1:
+        raise EvaluationError("the checkpoints model different codec profiles "
+                              f"({', '.join(f'{c}: {p.name}' for c, p in profiles.items())}); compare like with like")
+    profile = next(iter(profiles.values()))
+    if profile.kind != "jpeg":
+        raise EvaluationError(f"{profile.name}: FID evaluation is for image (JPEG) checkpoints; "
+                              "sample videos with train.generate --prompt-frames")
+    extractor = FeatureExtractor(settings.inception_weights, device)
+    check_settings(settings, profile, extractor)
+    eval_set = load_or_build_eval_set(settings, profile, extractor)
+    reference = eval_set.reference.astype(np.float64)
+    results: dict[str, Any] = {
+        "settings": asdict(settings),
+        "profile": profile.name,
+        "images": {"source": settings.images, "kind": eval_set.source, "count": len(eval_set.keys),
+                   "rejected": eval_set.rejected},
+        "feature_network": {"path": str(extractor.path), "sha256": extractor.sha256, "dims": extractor.dims},
+        "codec_ceiling": ({"fid": fid(eval_set.ceiling.astype(np.float64), reference)}
+                          if eval_set.ceiling is not None else None),
+        "checkpoints": [evaluate_checkpoint(c, eval_set, settings, extractor, device) for c in settings.checkpoints],
+    }
+    write_json_atomic(join(settings.out, "results.json"), results)
+    write_atomic(join(settings.out, "report.md"), render_report(results))
+    return results
+
+
+def render_report(results: dict[str, Any]) -> str:
+    settings, images = results["settings"], results["images"]
+    ratios = [f"{r:g}" for r in settings["prompt_ratios"]]
+    count, dims = images["count"], results["feature_network"]["dims"]
+    unconditional = settings["unconditional"]
+
+    def cell(summary: dict[str, Any] | None) -> str:
+        return "–" if summary is None else f"{summary['fid']['mean']:.2f} ({summary['fid']['std']:.2f})"
+
+    lines = [
+        "# codec-LM evaluation", "",
+        f"{count} images ({images['kind']}: `{images['source']}`), profile `{results['profile']}`, "
+        f"{settings['seeds']} seed(s); sampling temperature {settings['temperature']}, top-k {settings['top_k']}, "
+        f"top-p {settings['top_p']}, {'grammar-constrained' if settings['constrained'] else 'unconstrained'}. "
+        f"Features: `{results['feature_network']['path']}` ({dims} dimensions, sha256 "
+        f"{results['feature_network']['sha256'][:12]}…).", "",
+        "## FID ↓ against the originals", "",
+        f"Prompted completion at each prompt ratio{' and unconditional samples' if unconditional else ''}; "
+        f"cells are mean (std) over seeds (sample standard deviation).", "",
+        "| model | " + " | ".join(f"{float(r):.0%}" for r in ratios) + (f" | unconditional ({unconditional})" if unconditional else "") + " |",
+        "|---|" + "---:|" * (len(ratios) + bool(unconditional)),
+    ]
+    ceiling = results["codec_ceiling"]
+    if ceiling is not None:
+        lines.append(f"| codec ceiling: `{results['profile']}` round trip | "
+                     + " | ".join(f"{ceiling['fid']:.2f}" for _ in ratios) + (" | –" if unconditional else "") + " |")
+    for row in results["checkpoints"]:
+        lines.append(f"| `{row['checkpoint']}` | " + " | ".join(cell(row["prompted"][r]) for r in ratios)
+                     + (f" | {cell(row.get(UNCONDITIONAL))}" if unconditional else "") + " |")
+    lines += ["", "## Streams and sampling", "",
+              "Validation loss: cross-entropy of the images' whole streams (nats per token); bits per byte of the stream. "
+              "Clean: completions whose every MCU entropy-decodes and that end where the image ends.", "",
+              "| model | val loss | bits/byte | " + " | ".join(f"clean {float(r):.0%}" for r in ratios)
+              + (" | clean uncond." if unconditional else "") + " | stopped by EOS | tokens/s | completions/s |",
+              "|---|" + "---:|" * (len(ratios) + bool(unconditional) + 5)]
+    for row in results["checkpoints"]:
+        summaries = [row["prompted"][r] for r in ratios] + ([row[UNCONDITIONAL]] if unconditional else [])
+        lines.append(f"| `{row['checkpoint']}` | {row['validation']['loss']:.3f} | {row['validation']['bits_per_byte']:.3f} | "
+                     + " | ".join(f"{s['clean_share']:.0%}" for s in summaries)
+                     + f" | {np.mean([s['eos_share'] for s in summaries]):.0%} | {row['throughput']['tokens_per_second']:,.0f}"
+                     + f" | {row['throughput']['completions_per_second']:.2f} |")
+    notes = []
+    if ceiling is None:
+        notes.append("No codec ceiling: the images are a dataset's codec streams, so the originals are already "
+                     "codec output (give image files to measure it).")
+    if count <= dims:
+        notes.append(f"{count} images for {dims}-dimensional features: the covariance is rank-deficient and FID is biased "
+                     "upward at small sample sizes; compare only numbers computed on the same images (the paper: 5000 "
+                     "ImageNet, 1000 FFHQ).")
+    if images["rejected"]:
+        notes.append(f"{len(images['rejected'])} input file(s) could not be used (see results.json, images.rejected).")
+    if notes:
+        lines += ["", "## Notes", ""] + [f"- {note}" for note in notes]
+    lines += ["", "## Pictures", "",
+              "Per image: the prompt (the rest grey), one completion per seed (ok: decodes cleanly), the original."]
+    for row in results["checkpoints"]:
+        lines += ["", f"### `{row['checkpoint']}`", ""]
+        for label, path in row["grids"].items():
+            title = "unconditional" if label == UNCONDITIONAL else f"prompt {float(label):.0%}"
+            lines += [f"{title}:", "", f"![{title}]({path})", ""]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m train.evaluate", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--checkpoint", nargs="+", required=True, metavar="CKPT_DIR",
+                        help="litgpt pretrain checkpoint folder(s); one report row each")
+    parser.add_argument("--images", required=True, metavar="PATTERN_OR_DATASET_DIR",
+                        help="image files (glob or folder) or a preprocess.run dataset folder (its val split)")
+    parser.add_argument("--num-images", type=int, default=5000, help="evaluation images (the paper: 5000 ImageNet val)")
+    parser.add_argument("--prompt-ratios", type=float, nargs="+", default=[0.25, 0.5, 0.75],
+                        help="shares of each image given as the prompt")
+    parser.add_argument("--seeds", type=int, default=3, help="sampling runs per prompt ratio; FID is mean (std) over them")
+    parser.add_argument("--unconditional", type=int, default=0, metavar="N", help="also N samples from nothing per seed")
+    parser.add_argument("--inception-weights", metavar="FILE",
+                        help="the TorchScript Inception-v3 of FID, inception-2015-12-05.pt (default: $CODEC_LM_INCEPTION)")
+    parser.add_argument("--batch-size", type=int, default=16, help="completions sampled together")
+    parser.add_argument("--feature-batch-size", type=int, default=50, help="images per feature-network call")
+    parser.add_argument("--temperature", type=float, default=1.0)
+    parser.add_argument("--top-k", type=int, default=50)
+    parser.add_argument("--top-p", type=float, default=1.0)
+    parser.add_argument("--seed", type=int, default=2024, help="chooses the images and seeds every completion")
+    parser.add_argument("--max-new-tokens", type=int, help="default: what the model's context leaves")
+    parser.add_argument("--constrained", action=argparse.BooleanOptionalAction, default=True,
+                        help="mask tokens that would make the stream invalid (default: on)")
+    parser.add_argument("--dataset", help="the training dataset (default: the one each checkpoint records)")
+    parser.add_argument("--device", help="cpu, cuda, cuda:1 … (default: cuda when available)")
+    parser.add_argument("--grid-images", type=int, default=8, help="images shown in each picture grid")
+    parser.add_argument("--out", required=True)
+    args = vars(parser.parse_args(argv))
+    settings = Settings(checkpoints=args.pop("checkpoint"), **args)
+    try:
+        results = evaluate(settings)
+    except (EvaluationError, FidError) as error:
+        raise SystemExit(f"error: {error}") from None
+    for row in results["checkpoints"]:
+        cells = ", ".join(f"{r}: {s['fid']['mean']:.2f} ({s['fid']['std']:.2f})" for r, s in row["prompted"].items())
+        print(f"{row['checkpoint']}: FID {cells}")
+    if results["codec_ceiling"] is not None:
+        print(f"codec ceiling: FID {results['codec_ceiling']['fid']:.2f}")
+    print(f"report: {join(settings.out, 'report.md')}")
+
+
+if __name__ == "__main__":
+    main()
