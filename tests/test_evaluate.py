@@ -23,7 +23,7 @@ from PIL import Image
 
 from shared.jpeg import JpegProfile
 from shared.sample_data import sample_crops
-from train.evaluate import Settings, evaluate, load_arrays, unpack_bytes
+from train.evaluate import EvaluationError, Settings, evaluate, load_arrays, unpack_bytes
 from train.fid import INCEPTION_ENV, INCEPTION_URL, FeatureExtractor, FidError, fid, frechet_distance, statistics
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -204,6 +204,27 @@ def test_val_split_of_a_dataset_has_no_ceiling(checkpoint: Path, features_file: 
     assert results["images"]["kind"] == "dataset val split" and results["images"]["count"] == 5
     assert results["codec_ceiling"] is None
     assert "No codec ceiling" in (tmp_path / "report.md").read_text()
+
+
+def test_workers_share_the_sampling_and_a_plain_run_writes_the_report(checkpoint: Path, image_folder: Path,
+                                                                      features_file: Path, tmp_path: Path) -> None:
+    def settings(worker: str | None) -> Settings:
+        return Settings([str(checkpoint)], str(image_folder), str(tmp_path), num_images=6, prompt_ratios=[0.5], seeds=1,
+                        inception_weights=str(features_file), batch_size=2, worker=worker)
+
+    for worker in ("0/2", "1/2"):
+        assert evaluate(settings(worker)) == {"worker": worker}
+    assert not (tmp_path / "results.json").exists()
+    chunks = {path: path.read_bytes() for path in (tmp_path / "work").glob("*/prompt-0.5-seed0/*.npz")}
+    parities = [set(load_arrays(str(path))["index"] % 2) for path in chunks]
+    assert sorted(i for path in chunks for i in load_arrays(str(path))["index"]) == list(range(6))
+    assert all(len(parity) == 1 for parity in parities) and {p.pop() for p in parities} == {0, 1}
+    results = evaluate(settings(None))
+    assert {path: path.read_bytes() for path in (tmp_path / "work").glob("*/prompt-0.5-seed0/*.npz")} == chunks
+    assert results["checkpoints"][0]["prompted"]["0.5"]["seeds"][0]["completions"] == 6
+    assert "| model | 50% |" in (tmp_path / "report.md").read_text()
+    with pytest.raises(EvaluationError, match="--worker must be K/N"):
+        evaluate(settings("2/2"))
 
 
 def run_cli(out: Path, checkpoint: Path, images: Path, features: Path, *extra: str) -> subprocess.Popen:

@@ -70,7 +70,7 @@ class Settings:
     seeds: int = 3
     unconditional: int = 0
     inception_weights: str | None = None
-    batch_size: int = 16
+    batch_size: int = 8
     feature_batch_size: int = 50
     temperature: float = 1.0
     top_k: int | None = 50
@@ -81,6 +81,18 @@ class Settings:
     dataset: str | None = None
     device: str | None = None
     grid_images: int = 8
+    worker: str | None = None  # "K/N": sample only rows with index % N == K (one process per GPU)
+
+    def share(self) -> tuple[int, int] | None:
+        if self.worker is None:
+            return None
+        try:
+            index, count = (int(part) for part in self.worker.split("/"))
+        except ValueError:
+            index, count = -1, 0
+        if not 0 <= index < count:
+            raise EvaluationError(f"--worker must be K/N with 0 <= K < N (e.g. 0/8), not {self.worker!r}")
+        return index, count
 
     def fixed(self, profile: Profile, extractor: FeatureExtractor) -> dict[str, Any]:
         """What finished work depends on: a resumed run must agree on all of it."""
@@ -249,11 +261,14 @@ def task_name(ratio: float | None, seed_index: int) -> str:
 
 def run_task(folder: str, prompts: list[bytes], seeds: list[int], desc: str, model: Any, tokenizer: ByteTokenizer,
              profile: Profile, constraint: TokenConstraint | None, extractor: FeatureExtractor,
-             settings: Settings, budget: int) -> dict[str, Any]:
-    """Complete every prompt once, in batches; each finished batch is a file, so a rerun skips it."""
+             settings: Settings, budget: int) -> dict[str, Any] | None:
+    """Complete every prompt once, in batches; each finished batch is a file, so a rerun skips it.
+    Returns the merged completions, or None for a --worker, which does its share only."""
     chunks = [load_arrays(path) for path in matching(join(folder, "*.npz"))]
     done = {int(i) for chunk in chunks for i in chunk["index"]}
-    todo = sorted((i for i in range(len(prompts)) if i not in done), key=lambda i: (len(prompts[i]), i))
+    share = settings.share()
+    todo = sorted((i for i in range(len(prompts)) if i not in done and (share is None or i % share[1] == share[0])),
+                  key=lambda i: (len(prompts[i]), i))  # similar lengths together: less padding, similar ends
     with tqdm(total=len(prompts), initial=len(prompts) - len(todo), desc=desc, unit="img") as bar:
         for start in range(0, len(todo), settings.batch_size):
             rows = todo[start:start + settings.batch_size]
@@ -270,6 +285,8 @@ def run_task(folder: str, prompts: list[bytes], seeds: list[int], desc: str, mod
             save_arrays(join(folder, f"{rows[0]:06d}.npz"), **chunk)
             chunks.append(chunk)
             bar.update(len(rows))
+    if share is not None:
+        return None
     order = np.argsort(np.concatenate([c["index"] for c in chunks]))
     merged = {name: np.concatenate([c[name] for c in chunks])[order]
               for name in ("index", "tokens", "eos", "valid_mcus", "clean", "features")}
@@ -320,7 +337,8 @@ def mean_std(values: list[float]) -> dict[str, Any]:
 
 
 def evaluate_checkpoint(checkpoint: str, eval_set: EvalSet, settings: Settings, extractor: FeatureExtractor,
-                        device: torch.device) -> dict[str, Any]:
+                        device: torch.device) -> dict[str, Any] | None:
+    """One report row; None for a --worker (its share of the completions is on disk)."""
     data = open_dataset(Path(checkpoint), settings.dataset)
     profile, tokenizer = data.profile, data.tokenizer
     model = load_model(Path(checkpoint), device)
@@ -335,9 +353,8 @@ def evaluate_checkpoint(checkpoint: str, eval_set: EvalSet, settings: Settings, 
     result: dict[str, Any] = {"checkpoint": checkpoint, "tag": tag, "prompted": {}, "grids": {}}
 
     loss_path = join(work, "loss.json")
-    if not exists(loss_path):
+    if not exists(loss_path) and (settings.share() or (0, 1))[0] == 0:  # one worker scores the streams
         write_json_atomic(loss_path, stream_loss(model, tokenizer, eval_set.streams, settings.batch_size))
-    result["validation"] = json.loads(read_bytes(loss_path))
 
     jobs: list[tuple[float | None, list[bytes]]] = [(r, [profile.prompt(s, r) for s in eval_set.streams])
                                                     for r in settings.prompt_ratios]
@@ -353,11 +370,15 @@ def evaluate_checkpoint(checkpoint: str, eval_set: EvalSet, settings: Settings, 
             seeds = [row_seed(settings.seed, seed_index, task_code, row) for row in range(len(prompts))]
             task = run_task(join(work, name), prompts, seeds, f"{tag[:20]} {name}", model, tokenizer, profile,
                             constraint, extractor, settings, budget)
+            if task is None:
+                continue
             per_seed.append(summarize(task, reference, profile))
             shown.append(task["streams"][:settings.grid_images if ratio is not None else 8])
             tokens += int(task["tokens"].sum())
             seconds += task["seconds"]
             completions += len(prompts)
+        if not per_seed:  # a --worker
+            continue
         summary = {"fid": mean_std([s["fid"] for s in per_seed]), "seeds": per_seed,
                    **{k: float(np.mean([s[k] for s in per_seed])) for k in ("clean_share", "eos_share", "mcus_valid_share")}}
         if ratio is None:
@@ -365,10 +386,12 @@ def evaluate_checkpoint(checkpoint: str, eval_set: EvalSet, settings: Settings, 
         else:
             result["prompted"][label] = summary
         result["grids"][label] = save_grid(settings.out, tag, label, profile, eval_set, prompts, shown, ratio)
+    if settings.share() is not None:
+        return None
+    result["validation"] = json.loads(read_bytes(loss_path))
     result["throughput"] = {"tokens_per_second": tokens / seconds if seconds else 0.0,
                             "completions_per_second": completions / seconds if seconds else 0.0,
                             "device": str(device), "batch_size": settings.batch_size}
-    del model
     return result
 
 
@@ -408,6 +431,7 @@ def evaluate(settings: Settings) -> dict[str, Any]:
     if settings.seeds < 1 or settings.num_images < 2 or settings.batch_size < 1 or settings.unconditional < 0:
         raise EvaluationError("--seeds and --batch-size must be >= 1, --num-images >= 2, --unconditional >= 0")
     settings.checkpoints = list(dict.fromkeys(settings.checkpoints))
+    settings.share()  # a bad --worker fails now
     device = torch.device(settings.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     profiles = {checkpoint: open_dataset(Path(checkpoint), settings.dataset).profile for checkpoint in settings.checkpoints}
     if len({p.name for p in profiles.values()}) > 1:
@@ -421,6 +445,10 @@ def evaluate(settings: Settings) -> dict[str, Any]:
     check_settings(settings, profile, extractor)
     eval_set = load_or_build_eval_set(settings, profile, extractor)
     reference = eval_set.reference.astype(np.float64)
+    if settings.share() is not None:
+        for checkpoint in settings.checkpoints:
+            evaluate_checkpoint(checkpoint, eval_set, settings, extractor, device)
+        return {"worker": settings.worker}
     results: dict[str, Any] = {
         "settings": asdict(settings),
         "profile": profile.name,
@@ -436,14 +464,19 @@ def evaluate(settings: Settings) -> dict[str, Any]:
     return results
 
 
+def fid_cell(summary: dict[str, Any] | None) -> str:
+    """mean (std) over seeds; the mean alone for one seed."""
+    if summary is None:
+        return "–"
+    values = summary["fid"]
+    return f"{values['mean']:.2f}" if len(values["per_seed"]) == 1 else f"{values['mean']:.2f} ({values['std']:.2f})"
+
+
 def render_report(results: dict[str, Any]) -> str:
     settings, images = results["settings"], results["images"]
     ratios = [f"{r:g}" for r in settings["prompt_ratios"]]
     count, dims = images["count"], results["feature_network"]["dims"]
     unconditional = settings["unconditional"]
-
-    def cell(summary: dict[str, Any] | None) -> str:
-        return "–" if summary is None else f"{summary['fid']['mean']:.2f} ({summary['fid']['std']:.2f})"
 
     lines = [
         "# codec-LM evaluation", "",
@@ -463,8 +496,8 @@ def render_report(results: dict[str, Any]) -> str:
         lines.append(f"| codec ceiling: `{results['profile']}` round trip | "
                      + " | ".join(f"{ceiling['fid']:.2f}" for _ in ratios) + (" | –" if unconditional else "") + " |")
     for row in results["checkpoints"]:
-        lines.append(f"| `{row['checkpoint']}` | " + " | ".join(cell(row["prompted"][r]) for r in ratios)
-                     + (f" | {cell(row.get(UNCONDITIONAL))}" if unconditional else "") + " |")
+        lines.append(f"| `{row['checkpoint']}` | " + " | ".join(fid_cell(row["prompted"][r]) for r in ratios)
+                     + (f" | {fid_cell(row.get(UNCONDITIONAL))}" if unconditional else "") + " |")
     lines += ["", "## Streams and sampling", "",
               "Validation loss: cross-entropy of the images' whole streams (nats per token); bits per byte of the stream. "
               "Clean: completions whose every MCU entropy-decodes and that end where the image ends.", "",
@@ -513,7 +546,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--unconditional", type=int, default=0, metavar="N", help="also N samples from nothing per seed")
     parser.add_argument("--inception-weights", metavar="FILE",
                         help="the TorchScript Inception-v3 of FID, inception-2015-12-05.pt (default: $CODEC_LM_INCEPTION)")
-    parser.add_argument("--batch-size", type=int, default=16, help="completions sampled together")
+    parser.add_argument("--batch-size", type=int, default=8,
+                        help="completions sampled together; each holds a KV cache of the whole context "
+                             "(Jpeg-LM 7B at 12,288 tokens, bf16: 6.4 GB), so 8 fits an 80 GB GPU")
     parser.add_argument("--feature-batch-size", type=int, default=50, help="images per feature-network call")
     parser.add_argument("--temperature", type=float, default=1.0)
     parser.add_argument("--top-k", type=int, default=50)
@@ -525,6 +560,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--dataset", help="the training dataset (default: the one each checkpoint records)")
     parser.add_argument("--device", help="cpu, cuda, cuda:1 … (default: cuda when available)")
     parser.add_argument("--grid-images", type=int, default=8, help="images shown in each picture grid")
+    parser.add_argument("--worker", metavar="K/N",
+                        help="sample only every N-th completion, from the K-th (one process per GPU, same --out); "
+                             "then run once without --worker to write the report")
     parser.add_argument("--out", required=True)
     args = vars(parser.parse_args(argv))
     settings = Settings(checkpoints=args.pop("checkpoint"), **args)
@@ -532,8 +570,12 @@ def main(argv: list[str] | None = None) -> None:
         results = evaluate(settings)
     except (EvaluationError, FidError) as error:
         raise SystemExit(f"error: {error}") from None
+    if settings.worker is not None:
+        print(f"worker {settings.worker}: its share is done; when every worker is, run the same command without "
+              "--worker to write the report (it reuses all finished completions)")
+        return
     for row in results["checkpoints"]:
-        cells = ", ".join(f"{r}: {s['fid']['mean']:.2f} ({s['fid']['std']:.2f})" for r, s in row["prompted"].items())
+        cells = ", ".join(f"{ratio}: {fid_cell(summary)}" for ratio, summary in row["prompted"].items())
         print(f"{row['checkpoint']}: FID {cells}")
     if results["codec_ceiling"] is not None:
         print(f"codec ceiling: FID {results['codec_ceiling']['fid']:.2f}")
