@@ -50,7 +50,7 @@ from shared.shards import MANIFEST
 from shared.token_constraint import TokenConstraint
 from shared.tokenizer import ByteTokenizer
 from train.checkpoint import open_dataset
-from train.fid import FeatureExtractor, FidError, fid
+from train.fid import INCEPTION_ENV, INCEPTION_URL, FeatureExtractor, FidError, fid
 from train.generate import grammar_for, load_model, safe_name, sample_rows
 
 UNCONDITIONAL = "unconditional"
@@ -518,6 +518,8 @@ def render_report(results: dict[str, Any]) -> str:
         notes.append(f"{count} images for {dims}-dimensional features: the covariance is rank-deficient and FID is biased "
                      "upward at small sample sizes; compare only numbers computed on the same images (the paper: 5000 "
                      "ImageNet, 1000 FFHQ).")
+    if count < settings["num_images"]:
+        notes.append(f"{settings['num_images']} images asked for, {count} usable found.")
     if images["rejected"]:
         notes.append(f"{len(images['rejected'])} input file(s) could not be used (see results.json, images.rejected).")
     if notes:
@@ -545,7 +547,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seeds", type=int, default=3, help="sampling runs per prompt ratio; FID is mean (std) over them")
     parser.add_argument("--unconditional", type=int, default=0, metavar="N", help="also N samples from nothing per seed")
     parser.add_argument("--inception-weights", metavar="FILE",
-                        help="the TorchScript Inception-v3 of FID, inception-2015-12-05.pt (default: $CODEC_LM_INCEPTION)")
+                        help="the TorchScript Inception-v3 of FID, inception-2015-12-05.pt, published at "
+                             f"{INCEPTION_URL} (default: ${INCEPTION_ENV})")
     parser.add_argument("--batch-size", type=int, default=8,
                         help="completions sampled together; each holds a KV cache of the whole context "
                              "(Jpeg-LM 7B at 12,288 tokens, bf16: 6.4 GB), so 8 fits an 80 GB GPU")
