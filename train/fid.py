@@ -3,7 +3,7 @@
 The feature network is NVIDIA's TorchScript translation of TensorFlow's ``inception-2015-12-05`` graph,
 the network of the original FID code, which StyleGAN2-ADA, StyleGAN3 and clean-fid compute FID with
 (torchmetrics and torch-fidelity carry the same weights as a state dict for their own copy of the
-architecture; both need torchvision, which does not install beside this project's CPU torch). It
+architecture; both need torchvision, whose PyPI build does not import beside the CPU torch 2.13 we install). It
 takes uint8 RGB batches of any size, resizes them to 299x299 itself and returns 2048 pool features.
 It is read from a local file (``--inception-weights`` or ``$CODEC_LM_INCEPTION``); nothing is
 downloaded. Any TorchScript module with the same call, ``module(uint8 NCHW, return_features=True)
