@@ -225,6 +225,10 @@ def test_workers_share_the_sampling_and_a_plain_run_writes_the_report(checkpoint
     assert "| model | 50% |" in (tmp_path / "report.md").read_text()
     with pytest.raises(EvaluationError, match="--worker must be K/N"):
         evaluate(settings("2/2"))
+    more, fewer = settings(None), settings(None)
+    more.unconditional, fewer.unconditional = 4, 2  # fewer than done: the first 2 are reused, not 4 reported
+    assert evaluate(more)["checkpoints"][0]["unconditional"]["seeds"][0]["completions"] == 4
+    assert evaluate(fewer)["checkpoints"][0]["unconditional"]["seeds"][0]["completions"] == 2
 
 
 def run_cli(out: Path, checkpoint: Path, images: Path, features: Path, *extra: str) -> subprocess.Popen:

@@ -287,11 +287,12 @@ def run_task(folder: str, prompts: list[bytes], seeds: list[int], desc: str, mod
             bar.update(len(rows))
     if share is not None:
         return None
-    order = np.argsort(np.concatenate([c["index"] for c in chunks]))
+    indexes = np.concatenate([c["index"] for c in chunks])
+    order = [i for i in np.argsort(indexes) if indexes[i] < len(prompts)]  # a smaller --unconditional than before
     merged = {name: np.concatenate([c[name] for c in chunks])[order]
               for name in ("index", "tokens", "eos", "valid_mcus", "clean", "features")}
-    merged["streams"] = [s for c in chunks for s in unpack_bytes(c)]
-    merged["streams"] = [merged["streams"][i] for i in order]
+    streams = [s for c in chunks for s in unpack_bytes(c)]
+    merged["streams"] = [streams[i] for i in order]
     merged["seconds"] = float(sum(c["seconds"].sum() for c in chunks))
     return merged
 
