@@ -9,6 +9,7 @@ The *stream* is what varies: the entropy-coded data after SOS, up to but not inc
 from __future__ import annotations
 
 import io
+import math
 import re
 import warnings
 from dataclasses import dataclass, field
@@ -199,7 +200,7 @@ class JpegProfile:
             raise ValueError(f"{self.name} has no restart markers, so a prompt cannot be cut; use restart_interval >= 1")
         if ratio == 1.0:
             return self.layout.mcus  # the last interval may be short
-        intervals = int(ratio * self.layout.mcus) // self.restart_interval
+        intervals = math.floor(ratio * self.layout.mcus + 1e-9) // self.restart_interval  # 0.29 * 100 is 28.999…
         return min(self.layout.mcus, intervals * self.restart_interval)
 
     def prompt(self, stream: bytes, ratio: float) -> bytes:

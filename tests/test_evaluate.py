@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -164,14 +165,14 @@ def test_evaluation_reports_consistent_numbers_tables_and_pictures(two_checkpoin
             assert len(per_seed) == 2 and summary["fid"]["mean"] == pytest.approx(np.mean(per_seed))
             assert summary["fid"]["std"] == pytest.approx(np.std(per_seed, ddof=1))
             assert ceiling < min(per_seed)  # nothing beats the codec's own round trip
-            assert summary["clean_share"] == 1.0 and summary["mcus_valid_share"] == 1.0  # constrained decoding
+            assert summary["clean_share"] == 1.0 and summary["generated_mcus_valid_share"] == 1.0  # constrained decoding
         assert row["unconditional"]["seeds"][0]["completions"] == 4 and row["unconditional"]["fid"]["mean"] > ceiling
         validation = row["validation"]
         assert validation["bits_per_byte"] == pytest.approx(
             validation["loss"] * validation["tokens"] / math.log(2) / sum(len(s) for s in streams))
         assert row["throughput"]["tokens_per_second"] > 0 and row["throughput"]["completions_per_second"] > 0
         # a reported FID recomputed from the stored completions: prompt kept, decoded, featurized anew
-        task = [load_arrays(str(p)) for p in sorted((tmp_path / "work" / row["tag"] / "prompt-0.5-seed1").glob("*.npz"))]
+        task = [load_arrays(str(p)) for p in sorted((tmp_path / "work" / row["tag"] / "prompt-0.5-seed1").glob("*/*.npz"))]
         order = np.argsort(np.concatenate([c["index"] for c in task]))
         completions = [s for c in task for s in unpack_bytes(c)]
         completions = [completions[i] for i in order]
@@ -212,15 +213,18 @@ def test_workers_share_the_sampling_and_a_plain_run_writes_the_report(checkpoint
         return Settings([str(checkpoint)], str(image_folder), str(tmp_path), num_images=6, prompt_ratios=[0.5], seeds=1,
                         inception_weights=str(features_file), batch_size=2, worker=worker)
 
-    for worker in ("0/2", "1/2"):
-        assert evaluate(settings(worker)) == {"worker": worker}
-    assert not (tmp_path / "results.json").exists()
-    chunks = {path: path.read_bytes() for path in (tmp_path / "work").glob("*/prompt-0.5-seed0/*.npz")}
-    parities = [set(load_arrays(str(path))["index"] % 2) for path in chunks]
-    assert sorted(i for path in chunks for i in load_arrays(str(path))["index"]) == list(range(6))
-    assert all(len(parity) == 1 for parity in parities) and {p.pop() for p in parities} == {0, 1}
+    def batch_files() -> dict[str, bytes]:
+        return {path.name: path.read_bytes() for path in (tmp_path / "work").glob("*/prompt-0.5-seed0/batch-2/*.npz")}
+
+    assert evaluate(settings("0/2")) == {"worker": "0/2"}
+    assert sorted(batch_files()) == ["000000.npz", "000002.npz"]  # 6 rows in 3 fixed batches: worker 0 takes 0 and 2
+    assert evaluate(settings("1/2")) == {"worker": "1/2"}
+    chunks = batch_files()
+    assert sorted(chunks) == ["000000.npz", "000001.npz", "000002.npz"] and not (tmp_path / "results.json").exists()
+    paths = (tmp_path / "work").glob("*/prompt-0.5-seed0/batch-2/*.npz")
+    assert sorted(i for path in paths for i in load_arrays(str(path))["index"]) == list(range(6))
     results = evaluate(settings(None))
-    assert {path: path.read_bytes() for path in (tmp_path / "work").glob("*/prompt-0.5-seed0/*.npz")} == chunks
+    assert batch_files() == chunks  # the plain run sampled nothing again
     assert results["checkpoints"][0]["prompted"]["0.5"]["seeds"][0]["completions"] == 6
     assert "| model | 50% |" in (tmp_path / "report.md").read_text()
     with pytest.raises(EvaluationError, match="--worker must be K/N"):
@@ -229,6 +233,22 @@ def test_workers_share_the_sampling_and_a_plain_run_writes_the_report(checkpoint
     more.unconditional, fewer.unconditional = 4, 2  # fewer than done: the first 2 are reused, not 4 reported
     assert evaluate(more)["checkpoints"][0]["unconditional"]["seeds"][0]["completions"] == 4
     assert evaluate(fewer)["checkpoints"][0]["unconditional"]["seeds"][0]["completions"] == 2
+
+
+def test_overwritten_weights_and_odd_grid_sizes(tiny_run: Path, image_folder: Path, features_file: Path,
+                                                tmp_path: Path) -> None:
+    copy = tmp_path / "checkpoint"
+    shutil.copytree(tiny_run / "final", copy)
+
+    def settings(grid_images: int) -> Settings:
+        return Settings([str(copy)], str(image_folder), str(tmp_path / "eval"), num_images=3, prompt_ratios=[0.5],
+                        seeds=1, inception_weights=str(features_file), grid_images=grid_images)
+
+    assert evaluate(settings(0))["checkpoints"][0]["grids"] == {}  # no pictures asked for, none kept
+    assert evaluate(settings(5))["checkpoints"][0]["grids"]  # more than kept: the grid shows what there is
+    shutil.copy(tiny_run / "step-00000003" / "lit_model.pth", copy / "lit_model.pth")  # "retrained" in place
+    with pytest.raises(EvaluationError, match="not the file this evaluation"):
+        evaluate(settings(0))
 
 
 def run_cli(out: Path, checkpoint: Path, images: Path, features: Path, *extra: str) -> subprocess.Popen:
@@ -244,11 +264,11 @@ def test_a_killed_evaluation_continues_where_it_stopped(checkpoint: Path, image_
     killed = run_cli(tmp_path / "killed", checkpoint, image_folder, features_file)
     first_task = tmp_path / "killed" / "work"
     deadline = time.time() + 300
-    while time.time() < deadline and len(list(first_task.glob("*/prompt-0.25-seed0/*.npz"))) < 2:
+    while time.time() < deadline and len(list(first_task.glob("*/prompt-0.25-seed0/*/*.npz"))) < 2:
         time.sleep(0.05)
     killed.send_signal(signal.SIGKILL)
     killed.communicate()
-    kept = {p: p.read_bytes() for p in first_task.glob("*/*/*.npz")}
+    kept = {p: p.read_bytes() for p in first_task.glob("*/*/*/*.npz")}
     assert kept and not (tmp_path / "killed" / "results.json").exists()
 
     resumed = run_cli(tmp_path / "killed", checkpoint, image_folder, features_file)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import random
 import subprocess
 from pathlib import Path
@@ -182,3 +181,7 @@ def test_a_row_samples_the_same_alone_or_batched_with_other_prompt_lengths(check
         alone = sample_rows(model, tokenizer, [prompt], [11 + row], 1000, 1.0, 50, 1.0, constraint)[0]
         assert alone.stream == together[row].stream and alone.stream.startswith(prompt)
         assert alone.stopped == "eos" and profile.decode(alone.stream).complete
+    too_long = bytes(range(256)) * 8  # ~2K byte tokens: more than the 1023-token context
+    mixed = sample_rows(model, tokenizer, [too_long, prompts[0]], [5, 11], 1000, 1.0, 50, 1.0, constraint)
+    assert (mixed[0].stopped, mixed[0].stream, mixed[0].tokens) == ("context", too_long, 0)
+    assert mixed[1].stream == together[0].stream

@@ -212,7 +212,8 @@ def build_eval_set(settings: Settings, profile: Profile, extractor: FeatureExtra
         raise EvaluationError(f"--images {settings.images}: {len(keys)} usable images; FID needs at least 2 "
                               f"({len(rejected)} rejected, e.g. {rejected[:1]})")
     return EvalSet(keys, streams, np.concatenate(reference), np.concatenate(ceiling) if ceiling else None,
-                   np.stack(pictures), rejected, "dataset val split" if from_dataset else "files")
+                   np.stack(pictures) if pictures else np.zeros((0, profile.size, profile.size, 3), np.uint8),
+                   rejected, "dataset val split" if from_dataset else "files")
 
 
 def load_or_build_eval_set(settings: Settings, profile: Profile, extractor: FeatureExtractor) -> EvalSet:
@@ -250,6 +251,22 @@ def checkpoint_tag(checkpoint: str) -> str:
     return f"{safe_name('-'.join(Path(resolved).parts[-2:]))}-{hashlib.sha1(resolved.encode()).hexdigest()[:8]}"
 
 
+def check_fingerprint(checkpoint: str, path: str) -> None:
+    """Refuse to mix completions of different weights saved under the same checkpoint path."""
+    weights = Path(checkpoint) / "lit_model.pth"
+    digest = hashlib.sha256()
+    with open(weights, "rb") as handle:  # the first and last 64 MB: every tensor changes with training
+        digest.update(handle.read(1 << 26))
+        handle.seek(max(0, weights.stat().st_size - (1 << 26)))
+        digest.update(handle.read())
+    fingerprint = {"size": weights.stat().st_size, "sha256_head_tail": digest.hexdigest()}
+    if not exists(path):
+        write_json_atomic(path, fingerprint)
+    elif json.loads(read_bytes(path)) != fingerprint:
+        raise EvaluationError(f"{weights} is not the file this evaluation's finished completions came from "
+                              "(retrained or overwritten?): use another --out")
+
+
 def row_seed(base: int, seed_index: int, task: float, row: int) -> int:
     """The sampling seed of one completion: independent of batching, so resumed work matches."""
     return int(np.random.SeedSequence([base, seed_index, round(task * 10_000), row]).generate_state(1)[0])
@@ -263,15 +280,26 @@ def run_task(folder: str, prompts: list[bytes], seeds: list[int], desc: str, mod
              profile: Profile, constraint: TokenConstraint | None, extractor: FeatureExtractor,
              settings: Settings, budget: int) -> dict[str, Any] | None:
     """Complete every prompt once, in batches; each finished batch is a file, so a rerun skips it.
-    Returns the merged completions, or None for a --worker, which does its share only."""
-    chunks = [load_arrays(path) for path in matching(join(folder, "*.npz"))]
-    done = {int(i) for chunk in chunks for i in chunk["index"]}
+
+    The batches are fixed (rows sorted by prompt length, then cut every --batch-size rows) and a
+    --worker takes whole batches, so a resumed or shared run samples exactly the batches an
+    uninterrupted one would. Returns the merged completions, or None for a --worker."""
+    order = sorted(range(len(prompts)), key=lambda i: (len(prompts[i]), i))  # similar lengths: little padding
+    batches = [order[start:start + settings.batch_size] for start in range(0, len(order), settings.batch_size)]
+    folder = join(folder, f"batch-{settings.batch_size}")
     share = settings.share()
-    todo = sorted((i for i in range(len(prompts)) if i not in done and (share is None or i % share[1] == share[0])),
-                  key=lambda i: (len(prompts[i]), i))  # similar lengths together: less padding, similar ends
-    with tqdm(total=len(prompts), initial=len(prompts) - len(todo), desc=desc, unit="img") as bar:
-        for start in range(0, len(todo), settings.batch_size):
-            rows = todo[start:start + settings.batch_size]
+    chunks: dict[int, dict[str, np.ndarray]] = {}
+    for path in matching(join(folder, "*.npz")):
+        number = int(path.rsplit("/", 1)[-1].removesuffix(".npz"))
+        chunk = load_arrays(path)
+        if number < len(batches) and chunk["index"].tolist() == batches[number]:  # else: the row count changed
+            chunks[number] = chunk
+    mine = [k for k in range(len(batches)) if share is None or k % share[1] == share[0]]
+    todo = [k for k in mine if k not in chunks]
+    with tqdm(total=sum(len(batches[k]) for k in mine), initial=sum(len(batches[k]) for k in mine if k in chunks),
+              desc=desc, unit="img") as bar:
+        for number in todo:
+            rows = batches[number]
             samples = sample_rows(model, tokenizer, [prompts[i] for i in rows], [seeds[i] for i in rows], budget,
                                   settings.temperature, settings.top_k, settings.top_p, constraint)
             decoded = [profile.decode(s.stream) for s in samples]
@@ -282,18 +310,18 @@ def run_task(folder: str, prompts: list[bytes], seeds: list[int], desc: str, mod
                      "clean": np.array([d.complete for d in decoded]),
                      "seconds": np.array([samples[0].seconds]),
                      "features": extractor(np.stack([np.asarray(d.image) for d in decoded])).astype(np.float32)}
-            save_arrays(join(folder, f"{rows[0]:06d}.npz"), **chunk)
-            chunks.append(chunk)
+            save_arrays(join(folder, f"{number:06d}.npz"), **chunk)
+            chunks[number] = chunk
             bar.update(len(rows))
     if share is not None:
         return None
-    indexes = np.concatenate([c["index"] for c in chunks])
-    order = [i for i in np.argsort(indexes) if indexes[i] < len(prompts)]  # a smaller --unconditional than before
-    merged = {name: np.concatenate([c[name] for c in chunks])[order]
+    parts = [chunks[k] for k in range(len(batches))]
+    by_row = np.argsort(np.concatenate([c["index"] for c in parts]))
+    merged = {name: np.concatenate([c[name] for c in parts])[by_row]
               for name in ("index", "tokens", "eos", "valid_mcus", "clean", "features")}
-    streams = [s for c in chunks for s in unpack_bytes(c)]
-    merged["streams"] = [streams[i] for i in order]
-    merged["seconds"] = float(sum(c["seconds"].sum() for c in chunks))
+    streams = [s for c in parts for s in unpack_bytes(c)]
+    merged["streams"] = [streams[i] for i in by_row]
+    merged["seconds"] = float(sum(c["seconds"].sum() for c in parts))
     return merged
 
 
@@ -323,11 +351,13 @@ def stream_loss(model: Any, tokenizer: ByteTokenizer, streams: list[bytes], batc
             "stream_bytes": stream_bytes}
 
 
-def summarize(task: dict[str, Any], reference: np.ndarray, profile: Profile) -> dict[str, Any]:
-    count = len(task["index"])
+def summarize(task: dict[str, Any], reference: np.ndarray, profile: Profile, prompt_mcus: int) -> dict[str, Any]:
+    count, generated = len(task["index"]), profile.total_mcus - prompt_mcus
     return {"fid": fid(task["features"].astype(np.float64), reference), "completions": count,
             "clean_share": float(task["clean"].mean()), "eos_share": float(task["eos"].mean()),
-            "mcus_valid_share": float(task["valid_mcus"].sum() / (count * profile.total_mcus)),
+            # of the MCUs the model wrote: the prompt's own are valid by construction
+            "generated_mcus_valid_share": float(np.clip(task["valid_mcus"] - prompt_mcus, 0, None).sum()
+                                                / max(1, count * generated)),
             "tokens_generated": int(task["tokens"].sum()), "seconds": task["seconds"]}
 
 
@@ -352,6 +382,7 @@ def evaluate_checkpoint(checkpoint: str, eval_set: EvalSet, settings: Settings, 
     budget = settings.max_new_tokens or model.config.block_size
     reference = eval_set.reference.astype(np.float64)
     result: dict[str, Any] = {"checkpoint": checkpoint, "tag": tag, "prompted": {}, "grids": {}}
+    check_fingerprint(checkpoint, join(work, "checkpoint.json"))
 
     loss_path = join(work, "loss.json")
     if not exists(loss_path) and (settings.share() or (0, 1))[0] == 0:  # one worker scores the streams
@@ -373,20 +404,22 @@ def evaluate_checkpoint(checkpoint: str, eval_set: EvalSet, settings: Settings, 
                             constraint, extractor, settings, budget)
             if task is None:
                 continue
-            per_seed.append(summarize(task, reference, profile))
+            per_seed.append(summarize(task, reference, profile, 0 if ratio is None else profile.prompt_mcus(ratio)))
             shown.append(task["streams"][:settings.grid_images if ratio is not None else 8])
             tokens += int(task["tokens"].sum())
             seconds += task["seconds"]
             completions += len(prompts)
         if not per_seed:  # a --worker
             continue
+        shares = ("clean_share", "eos_share", "generated_mcus_valid_share")
         summary = {"fid": mean_std([s["fid"] for s in per_seed]), "seeds": per_seed,
-                   **{k: float(np.mean([s[k] for s in per_seed])) for k in ("clean_share", "eos_share", "mcus_valid_share")}}
+                   **{k: float(np.mean([s[k] for s in per_seed])) for k in shares}}
         if ratio is None:
             result[UNCONDITIONAL] = summary
         else:
             result["prompted"][label] = summary
-        result["grids"][label] = save_grid(settings.out, tag, label, profile, eval_set, prompts, shown, ratio)
+        if settings.grid_images > 0:
+            result["grids"][label] = save_grid(settings.out, tag, label, profile, eval_set, prompts, shown, ratio)
     if settings.share() is not None:
         return None
     result["validation"] = json.loads(read_bytes(loss_path))
@@ -411,7 +444,7 @@ def save_grid(out: str, tag: str, label: str, profile: Profile, eval_set: EvalSe
                 tiles.append((f"seed {seed_index} #{number} {verdict}", [image]))
         columns = max(len(streams) for streams in shown)
     else:
-        for row in range(len(shown[0])):
+        for row in range(min(len(shown[0]), len(eval_set.pictures))):  # pictures kept when the set was built
             tiles.append((f"prompt {ratio:.0%}", [picture(prompts[row])[0]]))
             for seed_index, streams in enumerate(shown):
                 image, verdict = picture(streams[row])

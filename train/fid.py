@@ -63,6 +63,8 @@ class FeatureExtractor:
         batch = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).to(self.device)
         try:
             features = self.module(batch, return_features=True)
+        except torch.OutOfMemoryError:
+            raise  # a smaller --feature-batch-size helps; the file is fine
         except RuntimeError as error:
             raise FidError(f"{self.path} does not take module(uint8 NCHW images, return_features=True) "
                            f"({str(error).splitlines()[0]}); use {WHERE}.") from None

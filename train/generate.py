@@ -71,7 +71,7 @@ def grammar_for(profile: Profile) -> Any:
 def filter_logits(logits: torch.Tensor, temperature: float, top_k: int | None, top_p: float) -> torch.Tensor:
     """Temperature, then top-k, then nucleus (top-p) filtering; masked entries are -inf."""
     logits = logits / max(temperature, 1e-5)
-    if top_k is not None and top_k < logits.size(-1):
+    if top_k is not None and 0 < top_k < logits.size(-1):
         kth = torch.topk(logits, top_k, dim=-1).values[..., -1:]
         logits = logits.masked_fill(logits < kth, float("-inf"))
     if top_p < 1.0:
@@ -86,6 +86,10 @@ def sample(model: GPT, tokenizer: ByteTokenizer, prompt: bytes, count: int, max_
            temperature: float, top_k: int | None, top_p: float, seed: int,
            constraint: TokenConstraint | None) -> list[Sample]:
     """``count`` continuations of ``prompt`` (a stream prefix), sampled together with the KV cache."""
+    length = len(tokenizer.encode(prompt, bos=True))
+    if length >= model.config.block_size:
+        raise ValueError(f"the prompt ({length} tokens) leaves no room in the model's "
+                         f"{model.config.block_size}-token context")
     return sample_rows(model, tokenizer, [prompt] * count, [seed + row for row in range(count)], max_new_tokens,
                        temperature, top_k, top_p, constraint)
 
@@ -99,19 +103,25 @@ def sample_rows(model: GPT, tokenizer: ByteTokenizer, prompts: list[bytes], seed
     Prompts may differ in length: every row keeps its own positions (LitGPT takes a (batch, T)
     ``input_pos``), the prefill is right-padded, and a row's padding in the cache is overwritten by its
     own next token before anything attends to it. Each row draws from its own seeded generator, so a
-    row's sample does not depend on which other rows share its batch (resumable evaluations rely on it).
+    row's sample does not depend on which other rows share its batch (bit-exact repeats on a GPU still
+    need the same batches: kernels' reduction order depends on the batch shape). A prompt that fills
+    the whole context cannot be continued: its row comes back unchanged, stopped by "context".
     """
     device = next(model.parameters()).device
+    top_k = top_k if top_k is not None and top_k > 0 else None  # 0 means no top-k, as in most samplers
     encoded = [tokenizer.encode(prompt, bos=True).tolist() for prompt in prompts]
     lengths = [len(ids) for ids in encoded]
+    kept = [row for row, length in enumerate(lengths) if length < model.config.block_size]
+    if len(kept) < len(prompts):
+        done = dict(zip(kept, sample_rows(model, tokenizer, [prompts[r] for r in kept], [seeds[r] for r in kept],
+                                          max_new_tokens, temperature, top_k, top_p, constraint) if kept else []))
+        return [done.get(row, Sample(0, "context", prompts[row], 0.0)) for row in range(len(prompts))]
     budgets = [min(max_new_tokens, model.config.block_size - length) for length in lengths]
-    if min(budgets) < 1:
-        raise ValueError(f"a prompt ({max(lengths)} tokens) leaves no room in the model's "
-                         f"{model.config.block_size}-token context")
     count, vocab = len(prompts), tokenizer.vocab_size
     generators = [torch.Generator(device=device).manual_seed(seed) for seed in seeds]
     model.max_seq_length = cache_length = max(length + budget for length, budget in zip(lengths, budgets))
-    model.set_kv_cache(batch_size=count, device=device)
+    # the cache in the model's dtype from the start (bf16 on GPUs): fp32 would double its memory
+    model.set_kv_cache(batch_size=count, device=device, dtype=next(model.parameters()).dtype)
     states = [constraint.feed(constraint.start(), prompt) for prompt in prompts] if constraint else None
     started = time.perf_counter()
     width = max(lengths)
