@@ -2,11 +2,11 @@
 
 Images: normalise + encode + tokenize per image (one core) vs. the bare Pillow floor on the same files
 (decode, center crop, resize, encode with the same JPEG settings) — the least any JPEG-LM pipeline
-must do. Videos: load_frames + encode + tokenize vs. the bare PyAV floor (decode the first 5 s,
+must do. Videos: normalize + encode + tokenize vs. the bare PyAV floor (decode the first 5 s,
 rescale each sampled frame, encode with the same libx264 settings). Prints ratios (ours / floor
 throughput): these machines are noisy, absolute numbers are only context.
 
-    python bench/codec.py [--images 120] [--videos 4] [--repeats 3]
+    python -m bench.codec [--images 120] [--videos 4] [--repeats 3]
 """
 
 from __future__ import annotations
@@ -22,11 +22,11 @@ import av
 import numpy as np
 from PIL import Image
 
-from shared.avc import AvcProfile
-from shared.jpeg import JpegProfile
-from shared.sample_data import sample_crops
-from shared.sample_videos import sample_clips
-from shared.tokenizer import ByteTokenizer
+from shared.codec.avc import AvcProfile
+from shared.codec.jpeg import JpegProfile
+from shared.format.tokenizer import ByteTokenizer
+from shared.samples.clips import sample_clips
+from shared.samples.photos import sample_crops
 
 os.environ.setdefault("RAYON_NUM_THREADS", "1")  # one core for the tokenizer too: figures are per core
 
@@ -97,7 +97,7 @@ def main() -> None:
 
     jpeg = JpegProfile()
     images = image_inputs(args.images)
-    tokenizer = ByteTokenizer.train([jpeg.encode(d) for d in images], 320, boundary="jpeg")
+    tokenizer = ByteTokenizer.train([jpeg.encode(d) for d in images], 320, boundary=jpeg.token_boundary)
 
     def images_per_second(group: list[bytes]) -> tuple[float, float]:
         def ours() -> None:
@@ -119,7 +119,7 @@ def main() -> None:
 
     avc = AvcProfile()
     clips = [data for _, data in sample_clips(args.videos, seed=3)]
-    video_tokenizer = ByteTokenizer.train([avc.encode(c) for c in clips], 1024, boundary="avc")
+    video_tokenizer = ByteTokenizer.train([avc.encode(c) for c in clips], 1024, boundary=avc.token_boundary)
 
     def ours_videos() -> None:
         video_tokenizer.encode_batch([avc.encode(c) for c in clips], bos=True, eos=True)

@@ -5,7 +5,7 @@
 2. The Fréchet distance at Inception's 2048 dimensions: symmetric eigendecompositions (train/fid.py)
    vs. scipy.linalg.sqrtm of the covariance product (the pytorch-fid way).
 
-    python bench/evaluate.py --checkpoint out/jpeg-tiny/final [--prompts 16] [--ratio 0.5]
+    python -m bench.evaluate --checkpoint out/jpeg-tiny/final [--prompts 16] [--ratio 0.5]
 """
 
 from __future__ import annotations
@@ -18,11 +18,10 @@ import numpy as np
 import scipy.linalg
 import torch
 
-from shared.sample_data import sample_crops
-from shared.token_constraint import TokenConstraint
-from train.checkpoint import open_dataset
+from shared.samples.photos import sample_crops
+from train.checkpoint import load_for_sampling
 from train.fid import frechet_distance
-from train.generate import grammar_for, load_model, sample_rows
+from train.generate import SamplingSettings, sample_rows
 
 
 def sqrtm_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray) -> float:
@@ -38,10 +37,9 @@ def main() -> None:
     parser.add_argument("--ratio", type=float, default=0.5)
     args = parser.parse_args()
 
-    data = open_dataset(args.checkpoint, args.dataset)
-    profile, tokenizer = data.profile, data.tokenizer
-    model = load_model(args.checkpoint, torch.device("cpu"))
-    constraint = TokenConstraint(grammar_for(profile), tokenizer.token_bytes, tokenizer.eos_id)
+    sampler = load_for_sampling(args.checkpoint, dataset=args.dataset, device=torch.device("cpu"))
+    model, tokenizer, profile, constraint = sampler.model, sampler.tokenizer, sampler.profile, sampler.constraint
+    settings = SamplingSettings(max_new_tokens=4096)  # constrained, top-k 50, temperature 1
     prompts = [profile.prompt(profile.encode(png), args.ratio) for _, png in sample_crops(args.prompts, seed=77)]
     seeds = list(range(len(prompts)))
     print(f"{len(prompts)} prompts of {min(map(len, prompts))}-{max(map(len, prompts))} bytes "
@@ -50,9 +48,9 @@ def main() -> None:
     for label in ("one at a time", "one batch"):
         started = time.perf_counter()
         if label == "one batch":
-            samples = sample_rows(model, tokenizer, prompts, seeds, 4096, 1.0, 50, 1.0, constraint)
+            samples = sample_rows(model, tokenizer, prompts, seeds, settings=settings, constraint=constraint)
         else:
-            samples = [sample_rows(model, tokenizer, [p], [s], 4096, 1.0, 50, 1.0, constraint)[0]
+            samples = [sample_rows(model, tokenizer, [p], [s], settings=settings, constraint=constraint)[0]
                        for p, s in zip(prompts, seeds)]
         seconds = time.perf_counter() - started
         rates[label] = len(samples) / seconds

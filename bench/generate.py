@@ -5,7 +5,7 @@ MCUs that entropy-decode (tolerant decode), how many stopped by EOS, and samplin
 speed ratio (constrained / free). A small model trained for minutes on a CPU writes mostly noise,
 which is where the constraint matters most.
 
-    python bench/generate.py --checkpoint out/jpeg-tiny/final [--samples 16] [--max-new-tokens N]
+    python -m bench.generate --checkpoint out/jpeg-tiny/final [--samples 16] [--max-new-tokens N]
 """
 
 from __future__ import annotations
@@ -16,9 +16,8 @@ from pathlib import Path
 
 import torch
 
-from shared.token_constraint import TokenConstraint
-from train.checkpoint import open_dataset
-from train.generate import grammar_for, load_model, sample
+from train.checkpoint import load_for_sampling
+from train.generate import SamplingSettings, sample
 
 
 def main() -> None:
@@ -30,26 +29,20 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
 
-    data = open_dataset(args.checkpoint, args.dataset)
-    profile, tokenizer = data.profile, data.tokenizer
-    model = load_model(args.checkpoint, torch.device("cpu"))
-    constraint = TokenConstraint(grammar_for(profile), tokenizer.token_bytes, tokenizer.eos_id)
+    sampler = load_for_sampling(args.checkpoint, dataset=args.dataset, device=torch.device("cpu"))
+    profile = sampler.profile
+    settings = SamplingSettings(seed=args.seed, max_new_tokens=args.max_new_tokens)  # top-k 50, temperature 1
     rates = {}
     print(f"{args.samples} unconditional samples from {args.checkpoint} ({profile.name}), top-k 50, temperature 1:")
-    for label, rule in (("free", None), ("constrained", constraint)):
+    for label, rule in (("free", None), ("constrained", sampler.constraint)):
         started = time.perf_counter()
-        budget = args.max_new_tokens or model.config.block_size
-        samples = sample(model, tokenizer, b"", args.samples, budget, 1.0, 50, 1.0, args.seed, rule)
+        samples = sample(sampler.model, sampler.tokenizer, b"", args.samples, settings=settings, constraint=rule)
         seconds = time.perf_counter() - started
         rates[label] = sum(s.tokens for s in samples) / seconds
-        if profile.kind == "jpeg":
-            decoded = [profile.decode(s.stream) for s in samples]
-            clean = sum(d.complete for d in decoded)
-            units = f"{sum(d.valid_mcus for d in decoded) / (len(decoded) * profile.total_mcus):.1%} of MCUs valid"
-        else:
-            decoded = [profile.decode(s.stream) for s in samples]
-            clean = sum(d.complete for d in decoded)
-            units = f"{sum(d.valid_frames for d in decoded)} frames decoded"
+        decoded = [profile.decode(s.stream) for s in samples]
+        clean = sum(d.complete for d in decoded)
+        valid, total = sum(d.valid_units for d in decoded), sum(d.total_units for d in decoded)
+        units = f"{valid}/{total} {profile.unit}s valid ({valid / max(1, total):.1%})"
         eos = sum(s.stopped == "eos" for s in samples)
         print(f"  {label:11s} decode cleanly {clean}/{len(samples)} | {units} | stopped by EOS {eos}/{len(samples)}"
               f" | {rates[label]:,.0f} tokens/s")

@@ -5,7 +5,7 @@
 2. Training iteration: the tiny Jpeg-LM's forward + backward + AdamW step fed by our loader vs. fed by
    an in-memory synthetic loader (ratio near 1.0 means the loader costs the training loop nothing).
 
-    python bench/loader.py [--data DIR] [--batches 200] [--steps 30]
+    python -m bench.loader [--data DIR] [--batches 200] [--steps 30]
 
 Without --data it builds the tiny config's dataset from the embedded sample photos first.
 """
@@ -24,7 +24,7 @@ from litgpt import GPT, Config
 from litgpt.utils import CycleIterator, chunked_cross_entropy
 
 from preprocess.run import run
-from shared.dataset import Dataset
+from shared.format.dataset import Dataset
 from train.data import CodecShards
 
 ROOT = Path(__file__).resolve().parents[1]

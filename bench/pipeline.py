@@ -8,7 +8,7 @@ job within 1.25x of the floor): for the whole run, start-up included, and at ste
 marginal cost per image, from timing the job on half and on all of the inputs — which is what a
 23M-image run sees. Then the dataset's figures.
 
-    python bench/pipeline.py [--images 600] [--repeats 2] [--all-cores]
+    python -m bench.pipeline [--images 600] [--repeats 2] [--all-cores]
 """
 
 from __future__ import annotations
@@ -19,17 +19,16 @@ import os
 import tempfile
 from pathlib import Path
 
-os.environ.setdefault("RAYON_NUM_THREADS", "1")  # the tokenizer on one core too: figures are per core
+import pyarrow.parquet as pq
 
-from codec import best_rate, image_inputs, pillow_floor  # noqa: E402  (bench/ is the script's folder)
-
-import pyarrow.parquet as pq  # noqa: E402
-
-from preprocess.run import run  # noqa: E402
-from shared.jpeg import JpegProfile  # noqa: E402
+from bench.codec import best_rate, image_inputs, pillow_floor
+from preprocess.run import run
+from shared.codec.jpeg import JpegProfile
 
 
 def main() -> None:
+    # the tokenizer on one core too: figures are per core (read when its thread pool starts, at first use)
+    os.environ.setdefault("RAYON_NUM_THREADS", "1")
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", type=int, default=600)
     parser.add_argument("--repeats", type=int, default=2)

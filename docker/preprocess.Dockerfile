@@ -9,22 +9,19 @@
 # the same Beam; tests/test_docker.py checks it), for the Python the job is launched with (3.11).
 FROM apache/beam_python3.11_sdk:2.77.0
 
-# The Beam job never imports torch, but the project's dependencies (torch, litgpt: the trainer's half)
-# require it, and pip's default Linux torch wheel is the CUDA build (with several GB of NVIDIA
-# libraries). The CPU build, installed first from PyTorch's own CPU index, satisfies the requirement.
-RUN python -m pip install --no-cache-dir --index-url https://download.pytorch.org/whl/cpu torch==2.13.0
-
+# The Beam job needs the shared core and its own half: the `preprocess` extra (Apache Beam, already in
+# the base image at the same version) and `cloud` (fsspec's gs:// and s3:// backends, through which the
+# job writes its shards). No torch, no LitGPT: those are the trainer's.
 COPY pyproject.toml setup.py README.md /opt/codec-lm/
 COPY shared /opt/codec-lm/shared
 COPY preprocess /opt/codec-lm/preprocess
-COPY train /opt/codec-lm/train
 
 # Installed (not editable) into the image's Python, where the Beam worker unpickles the job's
-# functions from. The checks fail the build if a dependency swapped torch for a CUDA build or if the
-# job cannot be imported.
-RUN python -m pip install --no-cache-dir /opt/codec-lm \
-    && python -c "import torch; assert torch.version.cuda is None, 'a CUDA build of torch was installed'" \
-    && python -c "import apache_beam, preprocess.run; print('apache-beam', apache_beam.__version__)"
+# functions from. The checks fail the build if a dependency brought torch in or if the job cannot be
+# imported.
+RUN python -m pip install --no-cache-dir "/opt/codec-lm[preprocess,cloud]" \
+    && python -c "import importlib.util as u; assert u.find_spec('torch') is None, 'torch was installed'" \
+    && python -c "import apache_beam, gcsfs, s3fs, preprocess.run; print('apache-beam', apache_beam.__version__)"
 
 # The Beam SDK harness: Dataflow and the portable runners start the container with its arguments.
 ENTRYPOINT ["/opt/apache/beam/boot"]

@@ -23,14 +23,16 @@ RUN apt-get update \
 WORKDIR /opt/codec-lm
 COPY pyproject.toml setup.py README.md ./
 COPY shared shared
-COPY preprocess preprocess
 COPY train train
 
-# The base image's CUDA torch is pinned as a constraint, so that no dependency can replace it.
+# The shared core, the `train` extra (LitGPT, Lightning) and `cloud` (fsspec's gs:// and s3:// backends,
+# through which the trainer reads shards); no Apache Beam. The base image's CUDA torch is pinned as a
+# constraint, so that no dependency can replace it.
 RUN python -c "import torch; print(f'torch=={torch.__version__}')" > /tmp/torch-constraint.txt \
-    && python -m pip install --no-cache-dir --constraint /tmp/torch-constraint.txt . \
+    && python -m pip install --no-cache-dir --constraint /tmp/torch-constraint.txt ".[train,cloud]" \
     && rm /tmp/torch-constraint.txt \
-    && python -c "import torch, litgpt, train.data; assert torch.version.cuda, 'torch lost its CUDA build'"
+    && python -c "import torch, litgpt, gcsfs, train.data; assert torch.version.cuda, 'torch lost its CUDA build'" \
+    && python -c "import importlib.util as u; assert u.find_spec('apache_beam') is None, 'Beam was installed'"
 
 # A non-root user by default (numeric, so any host resolves it); out/ (the configs' relative out_dir)
 # is its. At scale pass --out_dir on shared storage; `docker run --user` or SLURM's container plugins

@@ -9,7 +9,7 @@ from __future__ import annotations
 import apache_beam as beam
 
 from preprocess.records import rank
-from shared.tokenizer import ByteTokenizer
+from shared.format.tokenizer import Boundary, ByteTokenizer
 
 
 class SampleForBpe(beam.PTransform):
@@ -26,7 +26,7 @@ class SampleForBpe(beam.PTransform):
         )
 
 
-def learn_tokenizer(sample: list[tuple[int, bytes]], vocab_size: int, boundary: str) -> str:
+def learn_tokenizer(sample: list[tuple[int, bytes]], vocab_size: int, boundary: Boundary) -> str:
     """The tokenizer.json text learned on the sample (in rank order, so the input order is fixed too).
 
     Empty when nothing was encoded: the manifest step then reports the rejections and fails clearly.
@@ -38,7 +38,7 @@ def learn_tokenizer(sample: list[tuple[int, bytes]], vocab_size: int, boundary: 
 
 
 class LearnBpe(beam.PTransform):
-    def __init__(self, size: int, seed: int, vocab_size: int, boundary: str) -> None:
+    def __init__(self, size: int, seed: int, vocab_size: int, boundary: Boundary) -> None:
         super().__init__()
         self.size, self.seed, self.vocab_size, self.boundary = size, seed, vocab_size, boundary
 

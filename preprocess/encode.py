@@ -11,8 +11,8 @@ from PIL import Image
 
 from preprocess.progress import Progress
 from preprocess.records import DUPLICATE, REJECTED, Encoded, rejection
-from shared.errors import InvalidMediaError
-from shared.profiles import profile_from_json
+from shared.codec.errors import InvalidMediaError
+from shared.codec.registry import profile_from_json
 
 
 class EncodeFn(beam.DoFn):
@@ -35,10 +35,7 @@ class EncodeFn(beam.DoFn):
         source, data = item
         self.progress.add("read")
         try:
-            if self.profile.kind == "jpeg":
-                stream = self.profile.encode(data, max_pixels=self.max_pixels)
-            else:
-                stream = self.profile.encode_frames(self.profile.load_frames(data, max_pixels=self.max_pixels))
+            stream = self.profile.encode(data, max_pixels=self.max_pixels)
         except InvalidMediaError as error:
             self.progress.add("rejected")
             yield beam.pvalue.TaggedOutput(REJECTED, rejection(source, error.reason, error.message))

@@ -9,19 +9,16 @@ from __future__ import annotations
 
 import json
 import platform
-import posixpath
-import uuid
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 import av
 import pyarrow.parquet as pq
-from apache_beam.io.filesystems import FileSystems
 
-from preprocess.pack import DOCUMENT_SCHEMA, STAGING
-from shared.files import RAW, delete, join, matching, write_atomic
-from shared.shards import DOCUMENTS, FORMAT, MANIFEST, REJECTED, SPLITS, TOKENIZER, manifest_json, sha256_hex
-from shared.tokenizer import ByteTokenizer
+from shared.format.files import delete, join, matching, open_atomic, open_binary, write_atomic
+from shared.format.shards import (DOCUMENT_SCHEMA, DOCUMENTS, FORMAT, MANIFEST, REJECTED, SPLITS, STAGING, TOKENIZER,
+                                  manifest_json, sha256_hex, shard_name_of, staged_documents_path)
+from shared.format.tokenizer import ByteTokenizer
 
 PACKAGES = ("codec-lm", "apache-beam", "pillow", "av", "tokenizers", "numpy", "pyarrow", "webdataset")
 
@@ -38,22 +35,15 @@ def library_versions() -> dict[str, str]:
 
 def merge_document_rows(output: str, shards: list[dict[str, Any]]) -> None:
     """documents.parquet in shard order, one shard's rows in memory at a time."""
-    target = join(output, DOCUMENTS)
-    folder, name = FileSystems.split(target)
-    temporary = join(folder, f".{name}.tmp-{uuid.uuid4().hex}")
-    with FileSystems.create(temporary, compression_type=RAW) as handle:
-        with pq.ParquetWriter(handle, DOCUMENT_SCHEMA) as writer:
-            for shard in shards:
-                name = posixpath.basename(shard["path"]).removesuffix(".tar")
-                part = join(output, STAGING, "documents", f"{shard['split']}-{name}.parquet")
-                with FileSystems.open(part, compression_type=RAW) as source:
-                    writer.write_table(pq.read_table(source, schema=DOCUMENT_SCHEMA))
-    FileSystems.rename([temporary], [target])
+    with open_atomic(join(output, DOCUMENTS)) as handle, pq.ParquetWriter(handle, DOCUMENT_SCHEMA) as writer:
+        for shard in shards:
+            with open_binary(join(output, staged_documents_path(shard["split"], shard_name_of(shard)))) as source:
+                writer.write_table(pq.read_table(source, schema=DOCUMENT_SCHEMA))
 
 
-def finalize(_: Any, output: str, config: dict[str, Any], profile_record: dict[str, Any], shards: list[dict[str, Any]],
-             rejected: list[dict[str, str]], inputs: int, encoded: int, duplicates: int, tokenizer_json: str,
-             seq_len: int) -> dict[str, Any]:
+def finalize(_: Any, *, output: str, config: dict[str, Any], profile_record: dict[str, Any],
+             shards: list[dict[str, Any]], rejected: list[dict[str, str]], inputs: int, encoded: int, duplicates: int,
+             tokenizer_json: str, seq_len: int) -> dict[str, Any]:
     rejected = sorted(rejected, key=lambda r: (r["source"], r["reason"], r["message"]))
     write_atomic(join(output, REJECTED), "".join(json.dumps(r, sort_keys=True) + "\n" for r in rejected))
     if not tokenizer_json:

@@ -133,10 +133,10 @@ class ReadInputs(beam.PTransform):
 
 def sample_item(index: int, modality: str, seed: int) -> tuple[str, bytes]:
     if modality == "image":
-        from shared.sample_data import sample_crop
+        from shared.samples.photos import sample_crop
         key, data = sample_crop(index, seed)
     else:
-        from shared.sample_videos import sample_clip
+        from shared.samples.clips import sample_clip
         key, data = sample_clip(index, seed)
     return f"sample:{key}", data
 

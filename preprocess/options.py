@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from shared.profiles import DEFAULT_PROFILES
-from shared.tokenizer import DEFAULT_VOCAB_SIZE
+from shared.codec.registry import MODALITIES
 
-DEFAULT_SEQ_LEN = {"image": 12288, "video": 32768}  # the paper's context lengths
+IMAGE, VIDEO = MODALITIES["image"], MODALITIES["video"]
 DEFAULT_SAMPLE_SIZE = {"image": 300, "video": 24}
 
 
@@ -21,17 +20,18 @@ class PreprocessOptions(PipelineOptions):
                                 ".parquet files with an image-bytes column. Default: the embedded sample dataset.")
         group.add_argument("--output", required=True, metavar="DIR", help="dataset directory (created; replaced on rerun)")
         group.add_argument("--modality", choices=["image", "video"], default="image",
-                           help="image: JPEG profile, 320 tokens, 12K context; video: AVC profile, 1024, 32K")
-        group.add_argument("--profile", help=f"codec profile (default: {DEFAULT_PROFILES['image']} for images, "
-                                             f"{DEFAULT_PROFILES['video']} for videos)")
+                           help=f"image: JPEG profile, {IMAGE.vocab_size} tokens, {IMAGE.seq_len // 1024}K context; "
+                                f"video: AVC profile, {VIDEO.vocab_size}, {VIDEO.seq_len // 1024}K")
+        group.add_argument("--profile", help=f"codec profile (default: {IMAGE.profile} for images, "
+                                             f"{VIDEO.profile} for videos)")
         group.add_argument("--vocab-size", type=int,
                            help=f"total BPE vocabulary incl. 256 bytes and BOS/EOS (default: "
-                                f"{DEFAULT_VOCAB_SIZE['jpeg']} for images, {DEFAULT_VOCAB_SIZE['avc']} for videos)")
+                                f"{IMAGE.vocab_size} for images, {VIDEO.vocab_size} for videos)")
         group.add_argument("--bpe-sample", type=int, default=10000,
                            help="streams the BPE is learned on, chosen by content hash (default: 10000, as the paper)")
         group.add_argument("--tokenizer", metavar="FILE", help="use this tokenizer.json instead of learning one")
         group.add_argument("--seq-len", type=int, help=f"tokens per training sequence (default: "
-                                                       f"{DEFAULT_SEQ_LEN['image']} images, {DEFAULT_SEQ_LEN['video']} videos)")
+                                                       f"{IMAGE.seq_len} images, {VIDEO.seq_len} videos)")
         group.add_argument("--val-fraction", type=float, default=0.01, help="share of documents in the val split")
         group.add_argument("--seed", type=int, default=0, help="seeds every choice made by hash: BPE sample, split, shard")
         group.add_argument("--shard-bytes", type=int, default=256 * 2**20, help="target shard size (default: 256 MiB)")

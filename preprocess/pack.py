@@ -17,16 +17,10 @@ import pyarrow.parquet as pq
 
 from preprocess.progress import Progress
 from preprocess.records import Document, Encoded, rank
-from shared.files import join, write_atomic
-from shared.shards import pack_documents, sha256_hex, shard_name, shard_path, shard_tar_bytes
-from shared.tokenizer import ByteTokenizer
-
-DOCUMENT_SCHEMA = pa.schema([
-    ("key", pa.string()), ("source", pa.string()), ("split", pa.string()), ("stream_bytes", pa.int64()),
-    ("tokens", pa.int64()), ("shard", pa.string()), ("sequence", pa.int64()), ("offset", pa.int64()),
-    ("complete", pa.bool_()),
-])
-STAGING = ".staging"
+from shared.format.files import join, write_atomic
+from shared.format.shards import (DOCUMENT_SCHEMA, pack_documents, sha256_hex, shard_name, shard_path, shard_tar_bytes,
+                                  staged_documents_path)
+from shared.format.tokenizer import ByteTokenizer
 
 
 class TokenizeFn(beam.DoFn):
@@ -94,7 +88,7 @@ class WriteShardFn(beam.DoFn):
         }
         buffer = pa.BufferOutputStream()
         pq.write_table(pa.table(rows, schema=DOCUMENT_SCHEMA), buffer)
-        write_atomic(join(self.output, STAGING, "documents", f"{split}-{name}.parquet"), buffer.getvalue().to_pybytes())
+        write_atomic(join(self.output, staged_documents_path(split, name)), buffer.getvalue().to_pybytes())
         self.progress.add("shards")
         yield {"split": split, "path": path, "sha256": sha256_hex(tar), "bytes": len(tar),
                "sequences": int(len(packed.windows)), "tokens": packed.tokens, "dropped_tokens": packed.dropped,

@@ -18,6 +18,7 @@ from preprocess.finalize import finalize
 from preprocess.inputs import ReadInputs, SampleInputs
 from preprocess.pack import TokenizeFn, WriteShardFn, assign_shard
 from preprocess.records import DUPLICATE, REJECTED
+from shared.codec.registry import CODECS
 
 
 @dataclass(frozen=True)
@@ -62,7 +63,8 @@ def build_pipeline(pipeline: beam.Pipeline, job: JobConfig) -> None:
     if job.tokenizer_json is not None:
         tokenizer = pipeline | "GivenTokenizer" >> beam.Create([job.tokenizer_json])
     else:
-        tokenizer = unique.unique | "LearnBpe" >> LearnBpe(job.bpe_sample, job.seed, job.vocab_size, job.profile["kind"])
+        tokenizer = unique.unique | "LearnBpe" >> LearnBpe(job.bpe_sample, job.seed, job.vocab_size,
+                                                        CODECS[job.profile["kind"]].token_boundary)
 
     documents = unique.unique | "Tokenize" >> beam.ParDo(
         TokenizeFn(job.val_fraction, job.seed, job.progress_dir), AsSingleton(tokenizer))
@@ -85,7 +87,8 @@ def build_pipeline(pipeline: beam.Pipeline, job: JobConfig) -> None:
         pipeline
         | "Once" >> beam.Create([None])
         | "WriteManifest" >> beam.Map(
-            finalize, job.output, job.arguments, job.profile, AsList(shards), AsList(rejected),
+            finalize, output=job.output, config=job.arguments, profile_record=job.profile, shards=AsList(shards),
+            rejected=AsList(rejected),
             inputs=count((media, read_rejected) | "AllInputs" >> beam.Flatten(), "CountInputs"),
             encoded=count(encoded.encoded, "CountEncoded"), duplicates=count(unique[DUPLICATE], "CountDuplicates"),
             tokenizer_json=AsSingleton(tokenizer), seq_len=job.seq_len)

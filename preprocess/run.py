@@ -26,22 +26,27 @@ from typing import Any
 import apache_beam as beam
 import numpy as np
 import pyarrow.parquet as pq
+from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import (DirectOptions, GoogleCloudOptions, PipelineOptions, SetupOptions,
                                                   StandardOptions, WorkerOptions, _BeamArgumentParser)
 from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 
-from preprocess.options import DEFAULT_SAMPLE_SIZE, DEFAULT_SEQ_LEN, PreprocessOptions
-from preprocess.pack import STAGING
+from preprocess.options import DEFAULT_SAMPLE_SIZE, PreprocessOptions
 from preprocess.pipeline import JobConfig, build_pipeline
 from preprocess.progress import ProgressWatcher
-from shared.files import RAW, delete, exists, join, matching, read_bytes
-from shared.profiles import DEFAULT_PROFILES, get_profile
-from shared.shards import MANIFEST
-from shared.tokenizer import DEFAULT_VOCAB_SIZE, ByteTokenizer
+from shared.codec.registry import MODALITIES, get_profile
+from shared.format.files import delete, exists, join, read_bytes
+from shared.format.shards import MANIFEST, STAGING
+from shared.format.tokenizer import ByteTokenizer
 
 DIRECT_RUNNERS = (None, "DirectRunner", "direct")
 LOCAL_RUNNERS = DIRECT_RUNNERS + ("PrismRunner", "prism")
+
+
+def input_paths(pattern: str) -> list[str]:
+    """What ``--input`` matches, as the job's own reader (Beam's fileio) will match it: ``**`` spans folders."""
+    return sorted(m.path for r in FileSystems.match([pattern]) for m in r.metadata_list)
 
 
 def job_config(options: PreprocessOptions, progress_dir: str | None) -> JobConfig:
@@ -49,22 +54,22 @@ def job_config(options: PreprocessOptions, progress_dir: str | None) -> JobConfi
     def fail(message: str) -> None:
         raise SystemExit(f"preprocess.run: error: {message}")
 
-    modality = options.modality
+    modality, defaults = options.modality, MODALITIES[options.modality]
     try:
-        profile = get_profile(options.profile or DEFAULT_PROFILES[modality])
+        profile = get_profile(options.profile or defaults.profile)
     except ValueError as error:
         fail(str(error))
-    expected_kind = {"image": "jpeg", "video": "avc"}[modality]
-    if profile.kind != expected_kind:
-        fail(f"--profile {profile.name} is a {profile.kind} profile, but --modality {modality} needs a {expected_kind} one")
+    if profile.modality != modality:
+        fail(f"--profile {profile.name} is for {profile.modality}s, but --modality {modality} needs a profile "
+             f"for {modality}s (e.g. {defaults.profile})")
     for pattern in options.input or []:
-        paths = matching(pattern)
+        paths = input_paths(pattern)
         if not paths:
             fail(f"--input {pattern!r} matches no file")
         parquet = [p for p in paths if p.endswith(".parquet")]
         if parquet:  # a wrong --parquet-column is a flag error: check the first file's schema up front
             try:
-                with FileSystems.open(parquet[0], compression_type=RAW) as handle:
+                with FileSystems.open(parquet[0], compression_type=CompressionTypes.UNCOMPRESSED) as handle:
                     names = pq.ParquetFile(handle).schema_arrow.names
             except Exception:  # noqa: BLE001 — a corrupt file is the workers' to reject, not a flag error
                 names = [options.parquet_column]
@@ -80,10 +85,10 @@ def job_config(options: PreprocessOptions, progress_dir: str | None) -> JobConfi
         except Exception as error:
             fail(f"--tokenizer {options.tokenizer} is not a codec-LM tokenizer.json ({error})")
     else:
-        vocab_size = DEFAULT_VOCAB_SIZE[profile.kind] if options.vocab_size is None else options.vocab_size
+        vocab_size = defaults.vocab_size if options.vocab_size is None else options.vocab_size
         if vocab_size < 258:
             fail(f"--vocab-size must be at least 258 (256 bytes + BOS + EOS), not {vocab_size}")
-    seq_len = DEFAULT_SEQ_LEN[modality] if options.seq_len is None else options.seq_len
+    seq_len = defaults.seq_len if options.seq_len is None else options.seq_len
     if seq_len < 1:
         fail(f"--seq-len must be positive, not {seq_len}")
     if not 0.0 <= options.val_fraction < 1.0:

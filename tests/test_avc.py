@@ -14,10 +14,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-import shared.avc as avc
-from shared import sample_videos as sv
-from shared.avc import AvcProfile, encode_annexb, nal_type, nal_units, starts_frame
-from shared.errors import InvalidMediaError
+import shared.codec.avc as avc
+from clip_makers import make_audio_only, make_vfr_clip
+from shared.codec.avc import AvcProfile, encode_annexb, nal_type, nal_units, starts_frame
+from shared.codec.errors import InvalidMediaError
+from shared.samples import clips as sv
 
 PROFILE = AvcProfile()
 
@@ -30,12 +31,12 @@ def clip6() -> bytes:
 
 @pytest.fixture(scope="module")
 def frames6(clip6: bytes) -> list[np.ndarray]:
-    return PROFILE.load_frames(clip6)
+    return PROFILE.normalize(clip6)
 
 
 @pytest.fixture(scope="module")
 def stream6(frames6: list[np.ndarray]) -> bytes:
-    return PROFILE.encode_frames(frames6)
+    return PROFILE.encode_pictures(frames6)
 
 
 def read_mark(frame: np.ndarray, rows: slice, cols: slice) -> int:
@@ -103,7 +104,7 @@ def test_from_json_keeps_a_recorded_header_and_warns(stream6: bytes):
     with pytest.warns(UserWarning):
         wrong = AvcProfile.from_json({**record, "header": bogus.hex()})
     with pytest.raises(RuntimeError, match="libx264"):
-        wrong.encode_frames([frame])
+        wrong.encode_pictures([frame])
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # the matching header warns about nothing
         AvcProfile.from_json(record)
@@ -119,8 +120,8 @@ def test_encode_is_deterministic(clip6: bytes, stream6: bytes, tmp_path):
     assert PROFILE.encode(path) == stream6
     assert PROFILE.encode(str(path)) == stream6
     # The encoder alone, repeatedly (x264 must not depend on timing or leftover state).
-    frames = PROFILE.load_frames(clip6)
-    assert len({PROFILE.encode_frames(frames) for _ in range(5)}) == 1
+    frames = PROFILE.normalize(clip6)
+    assert len({PROFILE.encode_pictures(frames) for _ in range(5)}) == 1
 
 
 def test_header_is_invariant_across_clips():
@@ -130,7 +131,7 @@ def test_header_is_invariant_across_clips():
         sv.make_clip(photo_index=11, seconds=1, fps=24, size=(256, 256), codec="mpeg4", container="avi"),
     ]
     for clip in clips:
-        full = encode_annexb(PROFILE.load_frames(clip), PROFILE.fps, PROFILE.qp)
+        full = encode_annexb(PROFILE.normalize(clip), PROFILE.fps, PROFILE.qp)
         units = [unit for _, unit in nal_units(full)]
         parameter_sets = [unit for unit in units if nal_type(unit) in (avc.NAL_SPS, avc.NAL_PPS)]
         assert parameter_sets and b"".join(parameter_sets[:2]) == PROFILE.header
@@ -172,16 +173,16 @@ def test_restore_decodes_bit_identically_to_the_encoder_output(frames6: list[np.
     assert error < 12
 
 
-def test_encode_frames_rejects_bad_arrays():
+def test_encode_pictures_rejects_bad_arrays():
     frame = np.zeros((144, 256, 3), np.uint8)
     with pytest.raises(ValueError):
-        PROFILE.encode_frames([])
+        PROFILE.encode_pictures([])
     with pytest.raises(ValueError):
-        PROFILE.encode_frames([frame] * 16)
+        PROFILE.encode_pictures([frame] * 16)
     with pytest.raises(ValueError):
-        PROFILE.encode_frames([np.zeros((144, 255, 3), np.uint8)])
+        PROFILE.encode_pictures([np.zeros((144, 255, 3), np.uint8)])
     with pytest.raises(ValueError):
-        PROFILE.encode_frames([frame.astype(np.float32)])
+        PROFILE.encode_pictures([frame.astype(np.float32)])
 
 
 # --- reading videos -------------------------------------------------------------------------------------
@@ -204,7 +205,7 @@ def test_stops_decoding_after_the_last_tick(clip6: bytes, monkeypatch):
             yield frame
 
     monkeypatch.setattr(avc, "_decoded_frames", counting)
-    assert len(PROFILE.load_frames(clip6)) == 15
+    assert len(PROFILE.normalize(clip6)) == 15
     # The last tick (14/3 s) shows frame 116; frame 117 is the first past it, and the last one read.
     assert len(seen) == 118
 
@@ -217,12 +218,12 @@ def test_short_clips_give_fewer_frames(seconds, fps, expected):
     # 0.5 s: ticks 0 and 1/3 come before the end; 1 frame of 1/25 s: only tick 0.
     # 1 s at 2 fps: frames at 0 and 0.5, ticks 0, 1/3, 2/3 < 1.0.
     clip = sv.make_clip(photo_index=1, seconds=seconds, fps=fps, size=(256, 144))
-    assert len(PROFILE.load_frames(clip)) == expected
+    assert len(PROFILE.normalize(clip)) == expected
 
 
 def test_single_frame_clip_gives_one_frame():
     clip = sv.make_clip(photo_index=2, frames=1, fps=25, size=(256, 144), mark_frames=True)
-    frames = PROFILE.load_frames(clip)
+    frames = PROFILE.normalize(clip)
     assert len(frames) == 1 and read_mark(frames[0], *MARK_16_9) == 0
 
 
@@ -230,13 +231,13 @@ def test_single_frame_clip_gives_one_frame():
 def test_variable_frame_rate_uses_timestamps(container):
     # Frame i is shown from times[i]; frame 4 starts exactly on tick 3 (1 s).
     times = [0, 0.1, 0.35, 0.4, 1.0, 1.25, 1.9]
-    clip = sv.make_vfr_clip(times, end=2.1, size=(256, 144), container=container)
-    frames = PROFILE.load_frames(clip)
+    clip = make_vfr_clip(times, end=2.1, size=(256, 144), container=container)
+    frames = PROFILE.normalize(clip)
     # Ticks 0, 1/3, 2/3, 1, 4/3, 5/3, 2 (2 < 2.1 = end; 7/3 is past it).
     assert [read_mark(f, *MARK_16_9) for f in frames] == [0, 1, 3, 4, 5, 5, 6]
     # The clip's end is the last frame's time plus its duration: ending at 1.95 s drops tick 2.
-    shorter = sv.make_vfr_clip(times, end=1.95, size=(256, 144), container=container)
-    assert len(PROFILE.load_frames(shorter)) == 6
+    shorter = make_vfr_clip(times, end=1.95, size=(256, 144), container=container)
+    assert len(PROFILE.normalize(shorter)) == 6
 
 
 def test_letterbox_pads_with_black(frames6: list[np.ndarray], stream6: bytes):
@@ -247,7 +248,7 @@ def test_letterbox_pads_with_black(frames6: list[np.ndarray], stream6: bytes):
     decoded = PROFILE.decode(stream6).frames[3]
     assert decoded[:, :30].max() <= 12 and decoded[:, 226:].max() <= 12  # black after H.264, near exactly
     # Portrait 3:4 -> 108x144 with 74-column bars.
-    portrait = PROFILE.load_frames(sv.make_clip(photo_index=5, seconds=0.4, size=(240, 320)))[0]
+    portrait = PROFILE.normalize(sv.make_clip(photo_index=5, seconds=0.4, size=(240, 320)))[0]
     assert portrait[:, :74].max() == 0 and portrait[:, 182:].max() == 0
     assert portrait[:, 74:182].mean() > 40
 
@@ -260,8 +261,8 @@ def test_rotation_metadata_is_applied(rotation):
         stored = (frame.width, frame.height)
         assert frame.rotation % 360 == rotation  # reported in -180..180
     assert stored == ((240, 320) if rotation % 180 else (320, 240))
-    upright = PROFILE.load_frames(sv.make_clip(photo_index=4, seconds=0.7, size=(320, 240)))
-    frames = PROFILE.load_frames(rotated)
+    upright = PROFILE.normalize(sv.make_clip(photo_index=4, seconds=0.7, size=(320, 240)))
+    frames = PROFILE.normalize(rotated)
     assert len(frames) == len(upright) == 3
     difference = np.abs(frames[1].astype(int) - upright[1]).mean()
     assert difference < 4, difference
@@ -271,9 +272,9 @@ def test_rotation_metadata_is_applied(rotation):
 
 
 def test_other_containers_and_codecs():
-    frames = PROFILE.load_frames(sv.make_clip(photo_index=6, seconds=1.0, codec="mpeg4", container="avi"))
+    frames = PROFILE.normalize(sv.make_clip(photo_index=6, seconds=1.0, codec="mpeg4", container="avi"))
     assert len(frames) == 3
-    frames = PROFILE.load_frames(sv.make_clip(photo_index=6, seconds=1.0, container="mkv", motion="zoom"))
+    frames = PROFILE.normalize(sv.make_clip(photo_index=6, seconds=1.0, container="mkv", motion="zoom"))
     assert len(frames) == 3
 
 
@@ -302,15 +303,15 @@ def test_to_mp4_of_model_outputs(stream6: bytes):
     with av.open(io.BytesIO(PROFILE.to_mp4(polluted))) as container:
         frames = list(container.decode(video=0))
     assert len(frames) == 15 and (frames[0].width, frames[0].height) == (256, 144)
-    for nothing in (b"", b"\x00\x00\x01\x67garbage", PROFILE.cut_after_frames(stream6, 0)):
+    for nothing in (b"", b"\x00\x00\x01\x67garbage", PROFILE.cut_after_units(stream6, 0)):
         with pytest.raises(InvalidMediaError) as caught:
             PROFILE.to_mp4(nothing)
         assert caught.value.reason == "invalid-stream"
 
 
 @pytest.mark.parametrize("k", [0, 1, 5, 14, 15, 20])
-def test_cut_after_frames_ends_at_a_frame_boundary(stream6: bytes, k: int):
-    prefix = PROFILE.cut_after_frames(stream6, k)
+def test_cut_after_units_ends_at_a_frame_boundary(stream6: bytes, k: int):
+    prefix = PROFILE.cut_after_units(stream6, k)
     assert stream6.startswith(prefix)
     assert PROFILE.frame_count(prefix) == min(k, 15)
     rest = stream6[len(prefix) :]
@@ -363,8 +364,8 @@ BAD_INPUTS = {
     "text": (lambda: b"this is not a video, just some text\n" * 20, "unreadable"),
     "random-bytes": (lambda: np.random.default_rng(1).bytes(4000), "unreadable"),
     "mp4-cut-in-half": (lambda: (lambda c: c[: len(c) // 2])(sv.make_clip(seconds=1)), "unreadable"),
-    "audio-m4a": (lambda: sv.make_audio_only(container="m4a"), "no-video-stream"),
-    "audio-wav": (lambda: sv.make_audio_only(container="wav"), "no-video-stream"),
+    "audio-m4a": (lambda: make_audio_only(container="m4a"), "no-video-stream"),
+    "audio-wav": (lambda: make_audio_only(container="wav"), "no-video-stream"),
     "mp4-undecodable": (lambda: _undecodable("mp4"), "truncated"),
     "mkv-undecodable": (lambda: _undecodable("mkv"), "truncated"),
     "mkv-empty-video-track": (_video_track_without_frames, "no-frames"),
@@ -382,18 +383,18 @@ def test_bad_inputs_raise_invalid_media_error(case: str, tmp_path):
     path = tmp_path / "input.mp4"  # not .bin: FFmpeg reads any *.bin as "binary text" art
     path.write_bytes(data)
     with pytest.raises(InvalidMediaError) as caught:
-        PROFILE.load_frames(path)
+        PROFILE.normalize(path)
     assert caught.value.reason == reason
 
 
 def test_missing_file_is_unreadable(tmp_path):
     with pytest.raises(InvalidMediaError) as caught:
-        PROFILE.load_frames(tmp_path / "missing.mp4")
+        PROFILE.normalize(tmp_path / "missing.mp4")
     assert caught.value.reason == "unreadable"
 
 
 def test_a_still_image_is_a_one_frame_video():
-    assert len(PROFILE.load_frames(_png())) == 1  # FFmpeg reads PNG: not an error
+    assert len(PROFILE.normalize(_png())) == 1  # FFmpeg reads PNG: not an error
 
 
 def test_too_many_pixels_is_checked_before_decoding(monkeypatch):
@@ -405,7 +406,7 @@ def test_too_many_pixels_is_checked_before_decoding(monkeypatch):
 
     monkeypatch.setattr(avc, "_decoded_frames", no_decoding)
     with pytest.raises(InvalidMediaError) as caught:
-        PROFILE.load_frames(clip, max_pixels=320 * 240 - 1)
+        PROFILE.normalize(clip, max_pixels=320 * 240 - 1)
     assert caught.value.reason == "too-many-pixels"
     # The default limit is Pillow's decompression-bomb limit.
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
@@ -418,7 +419,7 @@ def test_too_many_pixels_is_checked_before_decoding(monkeypatch):
 @given(data=st.binary(min_size=1, max_size=3000))
 def test_arbitrary_bytes_never_escape_as_raw_exceptions(data: bytes):
     try:
-        frames = PROFILE.load_frames(data)
+        frames = PROFILE.normalize(data)
     except InvalidMediaError as error:
         assert error.reason in {"unreadable", "no-video-stream", "truncated", "no-frames", "too-many-pixels"}
     else:
@@ -520,5 +521,5 @@ def test_sample_clips_are_deterministic_and_varied():
             video = container.streams.video[0]
             shapes.add((video.width, video.height, video.average_rate))
             assert 2 <= float(video.duration * video.time_base) <= 7.1
-        assert 6 <= len(PROFILE.load_frames(clip)) <= 15
+        assert 6 <= len(PROFILE.normalize(clip)) <= 15
     assert len(shapes) > 1

@@ -5,8 +5,8 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import tarfile
 import shutil
+import tarfile
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -14,11 +14,12 @@ import pytest
 from PIL import Image
 
 from preprocess.run import run
-from shared.codec_shards import main, safe_file_name
-from shared.jpeg import JpegProfile
-from shared.sample_data import sample_crop
-from shared.sample_videos import sample_clip
-from shared.profiles import profile_from_json
+from shared.codec.jpeg import JpegProfile
+from shared.codec.registry import profile_from_json
+from shared.format.files import safe_file_name
+from shared.samples.clips import sample_clip
+from shared.samples.photos import sample_crop
+from shared.tools.codec_shards import main
 
 IN_MEMORY = ["--direct_running_mode", "in_memory", "--direct_num_workers", "1"]
 

@@ -25,6 +25,8 @@ PREPROCESS = ROOT / "docker" / "preprocess.Dockerfile"
 TRAIN = ROOT / "docker" / "train.Dockerfile"
 DOCKERFILES = {"preprocess": PREPROCESS, "train": TRAIN}
 PACKAGES = ("shared", "preprocess", "train")
+COPIED = {PREPROCESS: ("shared", "preprocess"), TRAIN: ("shared", "train")}  # each image: the contract and its half
+PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
 
 
 def instructions(dockerfile: Path) -> list[tuple[str, str]]:
@@ -56,10 +58,19 @@ def exec_form(dockerfile: Path, instruction: str) -> list[str]:
     return value
 
 
-def project_requirement(name: str) -> Requirement:
-    dependencies = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
-    matches = [Requirement(d) for d in dependencies if Requirement(d).name == name]
-    assert len(matches) == 1, f"pyproject.toml should list {name} once"
+def requirements(*extras: str) -> list[Requirement]:
+    """The core dependencies and those of ``extras`` (other extras they name included)."""
+    found = [Requirement(d) for d in PYPROJECT["dependencies"]]
+    for extra in extras:
+        for requirement in map(Requirement, PYPROJECT["optional-dependencies"][extra]):
+            found += requirements(*requirement.extras)[len(PYPROJECT["dependencies"]):] \
+                if requirement.name == "codec-lm" else [requirement]
+    return found
+
+
+def project_requirement(name: str, *extras: str) -> Requirement:
+    matches = [r for r in requirements(*extras) if r.name == name]
+    assert len(matches) == 1, f"pyproject.toml should list {name} once (core and {extras})"
     return matches[0]
 
 
@@ -106,7 +117,7 @@ def test_preprocess_image_is_the_beam_sdk_the_project_pins() -> None:
     match = re.fullmatch(r"apache/beam_python(\d+\.\d+)_sdk:(\S+)", base)
     assert match, f"not the official Beam Python SDK image: {base}"
     python, beam = match.groups()
-    pinned = project_requirement("apache-beam")
+    pinned = project_requirement("apache-beam", "preprocess")
     assert str(pinned.specifier).startswith("=="), "apache-beam must be pinned exactly"
     assert beam == str(pinned.specifier)[2:], f"image Beam {beam} != pyproject.toml's {pinned}"
     requires_python = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["requires-python"]
@@ -117,14 +128,29 @@ def test_preprocess_image_is_the_beam_sdk_the_project_pins() -> None:
     assert exec_form(PREPROCESS, "ENTRYPOINT") == ["/opt/apache/beam/boot"]
 
 
-def test_preprocess_image_installs_the_cpu_torch_before_the_project() -> None:
-    runs = [arguments for command, arguments in instructions(PREPROCESS) if command == "RUN"]
-    torch_install = next(i for i, r in enumerate(runs) if re.search(r"pip install .*\btorch==", r))
-    project_install = next(i for i, r in enumerate(runs) if re.search(r"pip install .*/opt/codec-lm\b", r))
-    assert torch_install < project_install
-    assert "--index-url https://download.pytorch.org/whl/cpu" in runs[torch_install]
-    version = re.search(r"\btorch==(\S+)", runs[torch_install]).group(1)
-    assert project_requirement("torch").specifier.contains(version)
+def test_each_half_installs_only_what_it_runs() -> None:
+    trainer_only, beam_only = {"torch", "litgpt", "lightning"}, {"apache-beam"}
+    core = {r.name for r in requirements()}
+    assert not core & (trainer_only | beam_only), "the shared core stays free of either half's frameworks"
+    assert not {r.name for r in requirements("preprocess", "cloud")} & trainer_only
+    assert not {r.name for r in requirements("train", "cloud")} & beam_only
+    assert {r.name for r in requirements("dev")} >= trainer_only | beam_only  # dev: everything, for the tests
+    runs = " ".join(arguments for command, arguments in instructions(PREPROCESS) if command == "RUN")
+    assert '"/opt/codec-lm[preprocess,cloud]"' in runs and not re.search(r"pip install [^&]*\btorch\b", runs)
+    assert "find_spec('torch') is None" in runs  # the build fails if a dependency brings torch in
+    runs = " ".join(arguments for command, arguments in instructions(TRAIN) if command == "RUN")
+    assert '".[train,cloud]"' in runs
+
+
+@pytest.mark.parametrize("modules, absent", [
+    (["preprocess.run", "shared.tools.codec_shards", "shared.tools.roundtrip"], ["torch", "litgpt"]),
+    (["train.data", "train.generate", "train.evaluate", "train.export", "shared.format.dataset"], ["apache_beam"]),
+])
+def test_each_half_imports_only_its_own_framework(modules: list[str], absent: list[str]) -> None:
+    code = (f"import sys, {', '.join(modules)}; "
+            f"found = [m for m in {absent!r} if m in sys.modules]; assert not found, found")
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
 
 
 def test_train_image_runs_litgpt_pretrain_on_a_cuda_torch() -> None:
@@ -134,7 +160,7 @@ def test_train_image_runs_litgpt_pretrain_on_a_cuda_torch() -> None:
     assert only(TRAIN, "WORKDIR") == "/opt/codec-lm"  # where the relative config path resolves
     match = re.fullmatch(r"pytorch/pytorch:(\d+\.\d+\.\d+)-cuda(\d+\.\d+)-cudnn\d+-(runtime|devel)", only(TRAIN, "FROM"))
     assert match, only(TRAIN, "FROM")
-    assert project_requirement("torch").specifier.contains(match.group(1))
+    assert project_requirement("torch", "train").specifier.contains(match.group(1))
     user = only(TRAIN, "USER")
     assert re.fullmatch(r"\d+(:\d+)?", user) and not user.startswith("0")
 
@@ -168,11 +194,11 @@ def test_what_the_images_copy_exists_and_is_in_the_build_context() -> None:
     for dockerfile in DOCKERFILES.values():
         sources = [arguments.split()[:-1] for command, arguments in instructions(dockerfile) if command == "COPY"]
         copied = {source for group in sources for source in group if not source.startswith("--")}
-        assert {"pyproject.toml", "setup.py", "README.md", *PACKAGES} <= copied, dockerfile.name
+        assert {"pyproject.toml", "setup.py", "README.md", *COPIED[dockerfile]} <= copied, dockerfile.name
         for source in copied:
             assert (ROOT / source).exists(), f"{dockerfile.name} copies {source}, which does not exist"
             assert not dockerignored(source, patterns), f".dockerignore keeps {source} out of {dockerfile.name}"
-        for package in PACKAGES:
+        for package in COPIED[dockerfile]:
             for module in (ROOT / package).rglob("*.py"):
                 relative = module.relative_to(ROOT).as_posix()
                 assert not dockerignored(relative, patterns), relative
@@ -193,5 +219,5 @@ def test_setup_shim_builds_an_sdist_with_every_package(tmp_path: Path) -> None:
     with tarfile.open(sdist) as archive:
         members = {name.split("/", 1)[1] for name in archive.getnames() if "/" in name}
     for package in PACKAGES:
-        expected = {p.relative_to(ROOT).as_posix() for p in (ROOT / package).glob("*.py")}
+        expected = {p.relative_to(ROOT).as_posix() for p in (ROOT / package).rglob("*.py")}
         assert expected and expected <= members, f"{package} missing from the sdist: {sorted(expected - members)}"

@@ -22,8 +22,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from shared.jpeg import JpegProfile
-from shared.sample_data import sample_crops
+from shared.codec.jpeg import JpegProfile
+from shared.samples.photos import sample_crops
 from train.evaluate import EvaluationError, Settings, evaluate, load_arrays, unpack_bytes
 from train.fid import INCEPTION_ENV, INCEPTION_URL, FeatureExtractor, FidError, fid, frechet_distance, statistics
 

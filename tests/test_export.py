@@ -16,9 +16,9 @@ from litgpt import GPT, Config
 from safetensors.torch import load_file
 
 from preprocess.run import run
-from shared.dataset import Dataset
-from shared.profiles import profile_from_json
-from shared.tokenizer import bytes_to_text, text_to_bytes
+from shared.codec.registry import profile_from_json
+from shared.format.dataset import Dataset
+from shared.format.tokenizer import bytes_to_text, text_to_bytes
 from train.export import export, main
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import random
@@ -13,16 +14,16 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from shared.avc import AvcProfile
-from shared.avc_grammar import AvcGrammar
-from shared.jpeg import JpegProfile
-from shared.jpeg_entropy import check_stream
-from shared.jpeg_grammar import JpegGrammar
-from shared.sample_data import sample_crops
-from shared.sample_videos import sample_clip
-from shared.token_constraint import TokenConstraint
-from train.checkpoint import open_dataset
-from train.generate import generate, grammar_for, load_model, sample_rows
+from shared.codec.avc import AvcProfile
+from shared.codec.avc_grammar import AvcGrammar
+from shared.codec.jpeg import JpegProfile
+from shared.codec.jpeg_entropy import check_stream
+from shared.codec.jpeg_grammar import JpegGrammar
+from shared.codec.token_constraint import TokenConstraint
+from shared.samples.clips import sample_clip
+from shared.samples.photos import sample_crops
+from train.checkpoint import load_for_sampling
+from train.generate import GenerateSettings, SamplingSettings, generate, sample_rows
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = JpegProfile.from_name("jpeg-64-q25")
@@ -112,7 +113,7 @@ def test_avc_grammar_follows_nal_structure() -> None:
                 return False
         return grammar.can_end(state)
 
-    assert accepts(stream) and accepts(profile.cut_after_frames(stream, 2))
+    assert accepts(stream) and accepts(profile.cut_after_units(stream, 2))
     header = stream.index(b"\x00\x00\x01") + 3
     for bad in (stream[:header] + b"\x67" + stream[header + 1:],  # an SPS where a slice must be
                 stream[:header] + b"\x41" + stream[header + 1:]):  # a P slice cannot open the clip
@@ -127,7 +128,9 @@ def test_avc_grammar_follows_nal_structure() -> None:
 def test_constrained_generation_decodes_and_repeats_with_the_seed(checkpoint: Path, tmp_path: Path) -> None:
     prompt = tmp_path / "prompt.png"
     prompt.write_bytes(sample_crops(1, seed=9).__next__()[1])
-    results = generate(checkpoint, tmp_path / "a", [prompt], unconditional=True, num_samples=3, seed=7, prompt_val=1)
+    settings = GenerateSettings(checkpoint=checkpoint, out=tmp_path / "a", prompts=[prompt], unconditional=True,
+                                num_samples=3, seed=7, prompt_val=1)
+    results = generate(settings)
     assert len(results) == 3  # the file prompt, one val document, unconditional
     for name, summary in results.items():
         assert summary["decoded_cleanly"] == 3 and summary["stopped_by_eos"] == 3 and summary["mcus_valid_share"] == 1.0
@@ -140,15 +143,15 @@ def test_constrained_generation_decodes_and_repeats_with_the_seed(checkpoint: Pa
                 assert next(container.decode(video=0)).width == 64  # FFmpeg opens it too
         assert (tmp_path / "a" / name / "sheet.png").is_file()
     assert (tmp_path / "a" / "prompt" / "original.jpg").is_file() and (tmp_path / "a" / "prompt" / "prompt.jpg").is_file()
-    generate(checkpoint, tmp_path / "b", [prompt], unconditional=True, num_samples=3, seed=7, prompt_val=1)
-    generate(checkpoint, tmp_path / "c", [prompt], unconditional=False, num_samples=3, seed=8)
+    generate(dataclasses.replace(settings, out=tmp_path / "b"))
+    generate(dataclasses.replace(settings, out=tmp_path / "c", unconditional=False, prompt_val=0, seed=8))
     first, again, other = (tmp_path / d / "prompt" / "sample-000.jpg" for d in "abc")
     assert first.read_bytes() == again.read_bytes() and first.read_bytes() != other.read_bytes()
 
 
 def test_unconstrained_generation_reports_and_never_crashes(checkpoint: Path, tmp_path: Path) -> None:
-    results = generate(checkpoint, tmp_path, [], unconditional=True, num_samples=4, seed=1, constrained=False,
-                       max_new_tokens=300)
+    results = generate(GenerateSettings(checkpoint=checkpoint, out=tmp_path, unconditional=True, num_samples=4, seed=1,
+                                        constrained=False, max_new_tokens=300))
     record = json.loads((tmp_path / "unconditional" / "samples.json").read_text())
     assert len(record["samples"]) == 4 and results["unconditional"]["samples"] == 4
     for sample in record["samples"]:
@@ -170,18 +173,17 @@ def test_generate_cli(checkpoint: Path, tmp_path: Path) -> None:
 
 def test_a_row_samples_the_same_alone_or_batched_with_other_prompt_lengths(checkpoint: Path) -> None:
     import torch
-    data = open_dataset(checkpoint, None)
-    profile, tokenizer = data.profile, data.tokenizer
-    model = load_model(checkpoint, torch.device("cpu"))
-    constraint = TokenConstraint(grammar_for(profile), tokenizer.token_bytes, tokenizer.eos_id)
+    sampler = load_for_sampling(checkpoint, device=torch.device("cpu"))
+    profile, tokenizer, model, constraint = sampler.profile, sampler.tokenizer, sampler.model, sampler.constraint
+    settings = SamplingSettings(max_new_tokens=1000)
     stream = streams(1)[0]
     prompts = [profile.prompt(stream, 0.75), b"", profile.prompt(stream, 0.25)]  # three prompt lengths
-    together = sample_rows(model, tokenizer, prompts, [11, 12, 13], 1000, 1.0, 50, 1.0, constraint)
+    together = sample_rows(model, tokenizer, prompts, [11, 12, 13], settings=settings, constraint=constraint)
     for row, prompt in enumerate(prompts):
-        alone = sample_rows(model, tokenizer, [prompt], [11 + row], 1000, 1.0, 50, 1.0, constraint)[0]
+        alone = sample_rows(model, tokenizer, [prompt], [11 + row], settings=settings, constraint=constraint)[0]
         assert alone.stream == together[row].stream and alone.stream.startswith(prompt)
         assert alone.stopped == "eos" and profile.decode(alone.stream).complete
     too_long = bytes(range(256)) * 8  # ~2K byte tokens: more than the 1023-token context
-    mixed = sample_rows(model, tokenizer, [too_long, prompts[0]], [5, 11], 1000, 1.0, 50, 1.0, constraint)
+    mixed = sample_rows(model, tokenizer, [too_long, prompts[0]], [5, 11], settings=settings, constraint=constraint)
     assert (mixed[0].stopped, mixed[0].stream, mixed[0].tokens) == ("context", too_long, 0)
     assert mixed[1].stream == together[0].stream

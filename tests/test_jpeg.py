@@ -14,9 +14,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image, JpegImagePlugin
 
-from shared.errors import InvalidMediaError
-from shared.jpeg import JpegProfile
-from shared.sample_data import sample_photo_paths
+from shared.codec.errors import InvalidMediaError
+from shared.codec.jpeg import JpegProfile
+from shared.samples.photos import sample_photo_paths
 
 PROFILES = ["jpeg-256-q25", "jpeg-64-q25", "jpeg-128-q50-444", "jpeg-256-q25-422-ri4", "jpeg-64-q25-ri0"]
 PHOTOS = sample_photo_paths()
@@ -44,7 +44,7 @@ def paper() -> JpegProfile:
 def test_restore_is_byte_identical_to_pillow_and_ffmpeg_agrees(name: str) -> None:
     profile = JpegProfile.from_name(name)
     for path in PHOTOS:
-        normalised = profile.normalize(path)
+        normalised = profile.normalize_image(path)
         stream = profile.encode(path)
         restored = profile.restore(stream)
         assert restored == pillow_full_encode(profile, normalised), path.name
@@ -75,7 +75,7 @@ def test_paper_profile_layout(paper: JpegProfile) -> None:
 
 
 def test_header_is_the_same_for_every_image(paper: JpegProfile) -> None:
-    headers = {pillow_full_encode(paper, paper.normalize(p))[:len(paper.header)] for p in PHOTOS}
+    headers = {pillow_full_encode(paper, paper.normalize_image(p))[:len(paper.header)] for p in PHOTOS}
     assert headers == {paper.header}
 
 
@@ -116,7 +116,7 @@ def test_every_mode_normalises_to_rgb(mode: str) -> None:
     profile = JpegProfile.from_name("jpeg-64-q25")
     source = Image.open(PHOTOS[0]).convert("RGB").resize((96, 80))
     image = source.convert(mode) if mode not in ("I;16", "I", "F") else source.convert("L").convert(mode)
-    result = profile.normalize(image)
+    result = profile.normalize_image(image)
     assert result.mode == "RGB" and result.size == (64, 64)
     assert profile.decode(profile.encode(image), strict=True).complete
 
@@ -124,20 +124,20 @@ def test_every_mode_normalises_to_rgb(mode: str) -> None:
 def test_alpha_is_composited_over_white() -> None:
     profile = JpegProfile.from_name("jpeg-64-q25")
     transparent = Image.new("RGBA", (80, 80), (255, 0, 0, 0))
-    assert np.asarray(profile.normalize(transparent)).min() == 255
+    assert np.asarray(profile.normalize_image(transparent)).min() == 255
     palette = Image.new("P", (80, 80), 0)
     palette.putpalette([0, 0, 0] * 256)
     palette.info["transparency"] = 0
-    assert np.asarray(profile.normalize(encode_png(palette))).min() == 255
+    assert np.asarray(profile.normalize_image(encode_png(palette))).min() == 255
     half = Image.new("LA", (80, 80), (0, 128))
-    assert abs(int(np.asarray(profile.normalize(half)).mean()) - 127) <= 1
+    assert abs(int(np.asarray(profile.normalize_image(half)).mean()) - 127) <= 1
 
 
 def test_sixteen_bit_greyscale_maps_the_full_range() -> None:
     profile = JpegProfile.from_name("jpeg-64-q25")
     values = np.full((64, 64), 65535, dtype=np.uint16)
     values[:, 32:] = 32896  # 128 * 257
-    result = np.asarray(profile.normalize(Image.fromarray(values)))
+    result = np.asarray(profile.normalize_image(Image.fromarray(values)))
     assert result[:, :30].min() == 255 and abs(int(result[:, 40:].mean()) - 128) <= 1
 
 
@@ -149,7 +149,7 @@ def test_exif_orientation_is_applied() -> None:
     exif[0x0112] = 6  # stored rotated: viewers turn it 90 degrees clockwise
     buffer = io.BytesIO()
     image.save(buffer, "JPEG", quality=95, exif=exif)
-    upright = np.asarray(profile.normalize(buffer.getvalue()), dtype=np.int16)
+    upright = np.asarray(profile.normalize_image(buffer.getvalue()), dtype=np.int16)
     assert upright[:, -8:, 0].mean() > 200 and upright[:8, :32, 2].mean() > 200  # stripe now on the right
 
 
@@ -157,7 +157,7 @@ def test_center_square_crop_of_a_wide_image() -> None:
     profile = JpegProfile.from_name("jpeg-64-q25")
     wide = Image.new("RGB", (300, 100), (255, 0, 0))
     wide.paste((0, 255, 0), (100, 0, 200, 100))  # the center square is green
-    result = np.asarray(profile.normalize(wide), dtype=np.int16)
+    result = np.asarray(profile.normalize_image(wide), dtype=np.int16)
     assert result[:, :, 1].min() > 250 and result[:, :, 0].max() < 5
 
 
@@ -169,10 +169,10 @@ def test_large_jpeg_sources_use_draft_mode(monkeypatch: pytest.MonkeyPatch) -> N
                         lambda self, mode, size: calls.append(size) or original(self, mode, size))
     big = io.BytesIO()
     Image.open(PHOTOS[0]).convert("RGB").save(big, "JPEG", quality=95)  # 512x512, 8x the target
-    drafted = np.asarray(profile.normalize(big.getvalue()), dtype=np.int16)
+    drafted = np.asarray(profile.normalize_image(big.getvalue()), dtype=np.int16)
     assert calls == [(64, 64)]
     monkeypatch.setattr(JpegImagePlugin.JpegImageFile, "draft", original)
-    direct = np.asarray(profile.normalize(Image.open(io.BytesIO(big.getvalue())).convert("RGB")), dtype=np.int16)
+    direct = np.asarray(profile.normalize_image(Image.open(io.BytesIO(big.getvalue())).convert("RGB")), dtype=np.int16)
     assert np.abs(drafted - direct).mean() < 4  # DCT-domain downscale looks the same
 
 
@@ -236,12 +236,12 @@ def test_prompt_cut_matches_the_authors_definition(paper: JpegProfile, photo_str
             end = full.index(b"\xff\xd7", end) + 2
         expected = full[len(paper.header):end] if ratio < 1 else photo_stream
         assert prompt == expected, ratio
-        assert paper.prompt_mcus(ratio) == min(256, 8 * int(32 * ratio))
+        assert paper.prompt_units(ratio) == min(256, 8 * int(32 * ratio))
         decoded = paper.decode(prompt)
-        assert decoded.valid_mcus == paper.prompt_mcus(ratio)
+        assert decoded.valid_mcus == paper.prompt_units(ratio)
         assert decoded.complete == (ratio == 1.0)
     with pytest.raises(ValueError, match="restart marker"):
-        JpegProfile.from_name("jpeg-256-q25-ri4").cut_after_mcus(photo_stream, 6)
+        JpegProfile.from_name("jpeg-256-q25-ri4").cut_after_units(photo_stream, 6)
 
 
 def test_prompt_keeps_the_top_of_the_image(paper: JpegProfile, photo_stream: bytes) -> None:
@@ -288,8 +288,8 @@ def test_adobe_rgb_sources_are_converted_to_srgb() -> None:
         assert b"Adobe RGB" in image.info["icc_profile"]
         untagged = image.convert("RGB")
         untagged.info = {}
-    converted = np.asarray(profile.normalize(rocket), dtype=np.int16)
-    ignored = np.asarray(profile.normalize(untagged), dtype=np.int16)
+    converted = np.asarray(profile.normalize_image(rocket), dtype=np.int16)
+    ignored = np.asarray(profile.normalize_image(untagged), dtype=np.int16)
 
     def saturation(pixels: np.ndarray) -> float:
         return float((pixels.max(axis=2) - pixels.min(axis=2)).mean())
@@ -307,8 +307,8 @@ def test_alpha_sources_keep_their_colour_profile() -> None:
     rgba.info = {"icc_profile": icc}
     plain = rgba.copy()
     plain.info = {}
-    converted = np.asarray(profile.normalize(rgba), dtype=np.int16)
-    ignored = np.asarray(profile.normalize(plain), dtype=np.int16)
+    converted = np.asarray(profile.normalize_image(rgba), dtype=np.int16)
+    ignored = np.asarray(profile.normalize_image(plain), dtype=np.int16)
     assert np.abs(converted - ignored).mean() > 2  # the profile was applied despite the alpha channel
 
 
@@ -321,9 +321,9 @@ def test_prompt_ratios_on_other_restart_intervals(photo_stream: bytes) -> None:
     every_third = JpegProfile.from_name("jpeg-256-q25-ri3")
     stream = every_third.encode(PHOTOS[3])
     assert every_third.prompt(stream, 1.0) == stream
-    assert every_third.prompt_mcus(0.5) == 126  # 128 MCUs, down to whole intervals of 3
+    assert every_third.prompt_units(0.5) == 126  # 128 MCUs, down to whole intervals of 3
     small = JpegProfile.from_name("jpeg-64-q25")  # 16 MCUs: a row of 4 per quarter
-    assert [small.prompt_mcus(r) for r in (0.0, 0.25, 0.5, 0.75, 1.0)] == [0, 4, 8, 12, 16]
-    assert JpegProfile.from_name("jpeg-64-q25-ri5").prompt_mcus(0.75) == 10
+    assert [small.prompt_units(r) for r in (0.0, 0.25, 0.5, 0.75, 1.0)] == [0, 4, 8, 12, 16]
+    assert JpegProfile.from_name("jpeg-64-q25-ri5").prompt_units(0.75) == 10
     with pytest.raises(ValueError, match="no restart markers"):
-        JpegProfile.from_name("jpeg-64-q25-ri0").prompt_mcus(0.5)
+        JpegProfile.from_name("jpeg-64-q25-ri0").prompt_units(0.5)

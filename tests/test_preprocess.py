@@ -18,12 +18,12 @@ from PIL import Image
 from preprocess.encode import EncodeFn
 from preprocess.progress import Progress, read_counts, status_line
 from preprocess.run import run
-from shared.jpeg import JpegProfile
-from shared.sample_data import sample_crop
-from shared.sample_videos import sample_clip
-from shared.profiles import profile_from_json
-from shared.shards import document_tokens, load_shard
-from shared.tokenizer import ByteTokenizer
+from shared.codec.jpeg import JpegProfile
+from shared.codec.registry import profile_from_json
+from shared.format.shards import document_tokens, load_shard
+from shared.format.tokenizer import ByteTokenizer
+from shared.samples.clips import sample_clip
+from shared.samples.photos import sample_crop
 
 IN_MEMORY = ["--direct_running_mode", "in_memory", "--direct_num_workers", "1"]
 SMALL = ["--seq-len", "2047", "--vocab-size", "300", "--val-fraction", "0.25"]
@@ -271,7 +271,7 @@ def test_max_pixels_flag_lifts_pillows_own_guard(monkeypatch: pytest.MonkeyPatch
 @pytest.mark.parametrize("args, message", [
     (["--seq-len", "0"], "--seq-len must be positive"),
     (["--sample-size", "0"], "--sample-size must be positive"),
-    (["--modality", "video", "--profile", "jpeg-256-q25"], "needs a avc one"),
+    (["--modality", "video", "--profile", "jpeg-256-q25"], "needs a profile for videos"),
     (["--input", "/nonexistent/*.jpg"], "matches no file"),
     (["--vocab-size", "100"], "at least 258"),
     (["--val-fraction", "1.5"], "val-fraction"),
@@ -303,3 +303,42 @@ def test_help_lists_the_job_flags_and_beam_options(capsys: pytest.CaptureFixture
                  "--seq-len", "--val-fraction", "--seed", "--shard-bytes", "--parquet-column", "--runner",
                  "--direct_num_workers", "--project", "--sdk_container_image", "--setup_file"):
         assert flag in text, flag
+
+
+# sha256 of every file the job wrote with the code before the codec-interface/layout redesign (the manifest
+# without its "versions", which name this machine's Python and libraries). Same inputs and flags, same bytes.
+GOLDEN = {
+    "image": {
+        "documents.parquet": "d9357d4cd1a1e2635c6c03745cbca5f0cd66f004c0b704645dc9e5d7306cb3cd",
+        "manifest.json": "5283c9907617a2a0a1280c6574ba7545a5fee84fe1683317cd9e22164d167662",
+        "rejected.jsonl": "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855",
+        "tokenizer.json": "ee765de4a7bc284f63d671156b26d8830453790502cff4b0890a9ee9108274d2",
+        "train/shard-000000.tar": "84a9183a7d0b3cc6a4c055a0757b6b319c8722efcea92040e3c25a2472593b95",
+        "val/shard-000000.tar": "5f0c15464bfc0e4d43b1135f559a3b2a04444242c6a629549a520bf8d30e063f",
+    },
+    "video": {
+        "documents.parquet": "34f1191581853a3d8e98b4a968ed2031cd9a1e90e72c4dad18c54564e69058d0",
+        "manifest.json": "398298e420d173918765ada3a92634c5d538bc1aa9b36a0a6d657787f8b1a50a",
+        "rejected.jsonl": "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855",
+        "tokenizer.json": "2357eb8c27c07624694b09daabf4392ba4b40ba75f7e130f203c778482b5e5aa",
+        "val/shard-000000.tar": "20dd605a611d9a2f8dc1ad39cd89cdd9420539e41c1b51069d94d932ba70cfa0",
+    },
+}
+
+
+def golden_digests(folder: Path) -> dict[str, str]:
+    digests = tree_digest(folder)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest.pop("versions")
+    digests["manifest.json"] = hashlib.sha256(json.dumps(manifest, sort_keys=True).encode()).hexdigest()
+    return digests
+
+
+def test_image_outputs_are_byte_identical_to_the_recorded_ones(sample_dataset: Path) -> None:
+    assert golden_digests(sample_dataset) == GOLDEN["image"]
+
+
+def test_video_outputs_are_byte_identical_to_the_recorded_ones(tmp_path: Path) -> None:
+    run_job(tmp_path, "--modality", "video", "--profile", "avc-64x48-3fps-2s-qp37", "--sample-size", "4",
+            "--seq-len", "1023", "--val-fraction", "0.25", *IN_MEMORY)
+    assert golden_digests(tmp_path) == GOLDEN["video"]

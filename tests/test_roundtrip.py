@@ -5,8 +5,8 @@ import json
 
 from PIL import Image
 
-from shared.roundtrip import main
-from shared.sample_data import sample_crops
+from shared.samples.photos import sample_crops
+from shared.tools.roundtrip import main
 
 
 def test_round_trip_on_sample_media(tmp_path) -> None:

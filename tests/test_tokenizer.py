@@ -10,9 +10,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from tokenizers import Tokenizer
 
-from shared.jpeg import JpegProfile
-from shared.sample_data import sample_crops
-from shared.tokenizer import BOS, EOS, ByteTokenizer, bytes_to_text, text_to_bytes
+from shared.codec.avc import AvcProfile
+from shared.codec.jpeg import JpegProfile
+from shared.format.tokenizer import BOS, EOS, ByteTokenizer, bytes_to_text, text_to_bytes
+from shared.samples.photos import sample_crops
 
 START_CODES = (b"\x00\x00\x01", b"\x00\x00\x00\x01")
 
@@ -25,7 +26,7 @@ def jpeg_streams() -> list[bytes]:
 
 @pytest.fixture(scope="module")
 def jpeg_tokenizer(jpeg_streams: list[bytes]) -> ByteTokenizer:
-    return ByteTokenizer.train(jpeg_streams, vocab_size=320, boundary="jpeg")
+    return ByteTokenizer.train(jpeg_streams, vocab_size=320, boundary=JpegProfile.token_boundary)
 
 
 def annexb_like_streams(count: int, seed: int = 0) -> list[bytes]:
@@ -57,7 +58,7 @@ def test_vocabulary_layout(jpeg_tokenizer: ByteTokenizer, tmp_path) -> None:
 
 
 def test_training_is_deterministic(jpeg_streams: list[bytes], jpeg_tokenizer: ByteTokenizer) -> None:
-    again = ByteTokenizer.train(jpeg_streams, vocab_size=320, boundary="jpeg")
+    again = ByteTokenizer.train(jpeg_streams, vocab_size=320, boundary=JpegProfile.token_boundary)
     assert again.to_str() == jpeg_tokenizer.to_str()
 
 
@@ -101,13 +102,13 @@ def test_no_merge_crosses_a_restart_marker(jpeg_tokenizer: ByteTokenizer, jpeg_s
             prompt = jpeg_tokenizer.encode(profile.prompt(stream, ratio))
             assert np.array_equal(full[:len(prompt)], prompt)
         for mcus in range(0, profile.total_mcus + 1, 7):
-            prompt = jpeg_tokenizer.encode(profile.cut_after_mcus(stream, mcus))
+            prompt = jpeg_tokenizer.encode(profile.cut_after_units(stream, mcus))
             assert np.array_equal(full[:len(prompt)], prompt)
 
 
 def test_avc_merges_never_span_a_start_code() -> None:
     streams = annexb_like_streams(30)
-    tokenizer = ByteTokenizer.train(streams, vocab_size=400, boundary="avc")
+    tokenizer = ByteTokenizer.train(streams, vocab_size=400, boundary=AvcProfile.token_boundary)
     assert tokenizer.vocab_size == 400
     for token in tokenizer.token_bytes[256:398]:
         position = token.find(b"\x00\x00\x01")
@@ -124,8 +125,6 @@ def test_avc_merges_never_span_a_start_code() -> None:
 
 def test_bad_arguments() -> None:
     with pytest.raises(ValueError, match="at least 258"):
-        ByteTokenizer.train([b"abc"], vocab_size=100, boundary="jpeg")
-    with pytest.raises(ValueError, match="boundary"):
-        ByteTokenizer.train([b"abc"], vocab_size=300, boundary="png")
+        ByteTokenizer.train([b"abc"], vocab_size=100, boundary=JpegProfile.token_boundary)
     with pytest.raises(ValueError, match="not a codec-LM tokenizer"):
         ByteTokenizer(Tokenizer.from_str(Tokenizer(__import__("tokenizers").models.BPE()).to_str()))

@@ -19,7 +19,7 @@ from litgpt import GPT, Config
 from litgpt.utils import CycleIterator
 
 from preprocess.run import run
-from shared.dataset import Dataset, DatasetError
+from shared.format.dataset import Dataset, DatasetError
 from train.data import CodecShards, RankBatches, ResumableLoader
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -124,7 +124,8 @@ def test_resume_is_exact_on_every_rank_with_uneven_epochs(dataset: Path) -> None
     layout = module(dataset).layout("train")
 
     def loader(rank: int) -> ResumableLoader:
-        return ResumableLoader(RankBatches(str(dataset), layout, 1, 42, True, rank, 2, True), num_workers=0)
+        return ResumableLoader(RankBatches(str(dataset), layout, batch_size=1, seed=42, shuffle=True, rank=rank, world=2,
+                                                verify_checksums=True), num_workers=0)
 
     assert len(loader(0)) != len(loader(1))  # 47 sequences over 2 ranks
     saved = loader(0)

@@ -38,14 +38,13 @@ from typing import Any
 import numpy as np
 import torch
 import torch.distributed as dist
-from apache_beam.io.filesystems import FileSystems
 from litgpt.data import DataModule
 from torch.utils.data import DataLoader, DistributedSampler
 from torch.utils.data import Dataset as TorchDataset
 
-from shared.dataset import Dataset, DatasetError
-from shared.files import read_bytes
-from shared.shards import load_shard, sha256_hex
+from shared.format.dataset import Dataset, DatasetError
+from shared.format.files import read_bytes, size
+from shared.format.shards import load_shard, sha256_hex
 
 
 # ---- the plan of an epoch: pure functions of (manifest, seed, epoch, rank, world) ------------------
@@ -69,7 +68,7 @@ def slot_range(total: int, slot: int, slots: int) -> tuple[int, int]:
     return total * slot // slots, total * (slot + 1) // slots
 
 
-def epoch_order(layout: Layout, seed: int, epoch: int, shuffle: bool, start: int, stop: int) -> np.ndarray:
+def epoch_order(layout: Layout, *, seed: int, epoch: int, shuffle: bool, start: int, stop: int) -> np.ndarray:
     """``(shard, example)`` rows at global positions ``start:stop`` of the epoch's order (an int64 array)."""
     shard_order = (np.random.default_rng([seed, epoch]).permutation(len(layout.shard_paths)) if shuffle
                    else np.arange(len(layout.shard_paths)))
@@ -91,7 +90,7 @@ class RankBatches(TorchDataset):
     """Batch ``(epoch, i)`` of one rank's range (map-style, so any worker can fetch any batch of any epoch;
     the epoch travels with the index, so workers can live across epochs)."""
 
-    def __init__(self, root: str, layout: Layout, batch_size: int, seed: int, shuffle: bool, rank: int, world: int,
+    def __init__(self, root: str, layout: Layout, *, batch_size: int, seed: int, shuffle: bool, rank: int, world: int,
                  verify_checksums: bool) -> None:
         self.root, self.layout, self.batch_size, self.seed, self.shuffle = root, layout, batch_size, seed, shuffle
         self.rank, self.world, self.verify_checksums = rank, world, verify_checksums
@@ -105,7 +104,8 @@ class RankBatches(TorchDataset):
     def __getitem__(self, key: tuple[int, int]) -> torch.Tensor:
         epoch, index = key
         if self._plan is None or self._plan[0] != epoch:
-            self._plan = (epoch, epoch_order(self.layout, self.seed, epoch, self.shuffle, self.start, self.stop))
+            self._plan = (epoch, epoch_order(self.layout, seed=self.seed, epoch=epoch, shuffle=self.shuffle,
+                                                start=self.start, stop=self.stop))
         rows = []
         for shard, example in self._plan[1][index * self.batch_size:(index + 1) * self.batch_size].tolist():
             if self._loaded is None or self._loaded[0] != shard:
@@ -234,11 +234,11 @@ class CodecShards(DataModule):
         for shard in dataset.shards():
             path = dataset.path(shard["path"])
             try:
-                size = FileSystems.get_filesystem(path).metadata(path).size_in_bytes  # no globbing of the name
+                found = size(path)
             except Exception:  # noqa: BLE001 — each filesystem raises its own "not found"
                 raise DatasetError(f"{path} is missing (listed in the manifest)") from None
-            if size != shard["bytes"]:
-                raise DatasetError(f"{path} is {size} bytes, the manifest says {shard['bytes']}: "
+            if found != shard["bytes"]:
+                raise DatasetError(f"{path} is {found} bytes, the manifest says {shard['bytes']}: "
                                    "the shard is truncated or was replaced (run `codec-shards verify`)")
 
     def layout(self, split: str) -> Layout:
@@ -249,8 +249,8 @@ class CodecShards(DataModule):
 
     def batches(self, split: str, shuffle: bool) -> RankBatches:
         rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_available() and dist.is_initialized() else (0, 1)
-        return RankBatches(self.dataset.root, self.layout(split), self.batch_size, self.seed, shuffle, rank, world,
-                           self.verify_checksums)
+        return RankBatches(self.dataset.root, self.layout(split), batch_size=self.batch_size, seed=self.seed,
+                           shuffle=shuffle, rank=rank, world=world, verify_checksums=self.verify_checksums)
 
     def train_dataloader(self) -> ResumableLoader:
         return ResumableLoader(self.batches("train", shuffle=True), self.num_workers)

@@ -61,7 +61,7 @@ def saved_bytes_per_layer_token(config: Config, tokens: int = 64) -> float:
     return (saved(2) - saved(1)) / tokens
 
 
-def estimate(config: Config, micro_batch: int, global_batch: int, gpus_per_node: int, gpu: str = "H100",
+def estimate(config: Config, *, micro_batch: int, global_batch: int, gpus_per_node: int, gpu: str = "H100",
              mfu: float = 0.4) -> Estimate:
     parameters = count_parameters(config)
     tokens = config.block_size * micro_batch
@@ -83,7 +83,8 @@ def main() -> None:
     settings = yaml.safe_load(args.config.read_text())
     config = Config(**settings["model_config"])
     train = settings["train"]
-    result = estimate(config, train["micro_batch_size"], train["global_batch_size"], args.gpus_per_node, args.gpu)
+    result = estimate(config, micro_batch=train["micro_batch_size"], global_batch=train["global_batch_size"],
+                      gpus_per_node=args.gpus_per_node, gpu=args.gpu)
     print(f"{config.name}: {result.parameters:,} parameters, {result.tokens_per_step:,} tokens per optimizer step")
     print(f"  per GPU ({args.gpus_per_node} per node, HYBRID_SHARD, bf16-true): sharded state {result.sharded_state_gb:.1f} GB"
           f" + activations {result.activations_gb:.1f} GB (eager) = {result.total_gb:.1f} GB")

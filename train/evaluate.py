@@ -41,19 +41,20 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from shared.contact_sheet import save_contact_sheet
-from shared.dataset import Dataset
-from shared.errors import InvalidMediaError
-from shared.files import exists, join, matching, read_bytes, write_atomic, write_json_atomic
-from shared.profiles import Profile
-from shared.shards import MANIFEST
-from shared.token_constraint import TokenConstraint
-from shared.tokenizer import ByteTokenizer
-from train.checkpoint import open_dataset
+from shared.codec.errors import InvalidMediaError
+from shared.codec.profile import CodecProfile
+from shared.codec.token_constraint import TokenConstraint
+from shared.format.dataset import Dataset
+from shared.format.files import exists, join, matching, read_bytes, safe_file_name, write_atomic, write_json_atomic
+from shared.format.shards import MANIFEST
+from shared.format.tokenizer import ByteTokenizer
+from shared.tools.contact_sheet import save_contact_sheet
+from train.checkpoint import load_for_sampling, open_dataset
 from train.fid import INCEPTION_ENV, INCEPTION_URL, FeatureExtractor, FidError, fid
-from train.generate import grammar_for, load_model, safe_name, sample_rows
+from train.generate import SamplingSettings, add_sampling_arguments, sample_rows
 
 UNCONDITIONAL = "unconditional"
+PROMPT_RATIOS = (0.25, 0.5, 0.75)  # the paper's Table 3
 
 
 class EvaluationError(Exception):
@@ -61,23 +62,17 @@ class EvaluationError(Exception):
 
 
 @dataclass
-class Settings:
+class Settings(SamplingSettings):
     checkpoints: list[str]
     images: str
     out: str
     num_images: int = 5000
-    prompt_ratios: list[float] = field(default_factory=lambda: [0.25, 0.5, 0.75])
+    prompt_ratios: list[float] = field(default_factory=lambda: list(PROMPT_RATIOS))
     seeds: int = 3
     unconditional: int = 0
     inception_weights: str | None = None
     batch_size: int = 8
     feature_batch_size: int = 50
-    temperature: float = 1.0
-    top_k: int | None = 50
-    top_p: float = 1.0
-    seed: int = 2024
-    max_new_tokens: int | None = None
-    constrained: bool = True
     dataset: str | None = None
     device: str | None = None
     grid_images: int = 8
@@ -94,7 +89,7 @@ class Settings:
             raise EvaluationError(f"--worker must be K/N with 0 <= K < N (e.g. 0/8), not {self.worker!r}")
         return index, count
 
-    def fixed(self, profile: Profile, extractor: FeatureExtractor) -> dict[str, Any]:
+    def fixed(self, profile: CodecProfile, extractor: FeatureExtractor) -> dict[str, Any]:
         """What finished work depends on: a resumed run must agree on all of it."""
         return {"images": self.images, "num_images": self.num_images, "seed": self.seed, "profile": profile.name,
                 "temperature": self.temperature, "top_k": self.top_k, "top_p": self.top_p,
@@ -142,7 +137,7 @@ def image_files(pattern: str) -> list[str]:
     return matching(pattern)
 
 
-def file_images(pattern: str, profile: Profile, count: int, seed: int,
+def file_images(pattern: str, profile: CodecProfile, *, count: int, seed: int,
                 rejected: list[dict[str, str]]) -> Iterator[tuple[str, np.ndarray, bytes]]:
     """(path, normalised original, stream) for ``count`` files chosen at random; unreadable ones are rejected."""
     paths = image_files(pattern)
@@ -154,8 +149,8 @@ def file_images(pattern: str, profile: Profile, count: int, seed: int,
             return
         path = paths[index]
         try:
-            image = profile.normalize(read_bytes(path))
-            stream = profile.encode_image(image)
+            pictures = profile.normalize(read_bytes(path))
+            stream = profile.encode_pictures(pictures)
         except InvalidMediaError as error:
             rejected.append({"path": path, "reason": error.reason, "message": str(error)})
             continue
@@ -163,10 +158,10 @@ def file_images(pattern: str, profile: Profile, count: int, seed: int,
             rejected.append({"path": path, "reason": "unreadable", "message": str(error)})
             continue
         taken += 1
-        yield path, np.asarray(image), stream
+        yield path, pictures[0], stream
 
 
-def dataset_images(root: str, profile: Profile, count: int, seed: int) -> Iterator[tuple[str, np.ndarray, bytes]]:
+def dataset_images(root: str, profile: CodecProfile, count: int, seed: int) -> Iterator[tuple[str, np.ndarray, bytes]]:
     """(key, decoded stream, stream) for ``count`` complete documents of a dataset's val split."""
     data = Dataset.open(root)
     if data.profile.name != profile.name:
@@ -177,14 +172,15 @@ def dataset_images(root: str, profile: Profile, count: int, seed: int) -> Iterat
         raise EvaluationError(f"--images {root}: its val split has no complete documents (preprocess with --val-fraction)")
     chosen = [keys[i] for i in np.random.default_rng(seed).permutation(len(keys))[:count]]
     for row, _, stream in data.document_streams(data.rows(held_out + [("key", "in", chosen)])):
-        yield row["key"], np.asarray(profile.decode(stream).image), stream
+        yield row["key"], profile.decode(stream).pictures[0], stream
 
 
-def build_eval_set(settings: Settings, profile: Profile, extractor: FeatureExtractor) -> EvalSet:
+def build_eval_set(settings: Settings, profile: CodecProfile, extractor: FeatureExtractor) -> EvalSet:
     from_dataset = exists(join(settings.images, MANIFEST))
     rejected: list[dict[str, str]] = []
     items = (dataset_images(settings.images, profile, settings.num_images, settings.seed) if from_dataset
-             else file_images(settings.images, profile, settings.num_images, settings.seed, rejected))
+             else file_images(settings.images, profile, count=settings.num_images, seed=settings.seed,
+                             rejected=rejected))
     keys: list[str] = []
     streams: list[bytes] = []
     reference, ceiling, pictures, originals, round_trips = [], [], [], [], []
@@ -202,7 +198,7 @@ def build_eval_set(settings: Settings, profile: Profile, extractor: FeatureExtra
         streams.append(stream)
         originals.append(original)
         if not from_dataset:
-            round_trips.append(np.asarray(profile.decode(stream).image))
+            round_trips.append(profile.decode(stream).pictures[0])
         if len(pictures) < settings.grid_images:
             pictures.append(original)
         if len(originals) == settings.feature_batch_size:
@@ -212,11 +208,11 @@ def build_eval_set(settings: Settings, profile: Profile, extractor: FeatureExtra
         raise EvaluationError(f"--images {settings.images}: {len(keys)} usable images; FID needs at least 2 "
                               f"({len(rejected)} rejected, e.g. {rejected[:1]})")
     return EvalSet(keys, streams, np.concatenate(reference), np.concatenate(ceiling) if ceiling else None,
-                   np.stack(pictures) if pictures else np.zeros((0, profile.size, profile.size, 3), np.uint8),
+                   np.stack(pictures) if pictures else np.zeros((0, *original.shape), np.uint8),
                    rejected, "dataset val split" if from_dataset else "files")
 
 
-def load_or_build_eval_set(settings: Settings, profile: Profile, extractor: FeatureExtractor) -> EvalSet:
+def load_or_build_eval_set(settings: Settings, profile: CodecProfile, extractor: FeatureExtractor) -> EvalSet:
     path, facts = join(settings.out, "work", "eval-set.npz"), join(settings.out, "work", "eval-set.json")
     if exists(path) and exists(facts):
         arrays, recorded = load_arrays(path), json.loads(read_bytes(facts))
@@ -231,7 +227,7 @@ def load_or_build_eval_set(settings: Settings, profile: Profile, extractor: Feat
     return load_or_build_eval_set(settings, profile, extractor)  # read back: a resumed run sees the same floats
 
 
-def check_settings(settings: Settings, profile: Profile, extractor: FeatureExtractor) -> None:
+def check_settings(settings: Settings, profile: CodecProfile, extractor: FeatureExtractor) -> None:
     path, wanted = join(settings.out, "work", "settings.json"), settings.fixed(profile, extractor)
     if not exists(path):
         write_json_atomic(path, wanted)
@@ -248,7 +244,8 @@ def check_settings(settings: Settings, profile: Profile, extractor: FeatureExtra
 def checkpoint_tag(checkpoint: str) -> str:
     """A readable, collision-free folder name for a checkpoint path."""
     resolved = str(Path(checkpoint).resolve())
-    return f"{safe_name('-'.join(Path(resolved).parts[-2:]))}-{hashlib.sha1(resolved.encode()).hexdigest()[:8]}"
+    name = safe_file_name("-".join(Path(resolved).parts[-2:]), limit=80, fallback="checkpoint")
+    return f"{name}-{hashlib.sha1(resolved.encode()).hexdigest()[:8]}"
 
 
 def check_fingerprint(checkpoint: str, path: str) -> None:
@@ -276,9 +273,9 @@ def task_name(ratio: float | None, seed_index: int) -> str:
     return f"{UNCONDITIONAL}-seed{seed_index}" if ratio is None else f"prompt-{ratio:g}-seed{seed_index}"
 
 
-def run_task(folder: str, prompts: list[bytes], seeds: list[int], desc: str, model: Any, tokenizer: ByteTokenizer,
-             profile: Profile, constraint: TokenConstraint | None, extractor: FeatureExtractor,
-             settings: Settings, budget: int) -> dict[str, Any] | None:
+def run_task(folder: str, prompts: list[bytes], seeds: list[int], *, desc: str, model: Any,
+             tokenizer: ByteTokenizer, profile: CodecProfile, constraint: TokenConstraint | None,
+             extractor: FeatureExtractor, settings: Settings) -> dict[str, Any] | None:
     """Complete every prompt once, in batches; each finished batch is a file, so a rerun skips it.
 
     The batches are fixed (rows sorted by prompt length, then cut every --batch-size rows) and a
@@ -300,16 +297,16 @@ def run_task(folder: str, prompts: list[bytes], seeds: list[int], desc: str, mod
               desc=desc, unit="img") as bar:
         for number in todo:
             rows = batches[number]
-            samples = sample_rows(model, tokenizer, [prompts[i] for i in rows], [seeds[i] for i in rows], budget,
-                                  settings.temperature, settings.top_k, settings.top_p, constraint)
+            samples = sample_rows(model, tokenizer, [prompts[i] for i in rows], [seeds[i] for i in rows],
+                                  settings=settings, constraint=constraint)
             decoded = [profile.decode(s.stream) for s in samples]
             chunk = {"index": np.array(rows, np.int64), **pack_bytes([s.stream for s in samples]),
                      "tokens": np.array([s.tokens for s in samples], np.int64),
                      "eos": np.array([s.stopped == "eos" for s in samples]),
-                     "valid_mcus": np.array([d.valid_mcus for d in decoded], np.int64),
+                     "valid_mcus": np.array([d.valid_units for d in decoded], np.int64),
                      "clean": np.array([d.complete for d in decoded]),
                      "seconds": np.array([samples[0].seconds]),
-                     "features": extractor(np.stack([np.asarray(d.image) for d in decoded])).astype(np.float32)}
+                     "features": extractor(np.stack([d.pictures[0] for d in decoded])).astype(np.float32)}
             save_arrays(join(folder, f"{number:06d}.npz"), **chunk)
             chunks[number] = chunk
             bar.update(len(rows))
@@ -351,8 +348,8 @@ def stream_loss(model: Any, tokenizer: ByteTokenizer, streams: list[bytes], batc
             "stream_bytes": stream_bytes}
 
 
-def summarize(task: dict[str, Any], reference: np.ndarray, profile: Profile, prompt_mcus: int) -> dict[str, Any]:
-    count, generated = len(task["index"]), profile.total_mcus - prompt_mcus
+def summarize(task: dict[str, Any], reference: np.ndarray, profile: CodecProfile, prompt_mcus: int) -> dict[str, Any]:
+    count, generated = len(task["index"]), profile.total_units - prompt_mcus
     return {"fid": fid(task["features"].astype(np.float64), reference), "completions": count,
             "clean_share": float(task["clean"].mean()), "eos_share": float(task["eos"].mean()),
             # of the MCUs the model wrote: the prompt's own are valid by construction
@@ -367,19 +364,14 @@ def mean_std(values: list[float]) -> dict[str, Any]:
             "std": float(np.std(values, ddof=1)) if len(values) > 1 else 0.0}
 
 
-def evaluate_checkpoint(checkpoint: str, eval_set: EvalSet, settings: Settings, extractor: FeatureExtractor,
+def evaluate_checkpoint(checkpoint: str, eval_set: EvalSet, *, settings: Settings, extractor: FeatureExtractor,
                         device: torch.device) -> dict[str, Any] | None:
     """One report row; None for a --worker (its share of the completions is on disk)."""
-    data = open_dataset(Path(checkpoint), settings.dataset)
-    profile, tokenizer = data.profile, data.tokenizer
-    model = load_model(Path(checkpoint), device)
-    if model.config.padded_vocab_size < tokenizer.vocab_size:
-        raise EvaluationError(f"{checkpoint}: the model knows {model.config.padded_vocab_size} ids, "
-                              f"its tokenizer {tokenizer.vocab_size}")
-    constraint = TokenConstraint(grammar_for(profile), tokenizer.token_bytes, tokenizer.eos_id) if settings.constrained else None
+    sampler = load_for_sampling(Path(checkpoint), dataset=settings.dataset, device=device,
+                                constrained=settings.constrained)
+    profile, tokenizer, model = sampler.profile, sampler.tokenizer, sampler.model
     tag = checkpoint_tag(checkpoint)
     work = join(settings.out, "work", tag)
-    budget = settings.max_new_tokens or model.config.block_size
     reference = eval_set.reference.astype(np.float64)
     result: dict[str, Any] = {"checkpoint": checkpoint, "tag": tag, "prompted": {}, "grids": {}}
     check_fingerprint(checkpoint, join(work, "checkpoint.json"))
@@ -400,11 +392,12 @@ def evaluate_checkpoint(checkpoint: str, eval_set: EvalSet, settings: Settings, 
             name = task_name(ratio, seed_index)
             task_code = 2.0 if ratio is None else ratio  # keeps unconditional seeds apart from every ratio's
             seeds = [row_seed(settings.seed, seed_index, task_code, row) for row in range(len(prompts))]
-            task = run_task(join(work, name), prompts, seeds, f"{tag[:20]} {name}", model, tokenizer, profile,
-                            constraint, extractor, settings, budget)
+            task = run_task(join(work, name), prompts, seeds, desc=f"{tag[:20]} {name}", model=model,
+                            tokenizer=tokenizer, profile=profile, constraint=sampler.constraint, extractor=extractor,
+                            settings=settings)
             if task is None:
                 continue
-            per_seed.append(summarize(task, reference, profile, 0 if ratio is None else profile.prompt_mcus(ratio)))
+            per_seed.append(summarize(task, reference, profile, 0 if ratio is None else profile.prompt_units(ratio)))
             shown.append(task["streams"][:settings.grid_images if ratio is not None else 8])
             tokens += int(task["tokens"].sum())
             seconds += task["seconds"]
@@ -419,7 +412,8 @@ def evaluate_checkpoint(checkpoint: str, eval_set: EvalSet, settings: Settings, 
         else:
             result["prompted"][label] = summary
         if settings.grid_images > 0:
-            result["grids"][label] = save_grid(settings.out, tag, label, profile, eval_set, prompts, shown, ratio)
+            result["grids"][label] = save_grid(settings.out, tag=tag, label=label, profile=profile, eval_set=eval_set,
+                                               prompts=prompts, shown=shown, ratio=ratio)
     if settings.share() is not None:
         return None
     result["validation"] = json.loads(read_bytes(loss_path))
@@ -429,12 +423,12 @@ def evaluate_checkpoint(checkpoint: str, eval_set: EvalSet, settings: Settings, 
     return result
 
 
-def save_grid(out: str, tag: str, label: str, profile: Profile, eval_set: EvalSet, prompts: list[bytes],
+def save_grid(out: str, *, tag: str, label: str, profile: CodecProfile, eval_set: EvalSet, prompts: list[bytes],
               shown: list[list[bytes]], ratio: float | None) -> str:
     """A picture grid: per image prompt | one completion per seed | original; unconditional: a row per seed."""
     def picture(stream: bytes) -> tuple[np.ndarray, str]:
         decoded = profile.decode(stream)
-        return np.asarray(decoded.image), "ok" if decoded.complete else "bad"
+        return decoded.pictures[0], "ok" if decoded.complete else "bad"
 
     tiles: list[tuple[str, list[np.ndarray]]] = []
     if ratio is None:
@@ -472,8 +466,8 @@ def evaluate(settings: Settings) -> dict[str, Any]:
         raise EvaluationError("the checkpoints model different codec profiles "
                               f"({', '.join(f'{c}: {p.name}' for c, p in profiles.items())}); compare like with like")
     profile = next(iter(profiles.values()))
-    if profile.kind != "jpeg":
-        raise EvaluationError(f"{profile.name}: FID evaluation is for image (JPEG) checkpoints; "
+    if profile.modality != "image":
+        raise EvaluationError(f"{profile.name}: FID evaluation is for image checkpoints; "
                               "sample videos with train.generate --prompt-frames")
     extractor = FeatureExtractor(settings.inception_weights, device)
     check_settings(settings, profile, extractor)
@@ -481,7 +475,7 @@ def evaluate(settings: Settings) -> dict[str, Any]:
     reference = eval_set.reference.astype(np.float64)
     if settings.share() is not None:
         for checkpoint in settings.checkpoints:
-            evaluate_checkpoint(checkpoint, eval_set, settings, extractor, device)
+            evaluate_checkpoint(checkpoint, eval_set, settings=settings, extractor=extractor, device=device)
         return {"worker": settings.worker}
     results: dict[str, Any] = {
         "settings": asdict(settings),
@@ -491,7 +485,8 @@ def evaluate(settings: Settings) -> dict[str, Any]:
         "feature_network": {"path": str(extractor.path), "sha256": extractor.sha256, "dims": extractor.dims},
         "codec_ceiling": ({"fid": fid(eval_set.ceiling.astype(np.float64), reference)}
                           if eval_set.ceiling is not None else None),
-        "checkpoints": [evaluate_checkpoint(c, eval_set, settings, extractor, device) for c in settings.checkpoints],
+        "checkpoints": [evaluate_checkpoint(c, eval_set, settings=settings, extractor=extractor, device=device)
+                        for c in settings.checkpoints],
     }
     write_json_atomic(join(settings.out, "results.json"), results)
     write_atomic(join(settings.out, "report.md"), render_report(results))
@@ -575,28 +570,26 @@ def main(argv: list[str] | None = None) -> None:
                         help="litgpt pretrain checkpoint folder(s); one report row each")
     parser.add_argument("--images", required=True, metavar="PATTERN_OR_DATASET_DIR",
                         help="image files (glob or folder) or a preprocess.run dataset folder (its val split)")
-    parser.add_argument("--num-images", type=int, default=5000, help="evaluation images (the paper: 5000 ImageNet val)")
-    parser.add_argument("--prompt-ratios", type=float, nargs="+", default=[0.25, 0.5, 0.75],
+    parser.add_argument("--num-images", type=int, default=Settings.num_images,
+                        help="evaluation images (the paper: 5000 ImageNet val)")
+    parser.add_argument("--prompt-ratios", type=float, nargs="+", default=list(PROMPT_RATIOS),
                         help="shares of each image given as the prompt")
-    parser.add_argument("--seeds", type=int, default=3, help="sampling runs per prompt ratio; FID is mean (std) over them")
-    parser.add_argument("--unconditional", type=int, default=0, metavar="N", help="also N samples from nothing per seed")
+    parser.add_argument("--seeds", type=int, default=Settings.seeds,
+                        help="sampling runs per prompt ratio; FID is mean (std) over them")
+    parser.add_argument("--unconditional", type=int, default=Settings.unconditional, metavar="N",
+                        help="also N samples from nothing per seed")
     parser.add_argument("--inception-weights", metavar="FILE",
                         help="the TorchScript Inception-v3 of FID, inception-2015-12-05.pt, published at "
                              f"{INCEPTION_URL} (default: ${INCEPTION_ENV})")
-    parser.add_argument("--batch-size", type=int, default=8,
+    parser.add_argument("--batch-size", type=int, default=Settings.batch_size,
                         help="completions sampled together; each holds a KV cache of the whole context "
                              "(Jpeg-LM 7B at 12,288 tokens, bf16: 6.4 GB), so 8 fits an 80 GB GPU")
-    parser.add_argument("--feature-batch-size", type=int, default=50, help="images per feature-network call")
-    parser.add_argument("--temperature", type=float, default=1.0)
-    parser.add_argument("--top-k", type=int, default=50)
-    parser.add_argument("--top-p", type=float, default=1.0)
-    parser.add_argument("--seed", type=int, default=2024, help="chooses the images and seeds every completion")
-    parser.add_argument("--max-new-tokens", type=int, help="default: what the model's context leaves")
-    parser.add_argument("--constrained", action=argparse.BooleanOptionalAction, default=True,
-                        help="mask tokens that would make the stream invalid (default: on)")
+    parser.add_argument("--feature-batch-size", type=int, default=Settings.feature_batch_size,
+                        help="images per feature-network call")
+    add_sampling_arguments(parser, seed_help="chooses the images and seeds every completion")
     parser.add_argument("--dataset", help="the training dataset (default: the one each checkpoint records)")
     parser.add_argument("--device", help="cpu, cuda, cuda:1 … (default: cuda when available)")
-    parser.add_argument("--grid-images", type=int, default=8, help="images shown in each picture grid")
+    parser.add_argument("--grid-images", type=int, default=Settings.grid_images, help="images shown in each picture grid")
     parser.add_argument("--worker", metavar="K/N",
                         help="sample only every N-th completion, from the K-th (one process per GPU, same --out); "
                              "then run once without --worker to write the report")

@@ -37,9 +37,10 @@ from litgpt import Config
 from litgpt.scripts.convert_lit_checkpoint import check_conversion_supported, copy_weights_llama
 from safetensors.torch import save_file
 
+from shared.codec.registry import CODECS
+from shared.format.files import read_bytes
+from shared.format.tokenizer import BOS, BYTE_BASE, EOS
 from train.checkpoint import load_lit_weights, load_model_config, open_dataset
-from shared.files import read_bytes
-from shared.tokenizer import BOS, BYTE_BASE, EOS
 
 FORMAT = "codec-lm-export/1"
 # Sampling as the paper's evaluation (top-k 50 at temperature 1).
@@ -51,9 +52,9 @@ DECODING_NOTE = (
     "stops at eos_id. To turn the generated ids into a file: drop BOS and EOS, map each remaining id to its "
     "token text with the tokenizer (tokenizer.convert_ids_to_tokens, or tokenizer.decode with "
     "skip_special_tokens=True), and turn every character c of that text into the byte ord(c) - 0x2800 "
-    "(byte b is carried as the Braille character U+2800+b; in this repository shared.tokenizer.text_to_bytes "
+    "(byte b is carried as the Braille character U+2800+b; in this repository shared.format.tokenizer.text_to_bytes "
     "does it). That byte string is the codec stream with its invariant header stripped: "
-    "shared.profiles.profile_from_json(record['profile']).restore(stream) puts the recorded header (and, "
+    "shared.codec.registry.profile_from_json(record['profile']).restore(stream) puts the recorded header (and, "
     "for JPEG, the end marker) back and gives a standard .jpg file (or an Annex-B H.264 stream for AVC "
     "profiles). A sampled stream may be imperfect: profile.decode(stream) decodes tolerantly and reports "
     "how much of it was valid."
@@ -188,7 +189,8 @@ def codec_record(manifest: dict[str, Any], dataset_root: str, checkpoint: Path, 
 
 def model_card(config: Config, manifest: dict[str, Any], parameters: int, dtype: torch.dtype) -> str:
     profile = manifest["profile"]["name"]
-    kind = "images as JPEG" if manifest["profile"]["kind"] == "jpeg" else "videos as H.264 (AVC)"
+    codec = CODECS[manifest["profile"]["kind"]]
+    kind = f"{codec.modality}s as {codec.kind.upper()} files ({codec.file_suffix})"
     return f"""# {config.name}
 
 A Llama-architecture language model that generates {kind} bytes (codec-LM, after Jpeg-LM / Avc-LM,
@@ -207,9 +209,9 @@ ids = model.generate(torch.tensor([[tokenizer.bos_token_id]]))[0].tolist()  # to
 text = tokenizer.decode(ids, skip_special_tokens=True)
 stream = bytes(ord(c) - 0x2800 for c in text)
 
-from shared.profiles import profile_from_json  # codec-lm
+from shared.codec.registry import profile_from_json  # codec-lm
 profile = profile_from_json(json.load(open(f"{{DIR}}/codec_lm.json"))["profile"])
-open("out.jpg" if profile.kind == "jpeg" else "out.h264", "wb").write(profile.restore(stream))
+open("out" + profile.file_suffix, "wb").write(profile.restore(stream))
 ```
 
 `codec_lm.json` records the profile (with its invariant header) and how generated ids become a file.

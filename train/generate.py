@@ -8,15 +8,17 @@
 
 The model comes from a `litgpt pretrain` checkpoint folder; the tokenizer and codec profile from the
 dataset it was trained on (recorded in the checkpoint's hyperparameters.yaml, or --dataset). An image
-prompt is normalised and encoded with the profile and cut after the first ``ratio`` of its MCUs in whole
-restart intervals (at 256x256 the authors' cut after the ``int(32 * ratio)``-th FF D7); a video prompt keeps its first
-``--prompt-frames`` frames. Sampling batches the samples of a prompt through LitGPT's KV cache with
-temperature / top-k / top-p (defaults as the authors' release: 1.0, 50, 1.0).
+prompt is normalised and encoded with the profile and cut after the first ``--prompt-ratio`` of its units:
+an image's MCUs in whole restart intervals (at 256x256 the authors' cut after the ``int(32 * ratio)``-th
+FF D7), a video's frames; ``--prompt-frames N`` gives exactly N units instead (frames of a video).
+Sampling batches the samples of a prompt through LitGPT's KV cache with temperature / top-k / top-p
+(defaults as the authors' release: 1.0, 50, 1.0).
 
 With ``--constrained`` (the default) every sampled token must keep the stream valid: for JPEG the
-Huffman-level grammar of ``shared.jpeg_grammar`` (every MCU entropy-decodes, restart markers in
+Huffman-level grammar of ``shared.codec.jpeg_grammar`` (every MCU entropy-decodes, restart markers in
 order, EOS only after the last MCU and forced there); for AVC the NAL-unit grammar of
-``shared.avc_grammar``. Outputs are decoded tolerantly either way and reported, never a crash.
+``shared.codec.avc_grammar``: each profile's ``grammar()``. Outputs are decoded tolerantly either way and
+reported, never a crash.
 
 Per prompt OUT/NAME/ holds original.jpg (the prompt image after the codec), prompt.jpg (the part the
 model saw, the rest grey), sample-000.jpg …, sheet.png and samples.json (tokens generated, stopped
@@ -26,9 +28,8 @@ by EOS or length, MCUs/frames decoded, clean or not); videos likewise as .mp4 wi
 from __future__ import annotations
 
 import argparse
-import re
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -36,16 +37,14 @@ import numpy as np
 import torch
 from litgpt import GPT
 
-from shared.avc_grammar import AvcGrammar
-from shared.contact_sheet import save_contact_sheet
-from shared.dataset import Dataset
-from shared.errors import InvalidMediaError
-from shared.files import write_atomic, write_json_atomic
-from shared.jpeg_grammar import JpegGrammar
-from shared.profiles import Profile
-from shared.token_constraint import TokenConstraint
-from shared.tokenizer import ByteTokenizer
-from train.checkpoint import load_lit_weights, load_model_config, open_dataset
+from shared.codec.errors import InvalidMediaError
+from shared.codec.profile import CodecProfile, view
+from shared.codec.token_constraint import TokenConstraint
+from shared.format.dataset import Dataset
+from shared.format.files import safe_file_name, write_atomic, write_json_atomic
+from shared.format.tokenizer import ByteTokenizer
+from shared.tools.contact_sheet import save_contact_sheet, strip
+from train.checkpoint import load_for_sampling
 
 
 @dataclass
@@ -56,16 +55,29 @@ class Sample:
     seconds: float
 
 
-def load_model(checkpoint: Path, device: torch.device) -> GPT:
-    config = load_model_config(checkpoint)
-    model = GPT(config)
-    model.load_state_dict(load_lit_weights(checkpoint))
-    dtype = torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else torch.float32
-    return model.to(device=device, dtype=dtype).eval()
+@dataclass(kw_only=True)
+class SamplingSettings:
+    """How tokens are drawn; the defaults are the authors' release. Shared by generate and evaluate."""
+
+    temperature: float = 1.0
+    top_k: int | None = 50  # 0 or None: no top-k
+    top_p: float = 1.0
+    seed: int = 2024
+    max_new_tokens: int | None = None  # None: what the model's context leaves
+    constrained: bool = True
 
 
-def grammar_for(profile: Profile) -> Any:
-    return JpegGrammar(profile.layout) if profile.kind == "jpeg" else AvcGrammar(profile)
+def add_sampling_arguments(parser: argparse.ArgumentParser, seed_help: str | None = None) -> None:
+    """The sampling flags, with SamplingSettings' defaults."""
+    defaults = SamplingSettings()
+    parser.add_argument("--temperature", type=float, default=defaults.temperature)
+    parser.add_argument("--top-k", type=int, default=defaults.top_k)
+    parser.add_argument("--top-p", type=float, default=defaults.top_p)
+    parser.add_argument("--seed", type=int, default=defaults.seed, help=seed_help)
+    parser.add_argument("--max-new-tokens", type=int, default=defaults.max_new_tokens,
+                        help="default: what the model's context leaves")
+    parser.add_argument("--constrained", action=argparse.BooleanOptionalAction, default=defaults.constrained,
+                        help="mask tokens that would make the stream invalid (default: on)")
 
 
 def filter_logits(logits: torch.Tensor, temperature: float, top_k: int | None, top_p: float) -> torch.Tensor:
@@ -82,23 +94,23 @@ def filter_logits(logits: torch.Tensor, temperature: float, top_k: int | None, t
     return logits
 
 
-def sample(model: GPT, tokenizer: ByteTokenizer, prompt: bytes, count: int, max_new_tokens: int,
-           temperature: float, top_k: int | None, top_p: float, seed: int,
-           constraint: TokenConstraint | None) -> list[Sample]:
-    """``count`` continuations of ``prompt`` (a stream prefix), sampled together with the KV cache."""
+def sample(model: GPT, tokenizer: ByteTokenizer, prompt: bytes, count: int, *, settings: SamplingSettings,
+           constraint: TokenConstraint | None = None) -> list[Sample]:
+    """``count`` continuations of ``prompt`` (a stream prefix), sampled together with the KV cache;
+    row ``i`` is seeded ``settings.seed + i``."""
     length = len(tokenizer.encode(prompt, bos=True))
     if length >= model.config.block_size:
         raise ValueError(f"the prompt ({length} tokens) leaves no room in the model's "
                          f"{model.config.block_size}-token context")
-    return sample_rows(model, tokenizer, [prompt] * count, [seed + row for row in range(count)], max_new_tokens,
-                       temperature, top_k, top_p, constraint)
+    return sample_rows(model, tokenizer, [prompt] * count, [settings.seed + row for row in range(count)],
+                       settings=settings, constraint=constraint)
 
 
 @torch.inference_mode()
-def sample_rows(model: GPT, tokenizer: ByteTokenizer, prompts: list[bytes], seeds: list[int], max_new_tokens: int,
-                temperature: float, top_k: int | None, top_p: float,
-                constraint: TokenConstraint | None) -> list[Sample]:
-    """One continuation per prompt, all rows sampled as one batch through the KV cache.
+def sample_rows(model: GPT, tokenizer: ByteTokenizer, prompts: list[bytes], seeds: list[int], *,
+                settings: SamplingSettings, constraint: TokenConstraint | None = None) -> list[Sample]:
+    """One continuation per prompt, all rows sampled as one batch through the KV cache. ``seeds`` has
+    one seed per row; ``settings.seed`` is not used here.
 
     Prompts may differ in length: every row keeps its own positions (LitGPT takes a (batch, T)
     ``input_pos``), the prefill is right-padded, and a row's padding in the cache is overwritten by its
@@ -108,13 +120,15 @@ def sample_rows(model: GPT, tokenizer: ByteTokenizer, prompts: list[bytes], seed
     the whole context cannot be continued: its row comes back unchanged, stopped by "context".
     """
     device = next(model.parameters()).device
-    top_k = top_k if top_k is not None and top_k > 0 else None  # 0 means no top-k, as in most samplers
+    top_k = settings.top_k if settings.top_k is not None and settings.top_k > 0 else None  # 0: no top-k
+    temperature, top_p = settings.temperature, settings.top_p
+    max_new_tokens = settings.max_new_tokens or model.config.block_size
     encoded = [tokenizer.encode(prompt, bos=True).tolist() for prompt in prompts]
     lengths = [len(ids) for ids in encoded]
     kept = [row for row, length in enumerate(lengths) if length < model.config.block_size]
     if len(kept) < len(prompts):
         done = dict(zip(kept, sample_rows(model, tokenizer, [prompts[r] for r in kept], [seeds[r] for r in kept],
-                                          max_new_tokens, temperature, top_k, top_p, constraint) if kept else []))
+                                          settings=settings, constraint=constraint) if kept else []))
         return [done.get(row, Sample(0, "context", prompts[row], 0.0)) for row in range(len(prompts))]
     budgets = [min(max_new_tokens, model.config.block_size - length) for length in lengths]
     count, vocab = len(prompts), tokenizer.vocab_size
@@ -170,68 +184,40 @@ def sample_rows(model: GPT, tokenizer: ByteTokenizer, prompts: list[bytes], seed
 
 
 # ---- files, facts and pictures -----------------------------------------------------------------
-def decode_for_people(profile: Profile, stream: bytes) -> tuple[bytes | None, list[np.ndarray], dict[str, Any]]:
-    """A viewable file, its pictures and the facts about a stream; never raises."""
-    if profile.kind == "jpeg":
-        decoded = profile.decode(stream)
-        facts = {"mcus_valid": decoded.valid_mcus, "mcus_total": decoded.total_mcus, "clean": decoded.complete}
-        return profile.restore(decoded.stream), [np.asarray(decoded.image)], facts
-    decoded = profile.decode(stream)
-    facts = {"frames_valid": decoded.valid_frames, "frames_announced": decoded.expected_frames,
-             "clean": decoded.complete}
-    try:
-        data = profile.to_mp4(stream)
-    except InvalidMediaError:
-        data = None  # not a single frame: nothing to play
-    return data, decoded.frames, facts
-
-
-def prompt_stream(profile: Profile, source: Path, ratio: float, frames: int) -> tuple[bytes, bytes]:
-    """(the whole encoded prompt media, the prefix the model is given)."""
-    stream = profile.encode(source.read_bytes())
-    if profile.kind == "jpeg":
-        return stream, profile.prompt(stream, ratio)
-    return stream, profile.cut_after_frames(stream, frames)
-
-
-def safe_name(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("._")[:80] or "prompt"
-
-
-def write_outputs(out: Path, profile: Profile, samples: list[Sample], original: bytes | None,
+def write_outputs(out: Path, profile: CodecProfile, samples: list[Sample], *, original: bytes | None,
                   prompt: bytes | None, settings: dict[str, Any]) -> dict[str, Any]:
-    suffix = ".jpg" if profile.kind == "jpeg" else ".mp4"
+    suffix = profile.view_suffix
     sheet: list[tuple[str, list[np.ndarray]]] = []
     record: dict[str, Any] = {"settings": settings, "samples": []}
     for label, stream in (("original", original), ("prompt", prompt)):
         if stream is not None:
-            data, pictures, facts = decode_for_people(profile, stream)
-            if data is not None:
-                write_atomic(out / f"{label}{suffix}", data)
-            sheet.append((label, pictures))
-            record[label] = {"bytes": len(stream), **facts}
+            shown = view(profile, stream)
+            if shown.file is not None:
+                write_atomic(out / f"{label}{suffix}", shown.file)
+            sheet.append((label, shown.decoded.pictures))
+            record[label] = {"bytes": len(stream), **shown.decoded.facts}
+    valid = total = 0
     for index, item in enumerate(samples):
-        data, pictures, facts = decode_for_people(profile, item.stream)
+        shown = view(profile, item.stream)
+        decoded = shown.decoded
         name = f"sample-{index:03d}{suffix}"
-        if data is not None:
-            write_atomic(out / name, data)
-        record["samples"].append({"file": name if data is not None else None, "tokens_generated": item.tokens,
-                                  "stopped_by": item.stopped, "stream_bytes": len(item.stream), **facts})
-        sheet.append((f"{index:03d}{' ok' if facts['clean'] else ' bad'}", pictures or [np.zeros((8, 8, 3), np.uint8)]))
-    if profile.kind == "jpeg":
-        save_contact_sheet(out / "sheet.png", sheet, columns=8, cell=128)
-    else:
-        save_contact_sheet(out / "sheet.png", [(k, v[:: max(1, len(v) // 8)]) for k, v in sheet], cell=72)
+        if shown.file is not None:
+            write_atomic(out / name, shown.file)
+        record["samples"].append({"file": name if shown.file is not None else None, "tokens_generated": item.tokens,
+                                  "stopped_by": item.stopped, "stream_bytes": len(item.stream), **decoded.facts})
+        valid, total = valid + decoded.valid_units, total + decoded.total_units
+        sheet.append((f"{index:03d}{' ok' if decoded.complete else ' bad'}",
+                      decoded.pictures or [np.zeros((8, 8, 3), np.uint8)]))
+    save_contact_sheet(out / "sheet.png", [(label, strip(pictures)) for label, pictures in sheet], columns=8,
+                       cell=profile.sheet_cell)
     seconds = max(s.seconds for s in samples) if samples else 0.0
     record["summary"] = {
         "samples": len(samples),
         "decoded_cleanly": sum(r["clean"] for r in record["samples"]),
         "stopped_by_eos": sum(r["stopped_by"] == "eos" for r in record["samples"]),
         "tokens_per_second": sum(s.tokens for s in samples) / seconds if seconds else 0.0,
+        f"{profile.unit.lower()}s_valid_share": valid / max(1, total),
     }
-    if profile.kind == "jpeg":
-        record["summary"]["mcus_valid_share"] = (sum(r["mcus_valid"] for r in record["samples"])
-                                                 / max(1, sum(r["mcus_total"] for r in record["samples"])))
     write_json_atomic(out / "samples.json", record)
     return record
 
@@ -242,39 +228,58 @@ def val_prompts(data: Dataset, count: int) -> list[tuple[str, bytes]]:
     return [(f"val-{row['key'][:12]}", stream) for row, _, stream in data.document_streams(rows)]
 
 
-def generate(checkpoint: Path, out: Path, prompts: list[Path], unconditional: bool, num_samples: int = 4,
-             prompt_ratio: float = 0.5, prompt_frames: int = 1, temperature: float = 1.0, top_k: int | None = 50,
-             top_p: float = 1.0, seed: int = 2024, max_new_tokens: int | None = None, constrained: bool = True,
-             dataset: str | None = None, device: str | None = None, prompt_val: int = 0) -> dict[str, Any]:
-    torch_device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    data: Dataset = open_dataset(checkpoint, dataset)
-    profile, tokenizer = data.profile, data.tokenizer
-    model = load_model(checkpoint, torch_device)
-    if model.config.padded_vocab_size < tokenizer.vocab_size:
-        raise SystemExit(f"the model knows {model.config.padded_vocab_size} ids, the tokenizer {tokenizer.vocab_size}")
-    constraint = TokenConstraint(grammar_for(profile), tokenizer.token_bytes, tokenizer.eos_id) if constrained else None
-    budget = max_new_tokens or model.config.block_size
-    settings = {"checkpoint": str(checkpoint), "profile": profile.name, "num_samples": num_samples,
-                "temperature": temperature, "top_k": top_k, "top_p": top_p, "seed": seed, "constrained": constrained,
-                "max_new_tokens": budget, "prompt_ratio": prompt_ratio, "prompt_frames": prompt_frames}
+@dataclass
+class GenerateSettings(SamplingSettings):
+    checkpoint: Path  # a litgpt pretrain checkpoint folder
+    out: Path
+    prompts: list[Path] = field(default_factory=list)  # media files to complete
+    unconditional: bool = False  # also sample from BOS alone
+    prompt_val: int = 0  # also prompt with the first N documents of the training dataset's val split
+    num_samples: int = 4  # per prompt, sampled as one batch
+    prompt_ratio: float = 0.5  # share of the prompt media's units (MCUs, frames) the model is given
+    prompt_frames: int | None = None  # exactly this many units instead (frames of a video)
+    dataset: str | None = None  # default: the one the checkpoint records
+    device: str | None = None  # default: cuda when available
+
+
+def prompt_prefix(profile: CodecProfile, stream: bytes, settings: GenerateSettings) -> bytes:
+    """The part of an encoded prompt the model is given."""
+    if settings.prompt_frames is not None:
+        return profile.cut_after_units(stream, settings.prompt_frames)
+    return profile.prompt(stream, settings.prompt_ratio)
+
+
+def generate(settings: GenerateSettings) -> dict[str, Any]:
+    device = torch.device(settings.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    sampler = load_for_sampling(settings.checkpoint, dataset=settings.dataset, device=device,
+                                constrained=settings.constrained)
+    profile = sampler.profile
+    recorded = {"checkpoint": str(settings.checkpoint), "profile": profile.name, "num_samples": settings.num_samples,
+                "temperature": settings.temperature, "top_k": settings.top_k, "top_p": settings.top_p,
+                "seed": settings.seed, "constrained": settings.constrained,
+                "max_new_tokens": settings.max_new_tokens or sampler.model.config.block_size,
+                "prompt_ratio": settings.prompt_ratio, "prompt_frames": settings.prompt_frames}
     jobs: list[tuple[str, bytes | None, bytes]] = []  # (name, whole media stream, prompt prefix)
-    for source in prompts:
+    for source in settings.prompts:
         try:
-            whole, prefix = prompt_stream(profile, source, prompt_ratio, prompt_frames)
-        except InvalidMediaError as error:
+            whole = profile.encode(Path(source).read_bytes())
+            jobs.append((safe_file_name(Path(source).stem, limit=80, fallback="prompt"), whole,
+                         prompt_prefix(profile, whole, settings)))
+        except (InvalidMediaError, ValueError) as error:
             raise SystemExit(f"--prompt {source}: {error}") from None
-        jobs.append((safe_name(source.stem), whole, prefix))
-    for name, whole in val_prompts(data, prompt_val):
-        prefix = profile.prompt(whole, prompt_ratio) if profile.kind == "jpeg" else profile.cut_after_frames(whole, prompt_frames)
-        jobs.append((name, whole, prefix))
-    if unconditional:
+    for name, whole in val_prompts(sampler.dataset, settings.prompt_val):
+        jobs.append((name, whole, prompt_prefix(profile, whole, settings)))
+    if settings.unconditional:
         jobs.append(("unconditional", None, b""))
     results = {}
+    out = Path(settings.out)
     for name, whole, prefix in jobs:
-        samples = sample(model, tokenizer, prefix, num_samples, budget, temperature, top_k, top_p, seed, constraint)
-        record = write_outputs(out / name, profile, samples, whole, prefix if whole is not None else None, settings)
+        samples = sample(sampler.model, sampler.tokenizer, prefix, settings.num_samples, settings=settings,
+                         constraint=sampler.constraint)
+        record = write_outputs(out / name, profile, samples, original=whole,
+                               prompt=prefix if whole is not None else None, settings=recorded)
         results[name] = record["summary"]
-        print(f"{out / name}: {record['summary']['decoded_cleanly']}/{num_samples} decode cleanly, "
+        print(f"{out / name}: {record['summary']['decoded_cleanly']}/{settings.num_samples} decode cleanly, "
               f"{record['summary']['stopped_by_eos']} stopped by EOS, "
               f"{record['summary']['tokens_per_second']:.0f} tokens/s; sheet: {out / name / 'sheet.png'}")
     return results
@@ -284,31 +289,27 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m train.generate", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", type=Path, required=True, help="a litgpt pretrain checkpoint folder")
-    parser.add_argument("--prompt", type=Path, nargs="+", default=[], help="images (or videos) to complete")
-    parser.add_argument("--prompt-val", type=int, default=0, metavar="N",
+    parser.add_argument("--prompt", dest="prompts", type=Path, nargs="+", default=[], metavar="FILE",
+                        help="images (or videos) to complete")
+    parser.add_argument("--prompt-val", type=int, default=GenerateSettings.prompt_val, metavar="N",
                         help="also prompt with the first N documents of the training dataset's val split")
     parser.add_argument("--unconditional", action="store_true", help="also sample from BOS alone")
-    parser.add_argument("--prompt-ratio", type=float, default=0.5, help="share of an image the model is given")
-    parser.add_argument("--prompt-frames", type=int, default=1, help="frames of a video the model is given")
-    parser.add_argument("--num-samples", type=int, default=4, help="samples per prompt, sampled as one batch")
-    parser.add_argument("--temperature", type=float, default=1.0)
-    parser.add_argument("--top-k", type=int, default=50)
-    parser.add_argument("--top-p", type=float, default=1.0)
-    parser.add_argument("--seed", type=int, default=2024)
-    parser.add_argument("--max-new-tokens", type=int, help="default: what the model's context leaves")
-    parser.add_argument("--constrained", action=argparse.BooleanOptionalAction, default=True,
-                        help="mask tokens that would make the stream invalid (default: on)")
+    parser.add_argument("--prompt-ratio", type=float, default=GenerateSettings.prompt_ratio,
+                        help="share of an image's MCUs (a video's frames) the model is given")
+    parser.add_argument("--prompt-frames", type=int, default=GenerateSettings.prompt_frames, metavar="N",
+                        help="give the model exactly N units instead: frames of a video (MCUs of an image)")
+    parser.add_argument("--num-samples", type=int, default=GenerateSettings.num_samples,
+                        help="samples per prompt, sampled as one batch")
+    add_sampling_arguments(parser)
     parser.add_argument("--dataset", help="the training dataset (default: the one the checkpoint records)")
     parser.add_argument("--device", help="cpu, cuda, cuda:1 … (default: cuda when available)")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
-    if not args.prompt and not args.unconditional and not args.prompt_val:
+    if not args.prompts and not args.unconditional and not args.prompt_val:
         parser.error("give --prompt FILE …, --prompt-val N and/or --unconditional")
     if not 0.0 <= args.prompt_ratio <= 1.0:
         parser.error("--prompt-ratio must be in [0, 1]")
-    generate(args.checkpoint, args.out, args.prompt, args.unconditional, args.num_samples, args.prompt_ratio,
-             args.prompt_frames, args.temperature, args.top_k, args.top_p, args.seed, args.max_new_tokens,
-             args.constrained, args.dataset, args.device, args.prompt_val)
+    generate(GenerateSettings(**vars(args)))
 
 
 if __name__ == "__main__":

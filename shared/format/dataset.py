@@ -13,12 +13,12 @@ from typing import Any
 
 import numpy as np
 import pyarrow.parquet as pq
-from apache_beam.io.filesystems import FileSystems
 
-from shared.files import RAW, exists, join, matching, read_bytes
-from shared.profiles import Profile, profile_from_json
-from shared.shards import FORMAT, MANIFEST, document_tokens, load_shard
-from shared.tokenizer import ByteTokenizer
+from shared.codec.profile import CodecProfile
+from shared.codec.registry import profile_from_json
+from shared.format.files import exists, is_remote, join, matching, open_binary, read_bytes
+from shared.format.shards import FORMAT, MANIFEST, document_tokens, load_shard
+from shared.format.tokenizer import ByteTokenizer
 
 
 SAFE_PATH = re.compile(r"(?:[A-Za-z0-9_-]+/)?[A-Za-z0-9_-][A-Za-z0-9_.-]*")
@@ -60,7 +60,7 @@ class Dataset:
         return join(self.root, relative)
 
     @cached_property
-    def profile(self) -> Profile:
+    def profile(self) -> CodecProfile:
         return profile_from_json(self.manifest["profile"])
 
     @cached_property
@@ -73,13 +73,13 @@ class Dataset:
         complete) that match ``filters`` (pyarrow's ``[("split", "=", "val"), …]``). Each shard's rows are
         one row group, so a filter on split and shard reads that shard's rows only: no need to hold tens
         of millions of rows in memory."""
-        with FileSystems.open(self.path(self.manifest["documents"]), compression_type=RAW) as handle:
+        with open_binary(self.path(self.manifest["documents"])) as handle:
             table = pq.read_table(handle, filters=filters or None, columns=columns)
         return (table.slice(0, limit) if limit is not None else table).to_pylist()
 
     def column(self, name: str) -> np.ndarray:
         """One column of documents.parquet for all documents, as an array (cheap: columnar)."""
-        with FileSystems.open(self.path(self.manifest["documents"]), compression_type=RAW) as handle:
+        with open_binary(self.path(self.manifest["documents"])) as handle:
             return pq.read_table(handle, columns=[name]).column(name).to_numpy()
 
     @property
@@ -108,7 +108,7 @@ class Dataset:
 
     def read_windows(self, shard: dict[str, Any]) -> np.ndarray:
         try:
-            with FileSystems.open(self.path(shard["path"]), compression_type=RAW) as handle:
+            with open_binary(self.path(shard["path"])) as handle:
                 return load_shard(handle)
         except (OSError, ValueError, EOFError, tarfile.TarError) as error:
             raise DatasetError(f"{self.path(shard['path'])} cannot be read as a shard ({error}); "
@@ -128,6 +128,6 @@ class Dataset:
 
     def files(self) -> list[str]:
         """Every file under the dataset folder (hidden ones too, for local folders)."""
-        if "://" not in self.root:
+        if not is_remote(self.root):
             return sorted(os.path.join(folder, name) for folder, _, names in os.walk(self.root) for name in names)
         return matching(join(self.root, "**"))

@@ -16,11 +16,13 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any, ClassVar
 
+import numpy as np
 from PIL import Image
 
-from shared.errors import InvalidMediaError
-from shared.jpeg_entropy import EOI, RESTART_MARKER, ScanLayout, check_stream, neutral_interval, parse_header
-from shared.normalize_image import ImageSource, normalize_image
+from shared.codec.errors import InvalidMediaError
+from shared.codec.jpeg_entropy import EOI, RESTART_MARKER, ScanLayout, check_stream, neutral_interval, parse_header
+from shared.codec.jpeg_grammar import JpegGrammar
+from shared.codec.normalize_image import ImageSource, normalize_image
 
 SUBSAMPLINGS = {"4:4:4": "444", "4:2:2": "422", "4:2:0": "420"}
 NAME = re.compile(r"jpeg-(?P<size>\d+)-q(?P<quality>\d+)(?:-(?P<subsampling>444|422|420))?(?:-ri(?P<restart_interval>\d+))?")
@@ -38,6 +40,22 @@ class DecodedImage:
     def complete(self) -> bool:
         return not self.problems
 
+    @property
+    def pictures(self) -> list[np.ndarray]:
+        return [np.asarray(self.image)]
+
+    @property
+    def valid_units(self) -> int:
+        return self.valid_mcus
+
+    @property
+    def total_units(self) -> int:
+        return self.total_mcus
+
+    @property
+    def facts(self) -> dict[str, Any]:
+        return {"mcus_valid": self.valid_mcus, "mcus_total": self.total_mcus, "clean": self.complete}
+
 
 @dataclass(frozen=True)
 class JpegProfile:
@@ -47,6 +65,12 @@ class JpegProfile:
     restart_interval: int = 1  # MCUs between restart markers; 0 = none (then no prompt cuts)
     recorded_header: bytes | None = field(default=None, repr=False, compare=False)  # from a manifest
     kind: ClassVar[str] = "jpeg"
+    modality: ClassVar[str] = "image"
+    unit: ClassVar[str] = "MCU"
+    file_suffix: ClassVar[str] = ".jpg"
+    view_suffix: ClassVar[str] = ".jpg"
+    sheet_cell: ClassVar[int] = 128
+    token_boundary: ClassVar[tuple[str, str]] = (r"\u28ff[\u28d0-\u28d7]", "merged_with_previous")  # FF D0..D7 ends an interval
 
     def __post_init__(self) -> None:
         if self.subsampling not in SUBSAMPLINGS:
@@ -125,9 +149,17 @@ class JpegProfile:
     def total_mcus(self) -> int:
         return self.layout.mcus
 
+    @property
+    def total_units(self) -> int:
+        return self.layout.mcus
+
     # ---- encode / restore / decode --------------------------------------------------------
-    def normalize(self, source: ImageSource | Image.Image, max_pixels: int | None = None) -> Image.Image:
+    def normalize_image(self, source: ImageSource | Image.Image, max_pixels: int | None = None) -> Image.Image:
+        """The ``size`` x ``size`` RGB image a source becomes (see ``normalize_image.py``)."""
         return normalize_image(source, self.size, max_pixels)
+
+    def normalize(self, source: ImageSource | Image.Image, *, max_pixels: int | None = None) -> list[np.ndarray]:
+        return [np.asarray(self.normalize_image(source, max_pixels))]
 
     def encode_image(self, image: Image.Image) -> bytes:
         """Stream of an already normalised ``size`` x ``size`` RGB image."""
@@ -140,15 +172,26 @@ class JpegProfile:
                                "the installed Pillow/libjpeg does not match the one this profile was recorded with")
         return full[len(header):-len(EOI)]
 
-    def encode(self, source: ImageSource | Image.Image, max_pixels: int | None = None) -> bytes:
+    def encode_pictures(self, pictures: list[np.ndarray]) -> bytes:
+        if len(pictures) != 1:
+            raise ValueError(f"{self.name} encodes one picture, got {len(pictures)}")
+        return self.encode_image(Image.fromarray(pictures[0]))
+
+    def encode(self, source: ImageSource | Image.Image, *, max_pixels: int | None = None) -> bytes:
         """Any Pillow-readable image (bytes, path, file, PIL image) -> stream."""
-        return self.encode_image(self.normalize(source, max_pixels))
+        return self.encode_image(self.normalize_image(source, max_pixels))
 
     def restore(self, stream: bytes) -> bytes:
         """The standard baseline JPEG file: header + stream + EOI."""
         return self.header + stream + EOI
 
-    def decode(self, stream: bytes, strict: bool = False) -> DecodedImage:
+    def viewable(self, stream: bytes) -> bytes:
+        return self.restore(stream)
+
+    def raw_pixel_bytes(self, stream: bytes) -> int:
+        return self.size * self.size * 3
+
+    def decode(self, stream: bytes, *, strict: bool = False) -> DecodedImage:
         """Stream -> image. Tolerant by default: bad or missing restart intervals become grey.
 
         With ``strict`` any problem (an interval that does not entropy-decode, a truncated stream,
@@ -172,7 +215,7 @@ class JpegProfile:
         return DecodedImage(decoded, check.valid_mcus, self.layout.mcus, check.problems, repaired)
 
     # ---- prompts --------------------------------------------------------------------------
-    def cut_after_mcus(self, stream: bytes, mcus: int) -> bytes:
+    def cut_after_units(self, stream: bytes, mcus: int) -> bytes:
         """Prefix of ``stream`` that ends right after MCU ``mcus`` (including its restart marker)."""
         layout = self.layout
         if mcus >= layout.mcus:
@@ -187,7 +230,7 @@ class JpegProfile:
                 return stream[:match.end()]
         return stream  # shorter than the cut: the whole stream is the prompt
 
-    def prompt_mcus(self, ratio: float) -> int:
+    def prompt_units(self, ratio: float) -> int:
         """MCUs in a prompt of ``ratio``: the first ``ratio`` of the image, in whole restart intervals.
 
         At 256x256 (256 MCUs, a restart marker after each) and every ratio that is a multiple of 1/32
@@ -204,7 +247,10 @@ class JpegProfile:
         return min(self.layout.mcus, intervals * self.restart_interval)
 
     def prompt(self, stream: bytes, ratio: float) -> bytes:
-        return self.cut_after_mcus(stream, self.prompt_mcus(ratio))
+        return self.cut_after_units(stream, self.prompt_units(ratio))
+
+    def grammar(self) -> JpegGrammar:
+        return JpegGrammar(self.layout)
 
 
 def _scan_start(jpeg: bytes) -> int:

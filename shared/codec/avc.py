@@ -27,14 +27,15 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import av
 import numpy as np
 from av.video.reformatter import Interpolation
 from PIL import Image
 
-from shared.errors import InvalidMediaError
+from shared.codec.avc_grammar import AvcGrammar
+from shared.codec.errors import InvalidMediaError
 
 # NAL unit types (H.264 table 7-1) that occur in libx264's output.
 NAL_SLICE = 1  # a slice of a non-IDR picture
@@ -112,6 +113,23 @@ class DecodedVideo:
     valid_frames: int
     expected_frames: int
     complete: bool
+    stream: bytes  # what was decoded (a viewable MP4 is made from it)
+
+    @property
+    def pictures(self) -> list[np.ndarray]:
+        return self.frames
+
+    @property
+    def valid_units(self) -> int:
+        return self.valid_frames
+
+    @property
+    def total_units(self) -> int:
+        return self.expected_frames
+
+    @property
+    def facts(self) -> dict[str, Any]:
+        return {"frames_valid": self.valid_frames, "frames_announced": self.expected_frames, "clean": self.complete}
 
 
 @dataclass(frozen=True)
@@ -130,6 +148,12 @@ class AvcProfile:
     recorded_header: bytes | None = field(default=None, repr=False, compare=False)
 
     kind: ClassVar[str] = "avc"
+    modality: ClassVar[str] = "video"
+    unit: ClassVar[str] = "frame"
+    file_suffix: ClassVar[str] = ".h264"
+    view_suffix: ClassVar[str] = ".mp4"
+    sheet_cell: ClassVar[int] = 72
+    token_boundary: ClassVar[tuple[str, str]] = (r"\u2800?\u2800\u2800\u2801", "merged_with_next")  # [00] 00 00 01 starts a NAL unit
     _NAME = re.compile(r"avc-(\d+)x(\d+)-(\d+)fps-(\d+(?:\.\d+)?)s-qp(\d+)")
 
     def __post_init__(self) -> None:
@@ -152,6 +176,10 @@ class AvcProfile:
     def max_frames(self) -> int:
         """Frames in a full-length clip: the ticks 0, 1/fps, 2/fps, ... before ``seconds``."""
         return math.ceil(round(self.fps * self.seconds, 9))
+
+    @property
+    def total_units(self) -> int:
+        return self.max_frames
 
     @property
     def macroblocks(self) -> int:
@@ -206,7 +234,7 @@ class AvcProfile:
 
     # --- video in -------------------------------------------------------------------------------------
 
-    def load_frames(self, source: bytes | str | Path, max_pixels: int | None = None) -> list[np.ndarray]:
+    def normalize(self, source: bytes | str | Path, *, max_pixels: int | None = None) -> list[np.ndarray]:
         """Read any video FFmpeg can read and return its normalised frames (RGB uint8, height x width x 3).
 
         Frames are taken at ``fps`` from the first ``seconds``: tick ``i`` is ``i / fps`` after the first
@@ -334,11 +362,11 @@ class AvcProfile:
 
     # --- encoding -----------------------------------------------------------------------------------
 
-    def encode(self, source: bytes | str | Path) -> bytes:
-        """The stream of a video: ``load_frames`` then ``encode_frames``."""
-        return self.encode_frames(self.load_frames(source))
+    def encode(self, source: bytes | str | Path, *, max_pixels: int | None = None) -> bytes:
+        """The stream of a video: ``normalize`` then ``encode_pictures``."""
+        return self.encode_pictures(self.normalize(source, max_pixels=max_pixels))
 
-    def encode_frames(self, frames: list[np.ndarray]) -> bytes:
+    def encode_pictures(self, frames: list[np.ndarray]) -> bytes:
         """Encode normalised frames with libx264 and strip the header and SEI: the stream the model sees.
 
         Raises ``RuntimeError`` when the parameter sets libx264 wrote are not the profile's header: this
@@ -349,7 +377,7 @@ class AvcProfile:
         for frame in frames:
             if frame.shape != (self.height, self.width, 3) or frame.dtype != np.uint8:
                 raise ValueError(
-                    f"frames must be {self.height}x{self.width}x3 uint8 (see load_frames), "
+                    f"frames must be {self.height}x{self.width}x3 uint8 (see normalize), "
                     f"got {frame.shape} {frame.dtype}"
                 )
         units = [unit for _, unit in nal_units(encode_annexb(frames, self.fps, self.qp))]
@@ -374,7 +402,7 @@ class AvcProfile:
         """Frames a stream announces: slices that start a picture (``first_mb_in_slice == 0``)."""
         return sum(starts_frame(unit) for _, unit in nal_units(stream))
 
-    def cut_after_frames(self, stream: bytes, k: int) -> bytes:
+    def cut_after_units(self, stream: bytes, k: int) -> bytes:
         """The prefix of ``stream`` holding its first ``k`` frames: it ends right before the first NAL unit
         of frame ``k + 1`` (the whole stream when it has ``k`` frames or fewer). A prompt for the model."""
         if k < 0:
@@ -387,7 +415,22 @@ class AvcProfile:
                 seen += 1
         return stream
 
-    def decode(self, stream: bytes, strict: bool = False) -> DecodedVideo:
+    def prompt_units(self, ratio: float) -> int:
+        """Frames in a prompt of the first ``ratio`` of a full-length clip."""
+        if not 0.0 <= ratio <= 1.0:
+            raise ValueError(f"prompt ratio must be in [0, 1], not {ratio}")
+        return math.floor(ratio * self.max_frames + 1e-9)
+
+    def prompt(self, stream: bytes, ratio: float) -> bytes:
+        return self.cut_after_units(stream, self.prompt_units(ratio))
+
+    def grammar(self) -> AvcGrammar:
+        return AvcGrammar(self)
+
+    def raw_pixel_bytes(self, stream: bytes) -> int:
+        return self.width * self.height * 3 * self.frame_count(stream)
+
+    def decode(self, stream: bytes, *, strict: bool = False) -> DecodedVideo:
         """Decode a stream (header is added) with FFmpeg's H.264 decoder.
 
         Tolerant by default, for model outputs: never raises, looks at no more than ``max_stream_bytes``,
@@ -396,7 +439,7 @@ class AvcProfile:
         on any decoder error or concealment, on foreign bytes or units, or when the number of decoded
         frames differs from the number the stream announces.
         """
-        expected = self.frame_count(stream)
+        given, expected = stream, self.frame_count(stream)
         problems = []
         if len(stream) > self.max_stream_bytes:
             problems.append(f"{len(stream)} bytes is more than the {self.max_stream_bytes} any clip needs")
@@ -436,7 +479,10 @@ class AvcProfile:
                 f"not a {self.name} stream: it announces {expected} frames but {len(frames)} decode",
             )
         complete = not problems and not errors and 0 < expected == len(frames) == valid
-        return DecodedVideo(frames, valid, expected, complete)
+        return DecodedVideo(frames, valid, expected, complete, given)
+
+    def viewable(self, stream: bytes) -> bytes:
+        return self.to_mp4(stream)
 
     def to_mp4(self, stream: bytes) -> bytes:
         """The stream as an MP4 file at ``fps`` for viewing: the H.264 data is remuxed, not re-encoded.

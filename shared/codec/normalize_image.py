@@ -25,7 +25,7 @@ from typing import BinaryIO
 import numpy as np
 from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError
 
-from shared.errors import InvalidMediaError
+from shared.codec.errors import InvalidMediaError
 
 ImageSource = bytes | str | Path | BinaryIO
 WHITE = (255, 255, 255)

@@ -12,16 +12,11 @@ A grammar provides ``start()``, ``step(state, byte) -> state | None``, ``cache_k
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 
-
-class ByteGrammar(Protocol):
-    def start(self) -> Any: ...
-    def step(self, state: Any, byte: int) -> Any | None: ...
-    def cache_key(self, state: Any) -> Any: ...
-    def is_done(self, state: Any) -> bool: ...
+from shared.codec.profile import ByteGrammar
 
 
 class TokenConstraint:

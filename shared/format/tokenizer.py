@@ -8,8 +8,9 @@ Vocabulary layout (total = ``vocab_size``): ids 0..255 are the bytes themselves,
 the order they were learned, then BOS and EOS. The saved ``tokenizer.json`` is a standard file that
 ``tokenizers.Tokenizer.from_file`` loads; its text side is the Braille string (``bytes_to_text``).
 
-Merges never cross a structure boundary: a JPEG restart marker ends a pre-token and an AVC NAL
-start code begins one, so a prompt cut at a marker tokenizes to a prefix of the full stream's tokens.
+Merges never cross a structure boundary, which each codec profile names (``token_boundary``): a JPEG
+restart marker ends a pre-token and an AVC NAL start code begins one, so a prompt cut at a marker
+tokenizes to a prefix of the full stream's tokens.
 """
 
 from __future__ import annotations
@@ -25,12 +26,9 @@ from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_token
 BOS, EOS = "<|bos|>", "<|eos|>"
 BYTE_BASE = 0x2800
 ALPHABET = [chr(BYTE_BASE + b) for b in range(256)]
-# Where merges must stop, per stream kind: (regex over the Braille text, how the match joins a piece).
-BOUNDARIES = {
-    "jpeg": (r"\u28ff[\u28d0-\u28d7]", "merged_with_previous"),  # FF D0..D7 ends an interval
-    "avc": (r"\u2800?\u2800\u2800\u2801", "merged_with_next"),  # [00] 00 00 01 starts a NAL unit
-}
-DEFAULT_VOCAB_SIZE = {"jpeg": 320, "avc": 1024}
+# Where merges must stop: (regex over the Braille text, how a match joins a piece), as
+# ``pre_tokenizers.Split`` takes them; a codec profile's ``token_boundary``.
+Boundary = tuple[str, str]
 
 
 def bytes_to_text(data: bytes) -> str:
@@ -45,12 +43,10 @@ def text_to_bytes(text: str) -> bytes:
     return codes.astype(np.uint8).tobytes()
 
 
-def _pre_tokenizer(boundary: str | None) -> pre_tokenizers.PreTokenizer | None:
+def _pre_tokenizer(boundary: Boundary | None) -> pre_tokenizers.PreTokenizer | None:
     if boundary is None:
         return None
-    if boundary not in BOUNDARIES:
-        raise ValueError(f"boundary must be one of {sorted(BOUNDARIES)} or None, not {boundary!r}")
-    pattern, behavior = BOUNDARIES[boundary]
+    pattern, behavior = boundary
     return pre_tokenizers.Split(Regex(pattern), behavior=behavior)
 
 
@@ -72,7 +68,8 @@ class ByteTokenizer:
 
     # ---- training and files ---------------------------------------------------------------
     @classmethod
-    def train(cls, streams: Iterable[bytes], vocab_size: int, boundary: str | None, show_progress: bool = False) -> ByteTokenizer:
+    def train(cls, streams: Iterable[bytes], vocab_size: int, *, boundary: Boundary | None,
+              show_progress: bool = False) -> ByteTokenizer:
         """Learn ``vocab_size - 258`` merges (256 bytes and BOS/EOS make up the rest).
 
         With too little data the trainer may stop early; ``vocab_size`` then says what was learned.

@@ -9,9 +9,14 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from shared.files import write_atomic
+from shared.format.files import write_atomic
 
 LABEL_HEIGHT = 14
+
+
+def strip(pictures: Sequence[Image.Image | np.ndarray], at_most: int = 8) -> list[Image.Image | np.ndarray]:
+    """Every n-th picture, so that a video's frames fit a row: one picture stays one picture."""
+    return list(pictures[:: max(1, len(pictures) // at_most)])
 
 
 def contact_sheet(rows: Sequence[tuple[str, Sequence[Image.Image | np.ndarray]]], columns: int = 8,

@@ -7,7 +7,7 @@
     codec-shards verify DIR [--no-decode]             exits 1 and lists every problem found
 
 DIR is what `python -m preprocess.run` wrote (local, gs://, s3://). Also runnable as
-`python -m shared.codec_shards`.
+`python -m shared.tools.codec_shards`.
 """
 
 from __future__ import annotations
@@ -15,8 +15,6 @@ from __future__ import annotations
 import argparse
 import io
 import json
-import posixpath
-import re
 import sys
 import tarfile
 from collections import Counter
@@ -26,21 +24,15 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from shared.contact_sheet import save_contact_sheet
-from shared.dataset import Dataset, DatasetError
-from shared.errors import InvalidMediaError
-from shared.files import exists, read_bytes, write_atomic
-from shared.shards import DOCUMENTS, MANIFEST, REJECTED, SPLITS, TOKENIZER, document_tokens, sample_key, sha256_hex
+from shared.codec.errors import InvalidMediaError
+from shared.format.dataset import Dataset, DatasetError
+from shared.format.files import exists, read_bytes, safe_file_name, write_atomic
+from shared.format.shards import (DOCUMENTS, MANIFEST, REJECTED, SPLITS, TOKENIZER, document_tokens, sample_key, sha256_hex,
+                                  shard_name_of)
+from shared.tools.contact_sheet import save_contact_sheet, strip
 
 
 # ---- summary ---------------------------------------------------------------------------------
-def raw_pixel_bytes(dataset: Dataset, stream: bytes) -> int:
-    profile = dataset.profile
-    if profile.kind == "jpeg":
-        return profile.size * profile.size * 3
-    return profile.width * profile.height * 3 * profile.frame_count(stream)
-
-
 def summarize(dataset: Dataset, max_shards: int | None = None, top: int = 10) -> dict[str, Any]:
     manifest = dataset.manifest
     tokens = dataset.column("tokens").astype(np.int64)
@@ -56,10 +48,10 @@ def summarize(dataset: Dataset, max_shards: int | None = None, top: int = 10) ->
     for shard in tqdm(shards, desc="reading shards", unit="shard", disable=not shards):
         windows = dataset.read_windows(shard)
         counts += np.bincount(windows.reshape(-1), minlength=len(counts))[:len(counts)]
-        for row in dataset.shard_rows(shard["split"], shard_name(shard), complete=True):
+        for row in dataset.shard_rows(shard["split"], shard_name_of(shard), complete=True):
             stream = dataset.tokenizer.decode(document_tokens(windows, row["sequence"], row["offset"], row["tokens"]))
             stream_bytes += len(stream)
-            raw_bytes += raw_pixel_bytes(dataset, stream)
+            raw_bytes += dataset.profile.raw_pixel_bytes(stream)
     used = int((counts > 0).sum())
     order = np.argsort(-counts, kind="stable")[:top]
     return {
@@ -114,7 +106,7 @@ def show(dataset: Dataset, shard_name: str, index: int, with_bytes: bool) -> str
     if not 0 <= index < len(windows):
         raise DatasetError(f"{shard['path']} has {len(windows)} sequences; --index must be in 0..{len(windows) - 1}")
     ids = windows[index]
-    name = posixpath.basename(shard["path"]).removesuffix(".tar")
+    name = shard_name_of(shard)
     starts = {r["offset"]: r for r in dataset.rows([("split", "=", shard["split"]), ("shard", "=", name),
                                                      ("sequence", "=", index)])}
     bos, eos = dataset.manifest["bos_id"], dataset.manifest["eos_id"]
@@ -141,12 +133,6 @@ def show(dataset: Dataset, shard_name: str, index: int, with_bytes: bool) -> str
 
 
 # ---- decode and sheet ------------------------------------------------------------------------
-def safe_file_name(key: str, suffix: str) -> str:
-    """A key as a plain file name: no separators, no leading dot, bounded length."""
-    name = re.sub(r"[^A-Za-z0-9_.-]+", "_", key).lstrip(".")[:150] or "document"
-    return name + suffix
-
-
 def select_rows(dataset: Dataset, split: str | None, keys: list[str] | None, limit: int | None) -> list[dict[str, Any]]:
     filters = [("split", "=", split)] if split else []
     if keys:  # prefixes: find the full keys in the key column first, then read only their rows
@@ -173,12 +159,8 @@ def decode_documents(dataset: Dataset, out: str, rows: list[dict[str, Any]], raw
     written: list[str] = []
     names: set[str] = set()
     for row, _, stream in tqdm(dataset.document_streams(rows), total=len(rows), desc="decoding", unit="doc"):
-        if profile.kind == "jpeg":
-            name, data = safe_file_name(row["key"], ".jpg"), profile.restore(stream)
-        elif raw:
-            name, data = safe_file_name(row["key"], ".h264"), profile.restore(stream)
-        else:
-            name, data = safe_file_name(row["key"], ".mp4"), profile.to_mp4(stream)
+        suffix, data = (profile.file_suffix, profile.restore(stream)) if raw else (profile.view_suffix, profile.viewable(stream))
+        name = safe_file_name(row["key"], suffix, limit=150, fallback="document")
         if name in names:  # two keys that sanitise alike: keep both files
             stem, dot, suffix = name.rpartition(".")
             name = f"{stem}-{len(written)}{dot}{suffix}"
@@ -194,16 +176,14 @@ def sheet(dataset: Dataset, out: str, count: int, split: str | None) -> str:
     rows = select_rows(dataset, split, None, count)
     items = []
     for row, _, stream in tqdm(dataset.document_streams(rows), total=len(rows), desc="decoding", unit="doc"):
-        decoded = dataset.profile.decode(stream)
-        pictures = [decoded.image] if dataset.profile.kind == "jpeg" else decoded.frames
-        items.append((row["key"][:12], pictures))
+        items.append((row["key"][:12], strip(dataset.profile.decode(stream).pictures)))
     if not items:
         raise DatasetError("no complete document to show")
-    return str(save_contact_sheet(out, items, columns=8, cell=128 if dataset.profile.kind == "jpeg" else 72))
+    return str(save_contact_sheet(out, items, columns=8, cell=dataset.profile.sheet_cell))
 
 
 # ---- verify ----------------------------------------------------------------------------------
-def verify(dataset: Dataset, decode: bool = True) -> list[str]:
+def verify(dataset: Dataset, *, decode: bool = True) -> list[str]:
     """Every problem found, as sentences; an empty list means the dataset is sound."""
     problems: list[str] = []
     manifest = dataset.manifest
@@ -244,9 +224,9 @@ def verify(dataset: Dataset, decode: bool = True) -> list[str]:
     width, dtype = manifest["seq_len"] + 1, np.dtype(manifest["dtype"])
     bos, eos, vocab = manifest["bos_id"], manifest["eos_id"], manifest["vocab_size"]
     for shard in tqdm(manifest["shards"], desc="verifying shards", unit="shard"):
-        places.discard((shard["split"], shard_name(shard)))
-        problems += verify_shard(dataset, shard, dataset.shard_rows(shard["split"], shard_name(shard)),
-                                 width, dtype, bos, eos, vocab, decode)
+        places.discard((shard["split"], shard_name_of(shard)))
+        problems += verify_shard(dataset, shard, dataset.shard_rows(shard["split"], shard_name_of(shard)),
+                                 width=width, dtype=dtype, bos=bos, eos=eos, vocab=vocab, decode=decode)
     for split, name in sorted(places):
         problems.append(f"{DOCUMENTS}: documents in {split}/{name}, a shard the manifest does not list")
     totals = manifest["totals"]
@@ -260,13 +240,9 @@ def verify(dataset: Dataset, decode: bool = True) -> list[str]:
     return problems
 
 
-def shard_name(shard: dict[str, Any]) -> str:
-    return posixpath.basename(shard["path"]).removesuffix(".tar")
-
-
-def verify_shard(dataset: Dataset, shard: dict[str, Any], rows: list[dict[str, Any]], width: int, dtype: np.dtype,
+def verify_shard(dataset: Dataset, shard: dict[str, Any], rows: list[dict[str, Any]], *, width: int, dtype: np.dtype,
                  bos: int, eos: int, vocab: int, decode: bool) -> list[str]:
-    where, path, name = shard["path"], dataset.path(shard["path"]), shard_name(shard)
+    where, path, name = shard["path"], dataset.path(shard["path"]), shard_name_of(shard)
     if not exists(path):
         return [f"{where}: missing"]
     data = read_bytes(path)
@@ -341,7 +317,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--split", choices=SPLITS, default=None, help="only this split (default: all)")
     p.add_argument("--limit", type=int, help="at most this many documents")
     p.add_argument("--key", nargs="+", help="only these document keys (prefixes work)")
-    p.add_argument("--raw", action="store_true", help="videos as the Annex-B .h264 stream instead of an .mp4")
+    p.add_argument("--raw", action="store_true",
+                   help="the codec's own file (videos: the Annex-B .h264 stream) instead of the viewable one (.mp4)")
     p = commands.add_parser("sheet", help="a contact sheet PNG of decoded documents")
     p.add_argument("dir")
     p.add_argument("--out", required=True, help="PNG file to write")

@@ -35,7 +35,7 @@ def ue_bytes(value: int) -> list[tuple[int, int]]:
 
 @dataclass
 class AvcGrammar:
-    profile: object  # shared.avc.AvcProfile
+    profile: object  # shared.codec.avc.AvcProfile
     _cache: dict = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:

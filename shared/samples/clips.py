@@ -1,10 +1,10 @@
 """Small deterministic video clips made from the embedded sample photos, for tests and the demo.
 
-A clip is a camera pan or zoom across one of the real photos (``shared.sample_data``), encoded in-process
+A clip is a camera pan or zoom across one of the real photos (``shared.samples.photos``), encoded in-process
 with PyAV, so no video files ship with the project and nothing is downloaded. The same arguments give the
 same bytes on every run (single-threaded encoders, fixed motion). There are also helpers for the awkward
-inputs a video reader must cope with: rotation metadata, variable frame rate, audio-only files, clips
-shorter than a second or a single frame long.
+inputs a video reader must cope with: rotation metadata, clips shorter than a second or a single frame
+long (variable frame rates and audio-only files: ``tests/clip_makers.py``).
 
 Frames can be *marked*: a flat grey patch in the top-left corner whose level depends on the frame number
 (``mark_level``), so a test can tell which source frame a sampler picked even after scaling and lossy
@@ -21,7 +21,7 @@ import av
 import numpy as np
 from PIL import Image
 
-from shared.sample_data import sample_photo_paths
+from shared.samples.photos import sample_photo_paths
 
 # Short container names -> FFmpeg muxer names.
 _MUXERS = {"mkv": "matroska", "m4a": "ipod"}
@@ -53,7 +53,7 @@ def photo(index: int) -> np.ndarray:
 
 
 def render_frames(
-    picture: np.ndarray, count: int, size: tuple[int, int], motion: str = "pan", mark_frames: bool = False
+    picture: np.ndarray, count: int, size: tuple[int, int], *, motion: str = "pan", mark_frames: bool = False
 ) -> list[np.ndarray]:
     """``count`` frames of ``size`` (width, height) moving a virtual camera across ``picture``.
 
@@ -92,6 +92,7 @@ def encode_clip(
     frames: Sequence[np.ndarray],
     times: Sequence[Fraction],
     end: Fraction,
+    *,
     codec: str = "libx264",
     container: str = "mp4",
     rotation: int = 0,
@@ -122,7 +123,7 @@ def encode_clip(
         options["bf"] = "0"
 
     buffer = io.BytesIO()
-    with _open_output(buffer, container) as output:
+    with open_output(buffer, container) as output:
         stream = output.add_stream(codec, rate=rate, options=options)
         stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
         stream.codec_context.time_base = time_base
@@ -155,7 +156,7 @@ def _mux(
     output.mux(packets)
 
 
-def _open_output(buffer: io.BytesIO, container: str) -> av.container.OutputContainer:
+def open_output(buffer: io.BytesIO, container: str) -> av.container.OutputContainer:
     # `bitexact` keeps muxers from writing random ids (Matroska's segment UID) or version strings.
     muxer = _MUXERS.get(container, container)
     return av.open(buffer, "w", format=muxer, options={"fflags": "+bitexact"})
@@ -163,13 +164,13 @@ def _open_output(buffer: io.BytesIO, container: str) -> av.container.OutputConta
 
 def make_clip(
     photo_index: int = 0,
+    *,
     seconds: float = 6.0,
     fps: int = 25,
     size: tuple[int, int] = (320, 240),
     motion: str = "pan",
     codec: str = "libx264",
     container: str = "mp4",
-    *,
     frames: int | None = None,
     rotation: int = 0,
     mark_frames: bool = False,
@@ -181,41 +182,9 @@ def make_clip(
     ``size`` is the displayed (width, height), also for rotated clips.
     """
     count = frames if frames is not None else max(1, round(seconds * fps))
-    pictures = render_frames(photo(photo_index), count, size, motion, mark_frames)
+    pictures = render_frames(photo(photo_index), count, size, motion=motion, mark_frames=mark_frames)
     times = [Fraction(i, fps) for i in range(count)]
-    return encode_clip(pictures, times, Fraction(count, fps), codec, container, rotation)
-
-
-def make_vfr_clip(
-    times: Sequence[float | Fraction],
-    end: float | Fraction,
-    photo_index: int = 0,
-    size: tuple[int, int] = (256, 144),
-    container: str = "mp4",
-) -> bytes:
-    """A variable-frame-rate clip: marked frame ``i`` is shown from ``times[i]`` (seconds) until the next
-    frame or ``end``. Times are taken as exact decimal fractions (0.35 means 7/20)."""
-    exact = [Fraction(str(t)) for t in times]
-    pictures = render_frames(photo(photo_index), len(exact), size, "pan", mark_frames=True)
-    return encode_clip(pictures, exact, Fraction(str(end)), "libx264", container)
-
-
-def make_audio_only(seconds: float = 1.0, container: str = "m4a", sample_rate: int = 44100) -> bytes:
-    """A file with one audio stream (a 440 Hz sine) and no video: AAC in ``m4a``, PCM in ``wav``."""
-    codec = "pcm_s16le" if container == "wav" else "aac"
-    samples = np.sin(2 * np.pi * 440 * np.arange(int(seconds * sample_rate)) / sample_rate)
-    buffer = io.BytesIO()
-    with _open_output(buffer, container) as output:
-        stream = output.add_stream(codec, rate=sample_rate, layout="mono")
-        chunk = 1024  # AAC's frame size; PyAV converts the samples to the encoder's format (planar)
-        for start in range(0, len(samples), chunk):
-            block = (0.5 * samples[start : start + chunk]).astype(np.float32)[None, :]
-            frame = av.AudioFrame.from_ndarray(block, format="flt", layout="mono")
-            frame.sample_rate = sample_rate
-            frame.pts = start
-            output.mux(stream.encode(frame))
-        output.mux(stream.encode(None))
-    return buffer.getvalue()
+    return encode_clip(pictures, times, Fraction(count, fps), codec=codec, container=container, rotation=rotation)
 
 
 SAMPLE_SIZES = [(320, 240), (320, 180), (240, 320), (256, 256), (352, 288)]
@@ -235,7 +204,7 @@ def sample_clip(index: int, seed: int = 0) -> tuple[str, bytes]:
     size = SAMPLE_SIZES[int(rng.integers(len(SAMPLE_SIZES)))]
     fps = SAMPLE_RATES[int(rng.integers(len(SAMPLE_RATES)))]
     paths = sample_photo_paths()
-    clip = make_clip(index % len(paths), seconds, fps, size, motion)
+    clip = make_clip(index % len(paths), seconds=seconds, fps=fps, size=size, motion=motion)
     return f"{paths[index % len(paths)].stem}-{motion}-{index:05d}", clip
 
 

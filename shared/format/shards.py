@@ -7,12 +7,14 @@
     DIR/{train,val}/shard-000000.tar …
                              WebDataset tars; each sample is one packed sequence of seq_len + 1 token ids,
                              member "{shard}-{index:06d}.npy" (uint16, or uint32 for vocabularies > 65536)
-    DIR/documents.parquet    one row per document: where its tokens are (shard, sequence, offset)
+    DIR/documents.parquet    one row per document (DOCUMENT_SCHEMA): where its tokens are (shard, sequence,
+                             offset); a shard's rows are one row group
     DIR/rejected.jsonl       one line per rejected input: source, reason, message
 
 Packing: a document is BOS + stream tokens + EOS; a shard's documents are concatenated and cut into
 windows of seq_len + 1; the last partial window is dropped (counted as dropped tokens). Documents
-may span windows, never shards.
+may span windows, never shards. While the job runs, each shard's rows wait in DIR/.staging/ (gone
+when the manifest is written).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from dataclasses import dataclass
 from typing import Any, BinaryIO
 
 import numpy as np
+import pyarrow as pa
 
 FORMAT = "codec-lm-shards/1"
 MANIFEST = "manifest.json"
@@ -33,10 +36,26 @@ TOKENIZER = "tokenizer.json"
 DOCUMENTS = "documents.parquet"
 REJECTED = "rejected.jsonl"
 SPLITS = ("train", "val")
+STAGING = ".staging"
+DOCUMENT_SCHEMA = pa.schema([
+    ("key", pa.string()), ("source", pa.string()), ("split", pa.string()), ("stream_bytes", pa.int64()),
+    ("tokens", pa.int64()), ("shard", pa.string()), ("sequence", pa.int64()), ("offset", pa.int64()),
+    ("complete", pa.bool_()),
+])
 
 
 def shard_name(index: int) -> str:
     return f"shard-{index:06d}"
+
+
+def shard_name_of(record: dict[str, Any]) -> str:
+    """The shard name (``shard-000000``) of a manifest's shard record: what documents.parquet's ``shard`` holds."""
+    return record["path"].rsplit("/", 1)[-1].removesuffix(".tar")
+
+
+def staged_documents_path(split: str, shard: str) -> str:
+    """Where a shard's document rows wait, relative to the dataset folder, until the manifest step merges them."""
+    return f"{STAGING}/documents/{split}-{shard}.parquet"
 
 
 def shard_path(split: str, index: int) -> str:

@@ -4,8 +4,8 @@ For every input: normalise -> encode to a stripped stream -> learn BPE -> tokeni
 restore the standard file -> strict decode, then report sizes, tokens, compression against raw
 pixels, fidelity (PSNR against the normalised input) and any rejected inputs with their reasons.
 
-    python -m shared.roundtrip --out out/roundtrip                  # the embedded sample photos and clips
-    python -m shared.roundtrip --images 'photos/*.jpg' --modality image --out out/mine
+    python -m shared.tools.roundtrip --out out/roundtrip            # the embedded sample photos and clips
+    python -m shared.tools.roundtrip --images 'photos/*.jpg' --modality image --out out/mine
 
 Writes OUT/report.json, OUT/{image,video}/tokenizer.json, OUT/{image,video}/rejected.jsonl,
 OUT/{image,video}/files/KEY.jpg|.mp4 and a contact sheet OUT/{image,video}/sheet.png.
@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import glob
 import json
-import re
 import time
 from collections import Counter
 from collections.abc import Iterable, Iterator
@@ -25,11 +24,12 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from shared.contact_sheet import save_contact_sheet
-from shared.errors import InvalidMediaError
-from shared.files import write_atomic, write_json_atomic
-from shared.profiles import DEFAULT_PROFILES, Profile, get_profile
-from shared.tokenizer import DEFAULT_VOCAB_SIZE, ByteTokenizer
+from shared.codec.errors import InvalidMediaError
+from shared.codec.profile import CodecProfile
+from shared.codec.registry import MODALITIES, get_profile
+from shared.format.files import safe_file_name, write_atomic, write_json_atomic
+from shared.format.tokenizer import ByteTokenizer
+from shared.tools.contact_sheet import save_contact_sheet, strip
 
 SHEET_ITEMS = {"image": 48, "video": 8}
 
@@ -39,37 +39,20 @@ def psnr(reference: np.ndarray, decoded: np.ndarray) -> float:
     return float("inf") if mse == 0 else float(10 * np.log10(255.0**2 / mse))
 
 
-def safe_name(key: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", key)[:120] or "item"
-
-
 def files_matching(patterns: list[str]) -> Iterator[tuple[str, bytes]]:
     for path in sorted({p for pattern in patterns for p in glob.glob(pattern, recursive=True)}):
         if Path(path).is_file():
             yield path, Path(path).read_bytes()
 
 
-def encode_one(profile: Profile, data: bytes) -> tuple[bytes, list[np.ndarray]]:
-    """Stream and the normalised pixels it was made from (one image, or the clip's frames)."""
-    if profile.kind == "jpeg":
-        image = profile.normalize(data)
-        return profile.encode_image(image), [np.asarray(image)]
-    frames = profile.load_frames(data)
-    return profile.encode_frames(frames), frames
-
-
-def decode_one(profile: Profile, stream: bytes) -> list[np.ndarray]:
-    if profile.kind == "jpeg":
-        return [np.asarray(profile.decode(stream, strict=True).image)]
-    return profile.decode(stream, strict=True).frames
-
-
-def run_modality(modality: str, profile: Profile, items: Iterable[tuple[str, bytes]], vocab_size: int, out: Path) -> dict:
+def run_modality(modality: str, profile: CodecProfile, items: Iterable[tuple[str, bytes]], *, vocab_size: int,
+                 out: Path) -> dict:
     started = time.perf_counter()
     keys, streams, pixels, rejected = [], [], [], []
     for key, data in tqdm(items, desc=f"encode {modality}s ({profile.name})", unit=modality):
         try:
-            stream, normalised = encode_one(profile, data)
+            normalised = profile.normalize(data)
+            stream = profile.encode_pictures(normalised)
         except InvalidMediaError as error:
             rejected.append({"source": key, "reason": error.reason, "message": error.message})
             continue
@@ -80,31 +63,29 @@ def run_modality(modality: str, profile: Profile, items: Iterable[tuple[str, byt
     if not streams:
         raise SystemExit(f"no {modality} could be encoded ({len(rejected)} rejected): nothing to report")
 
-    tokenizer = ByteTokenizer.train(streams, vocab_size, boundary=profile.kind)
+    tokenizer = ByteTokenizer.train(streams, vocab_size, boundary=profile.token_boundary)
     tokens = tokenizer.encode_batch(streams, bos=True, eos=True)
     tokenized_at = time.perf_counter()
 
     files = out / "files"
-    suffix = ".jpg" if profile.kind == "jpeg" else ".mp4"
     exact = clean = 0
     fidelity, sheet = [], []
     for key, stream, ids, reference in tqdm(list(zip(keys, streams, tokens, pixels)), desc=f"decode {modality}s", unit=modality):
         back = tokenizer.decode(ids)
         exact += back == stream
         try:
-            decoded = decode_one(profile, back)
+            decoded = profile.decode(back, strict=True).pictures
         except InvalidMediaError:
             continue
         clean += len(decoded) == len(reference)
         fidelity.append(np.mean([psnr(r, d) for r, d in zip(reference, decoded)]))
-        write_atomic(files / f"{safe_name(Path(key).stem)}{suffix}",
-                     profile.restore(back) if profile.kind == "jpeg" else profile.to_mp4(back))
+        write_atomic(files / safe_file_name(Path(key).stem, profile.view_suffix), profile.viewable(back))
         if len(sheet) < SHEET_ITEMS[modality]:
-            sheet.append((Path(key).stem, decoded if profile.kind == "jpeg" else decoded[:: max(1, len(decoded) // 8)]))
+            sheet.append((Path(key).stem, strip(decoded)))
 
     tokenizer.save(out / "tokenizer.json")
     write_atomic(out / "rejected.jsonl", "".join(json.dumps(r) + "\n" for r in rejected))
-    save_contact_sheet(out / "sheet.png", sheet, columns=8, cell=128 if profile.kind == "jpeg" else 96)
+    save_contact_sheet(out / "sheet.png", sheet, columns=8, cell=profile.sheet_cell)
     stream_bytes = np.array([len(s) for s in streams])
     token_counts = np.array([len(t) for t in tokens])
     raw_bytes = np.array([sum(p.size for p in frames) for frames in pixels])
@@ -129,14 +110,14 @@ def run_modality(modality: str, profile: Profile, items: Iterable[tuple[str, byt
 
 def default_items(modality: str, count: int) -> Iterator[tuple[str, bytes]]:
     if modality == "image":
-        from shared.sample_data import sample_crops
+        from shared.samples.photos import sample_crops
         return sample_crops(count)
-    from shared.sample_videos import sample_clips
+    from shared.samples.clips import sample_clips
     return sample_clips(count)
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(prog="python -m shared.roundtrip", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m shared.tools.roundtrip", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, required=True, help="output folder (created)")
     parser.add_argument("--modality", nargs="+", choices=["image", "video"], default=["image", "video"])
@@ -144,10 +125,10 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--videos", nargs="+", metavar="GLOB", help="video files (default: embedded sample clips)")
     parser.add_argument("--num-images", type=int, default=200, help="sample crops to make when --images is not given")
     parser.add_argument("--num-videos", type=int, default=6, help="sample clips to make when --videos is not given")
-    parser.add_argument("--image-profile", default=DEFAULT_PROFILES["image"], help="e.g. jpeg-256-q25, jpeg-64-q25")
-    parser.add_argument("--video-profile", default=DEFAULT_PROFILES["video"])
-    parser.add_argument("--image-vocab", type=int, default=DEFAULT_VOCAB_SIZE["jpeg"], help="total vocabulary size")
-    parser.add_argument("--video-vocab", type=int, default=DEFAULT_VOCAB_SIZE["avc"], help="total vocabulary size")
+    parser.add_argument("--image-profile", default=MODALITIES["image"].profile, help="e.g. jpeg-256-q25, jpeg-64-q25")
+    parser.add_argument("--video-profile", default=MODALITIES["video"].profile)
+    parser.add_argument("--image-vocab", type=int, default=MODALITIES["image"].vocab_size, help="total vocabulary size")
+    parser.add_argument("--video-vocab", type=int, default=MODALITIES["video"].vocab_size, help="total vocabulary size")
     args = parser.parse_args(argv)
 
     report = {}
@@ -157,7 +138,7 @@ def main(argv: list[str] | None = None) -> dict:
             modality, args.num_images if modality == "image" else args.num_videos)
         profile = get_profile(args.image_profile if modality == "image" else args.video_profile)
         vocab = args.image_vocab if modality == "image" else args.video_vocab
-        report[modality] = run_modality(modality, profile, items, vocab, args.out / modality)
+        report[modality] = run_modality(modality, profile, items, vocab_size=vocab, out=args.out / modality)
     write_json_atomic(args.out / "report.json", report)
     for modality, figures in report.items():
         print(f"\n{modality}s with {figures['profile']['name']}: {figures['encoded']}/{figures['inputs']} encoded, "
