@@ -16,8 +16,20 @@ import av
 import pyarrow.parquet as pq
 
 from shared.format.files import delete, join, matching, open_atomic, open_binary, write_atomic
-from shared.format.shards import (DOCUMENT_SCHEMA, DOCUMENTS, FORMAT, MANIFEST, REJECTED, SPLITS, STAGING, TOKENIZER,
-                                  manifest_json, sha256_hex, shard_name_of, staged_documents_path)
+from shared.format.shards import (
+    DOCUMENT_SCHEMA,
+    DOCUMENTS,
+    FORMAT,
+    MANIFEST,
+    REJECTED,
+    SPLITS,
+    STAGING,
+    TOKENIZER,
+    manifest_json,
+    sha256_hex,
+    shard_name_of,
+    staged_documents_path,
+)
 from shared.format.tokenizer import ByteTokenizer
 
 PACKAGES = ("codec-lm", "apache-beam", "pillow", "av", "tokenizers", "numpy", "pyarrow", "webdataset")

@@ -18,8 +18,15 @@ import pyarrow.parquet as pq
 from preprocess.progress import Progress
 from preprocess.records import Document, Encoded, rank
 from shared.format.files import join, write_atomic
-from shared.format.shards import (DOCUMENT_SCHEMA, pack_documents, sha256_hex, shard_name, shard_path, shard_tar_bytes,
-                                  staged_documents_path)
+from shared.format.shards import (
+    DOCUMENT_SCHEMA,
+    pack_documents,
+    sha256_hex,
+    shard_name,
+    shard_path,
+    shard_tar_bytes,
+    staged_documents_path,
+)
 from shared.format.tokenizer import ByteTokenizer
 
 

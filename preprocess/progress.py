@@ -18,6 +18,8 @@ from pathlib import Path
 
 from apache_beam.metrics import Metrics
 
+from shared.format.files import write_atomic
+
 SHOWN = ("read", "encoded", "rejected", "duplicates", "tokenized", "tokens", "shards")
 
 
@@ -40,10 +42,7 @@ class Progress:
     def flush(self) -> None:
         if self.path is None or not self.counts:
             return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        temporary = self.path.with_suffix(".tmp")
-        temporary.write_text(json.dumps(self.counts))
-        temporary.replace(self.path)
+        write_atomic(self.path, json.dumps(self.counts))
         self.flushed = time.monotonic()
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import json
 import os
@@ -10,14 +9,15 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import lightning as L
 import numpy as np
 import pytest
 import torch
-import lightning as L
 import yaml
 from litgpt import GPT, Config
 from litgpt.utils import CycleIterator
 
+from litgpt_metrics import losses
 from preprocess.run import run
 from shared.format.dataset import Dataset, DatasetError
 from train.data import CodecShards, RankBatches, ResumableLoader
@@ -183,15 +183,6 @@ def pretrain(config: str, dataset: Path, out: Path, *flags: str) -> None:
     env = {**os.environ, "TORCH_COMPILE_DISABLE": "1"}  # LitGPT compiles the model; on 2 CPU cores that costs more than it saves here
     subprocess.run(["litgpt", "pretrain", "--config", str(ROOT / config), "--data.path", str(dataset),
                     "--out_dir", str(out), *flags], check=True, env=env, cwd=ROOT, capture_output=True)
-
-
-def losses(out: Path) -> dict[int, float]:
-    found = {}
-    for metrics in out.rglob("metrics.csv"):
-        for row in csv.DictReader(metrics.open()):
-            if row.get("loss"):
-                found[int(row["iter"])] = float(row["loss"])
-    return found
 
 
 def test_tiny_pretrain_trains_and_resumes_exactly(dataset: Path, tmp_path: Path) -> None:

@@ -1,39 +1,90 @@
-"""What a config costs: parameters, tokens per optimizer step, memory per GPU, tokens/s per GPU.
+"""What a config costs: parameters, tokens per optimizer step, memory per GPU, tokens/s per GPU, with and
+without activation checkpointing, and which GPUs it fits.
 
-    python -m train.estimate --config train/jpeg7b.yaml [--gpus-per-node 8] [--gpu H100]
+    python -m train.estimate --config train/jpeg7b.yaml [--activation_checkpointing full] [--gpus-per-node 8]
+        [--hfu 0.4] [--json]
 
-The numbers in the 7B configs' comments come from here. Memory follows LitGPT pretrain's setup:
-``bf16-true`` keeps weights, gradients and both AdamW moments in bf16 (8 bytes per parameter), FSDP
-``HYBRID_SHARD`` shards them across the GPUs of one node, and there is no activation checkpointing,
-so each layer keeps what autograd saved for its backward pass. That amount is *measured*: one and two
-full-width layers run forward in bf16 under ``saved_tensors_hooks`` on a short sequence, and the
-difference per token (parameters excluded) scales to the context. It is the eager-mode figure (LitGPT's
-RMSNorm keeps fp32 copies); ``torch.compile``, which litgpt pretrain applies, may fuse some of it away.
-Throughput assumes a model FLOPs utilisation (MFU) of 40% of the GPU's dense bf16 peak.
+Memory follows LitGPT pretrain's setup: ``bf16-true`` keeps weights, gradients and both AdamW moments in
+bf16 (8 bytes per parameter), and FSDP ``HYBRID_SHARD`` shards them across the GPUs of one node. What
+each layer keeps for its backward pass is *measured*, not guessed: one and two full-width layers run
+forward in bf16 on a short sequence, every tensor autograd saves (``saved_tensors_hooks``) and every
+input a checkpointed block holds for its recomputation is counted once by storage, and the difference
+per token (parameters excluded) scales to the context. Without checkpointing a layer keeps all its
+activations; a checkpointed layer keeps only its input, and one layer's full activations are alive
+again while its backward recomputes them. These are eager-mode figures (LitGPT's RMSNorm keeps fp32
+copies); ``torch.compile``, which litgpt pretrain applies, may fuse some of it away.
+
+Speed: model FLOPs per token are 6 x parameters plus causal attention (6 x layers x width x context);
+checkpointing adds the checkpointed layers' forward pass again (recompute). Tokens/s assume the GPU
+runs at ``--hfu`` of its dense bf16 peak in hardware FLOPs (recompute included), so the MFU printed
+beside them (useful FLOPs only) drops by the recompute share. A GPU fits a config when the estimate
+stays under 90% of its memory (room for the CUDA context, NCCL buffers and fragmentation).
 """
 
 from __future__ import annotations
 
 import argparse
-from dataclasses import dataclass, replace
+import json
+import math
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
 import yaml
 from litgpt import GPT, Config
+from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import CheckpointWrapper
 
-BF16_PEAK_TFLOPS = {"H100": 989.0, "A100": 312.0, "H200": 989.0}
+from train.pretrain import CHOICES, blocks_to_checkpoint, checkpoint_blocks
+
+
+@dataclass(frozen=True)
+class Gpu:
+    name: str
+    memory_gb: float  # what torch can allocate, in 1e9 bytes
+    bf16_tflops: float  # dense bf16 peak (sparse figures are twice this)
+
+
+GPUS = {gpu.name: gpu for gpu in (
+    Gpu("A100-40GB", 42.4, 312.0),  # 39.5 GiB usable
+    Gpu("A100-80GB", 85.0, 312.0),  # 79.2 GiB
+    Gpu("H100-80GB", 85.0, 989.0),  # SXM; 79.2 GiB
+    Gpu("H200-141GB", 150.0, 989.0),  # 139.7 GiB
+)}
+MEMORY_MARGIN = 0.9  # plan to use at most this share of a GPU's memory
+
+
+@dataclass(frozen=True)
+class LayerMemory:
+    """Measured bytes kept per layer and token for the backward pass (bf16)."""
+
+    plain: float  # a layer that keeps its activations
+    checkpointed: float  # a checkpointed layer: its input only
+
+    @property
+    def factor(self) -> float:
+        return self.plain / self.checkpointed
 
 
 @dataclass(frozen=True)
 class Estimate:
+    activation_checkpointing: str
+    checkpointed_layers: int
     parameters: int
     tokens_per_step: int
     sharded_state_gb: float  # weights + grads + AdamW moments, per GPU
     activations_gb: float  # per GPU, micro-batch of micro_batch_size sequences
     total_gb: float
-    flops_per_token: float
-    tokens_per_second: float  # per GPU at the assumed MFU
+    model_flops_per_token: float  # the useful work: forward + backward
+    hardware_flops_per_token: float  # plus the recomputed forward of checkpointed layers
+
+    def fits(self, gpu: Gpu) -> bool:
+        return self.total_gb <= MEMORY_MARGIN * gpu.memory_gb
+
+    def tokens_per_second(self, gpu: Gpu, hfu: float) -> float:
+        return hfu * gpu.bf16_tflops * 1e12 / self.hardware_flops_per_token
+
+    def mfu(self, hfu: float) -> float:
+        return hfu * self.model_flops_per_token / self.hardware_flops_per_token
 
 
 def count_parameters(config: Config) -> int:
@@ -41,55 +92,150 @@ def count_parameters(config: Config) -> int:
         return sum(p.numel() for p in GPT(config).parameters())
 
 
-def saved_bytes_per_layer_token(config: Config, tokens: int = 64) -> float:
-    """Bytes autograd keeps per layer and token in bf16, measured on one vs. two real layers."""
-    def saved(layers: int) -> int:
-        torch.manual_seed(0)
-        model = GPT(replace(config, n_layer=layers, block_size=tokens)).to(torch.bfloat16)
-        parameters = {p.data_ptr() for p in model.parameters()}
-        storages: dict[int, int] = {}
+def saved_bytes(config: Config, layers: int, tokens: int, activation_checkpointing: str) -> int:
+    """Bytes a ``layers``-layer model keeps for its backward pass after a bf16 forward of ``tokens``."""
+    torch.manual_seed(0)
+    model = GPT(replace(config, n_layer=layers, block_size=tokens)).to(torch.bfloat16)
+    checkpointed = blocks_to_checkpoint(activation_checkpointing)
+    if checkpointed is not None:
+        checkpoint_blocks(model, checkpointed)
+    parameters = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    storages: dict[int, int] = {}
 
-        def pack(tensor: torch.Tensor) -> torch.Tensor:
-            if tensor.data_ptr() not in parameters:
-                storages[tensor.untyped_storage().data_ptr()] = tensor.untyped_storage().nbytes()
-            return tensor
+    def count(tensor: object) -> None:
+        if isinstance(tensor, torch.Tensor) and tensor.untyped_storage().data_ptr() not in parameters:
+            storages[tensor.untyped_storage().data_ptr()] = tensor.untyped_storage().nbytes()
 
-        with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
-            model(torch.zeros(1, tokens, dtype=torch.long))
-        return sum(storages.values())
+    def pack(tensor: torch.Tensor) -> torch.Tensor:
+        count(tensor)
+        return tensor
 
-    return (saved(2) - saved(1)) / tokens
+    def count_inputs(_: torch.nn.Module, args: tuple, kwargs: dict) -> None:
+        for value in (*args, *kwargs.values()):  # what a checkpointed block keeps to run its forward again
+            count(value)
+
+    hooks = [module.register_forward_pre_hook(count_inputs, with_kwargs=True)
+             for module in model.modules() if isinstance(module, CheckpointWrapper)]
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        model(torch.zeros(1, tokens, dtype=torch.long))
+    for hook in hooks:
+        hook.remove()
+    return sum(storages.values())
 
 
-def estimate(config: Config, *, micro_batch: int, global_batch: int, gpus_per_node: int, gpu: str = "H100",
-             mfu: float = 0.4) -> Estimate:
+def layer_memory(config: Config, tokens: int = 64) -> LayerMemory:
+    """Per layer and token: two layers minus one, so embeddings, the head and shared tensors cancel."""
+    def per_layer(choice: str) -> float:
+        return (saved_bytes(config, 2, tokens, choice) - saved_bytes(config, 1, tokens, choice)) / tokens
+
+    return LayerMemory(plain=per_layer("none"), checkpointed=per_layer("full"))
+
+
+def flops_per_token(config: Config, checkpointed_layers: int = 0) -> tuple[float, float]:
+    """(model FLOPs, hardware FLOPs) per trained token: forward + backward, causal attention included;
+    hardware FLOPs add the forward pass of the checkpointed layers again."""
+    with torch.device("meta"):
+        block_parameters = sum(p.numel() for p in GPT(replace(config, n_layer=1, block_size=8)).transformer.h.parameters())
+    attention = 2 * config.n_embd * config.block_size  # causal attention's forward FLOPs per layer and token
+    model = 6 * count_parameters(config) + 3 * config.n_layer * attention
+    return model, model + checkpointed_layers * (2 * block_parameters + attention)
+
+
+def peak_bytes_per_token(is_checkpointed: list[bool], layers: LayerMemory) -> float:
+    """The most activation bytes per token alive at once. The backward pass walks the blocks from the top
+    and frees each block's activations before the next: when it reaches block i, blocks below still hold
+    what they kept, and a checkpointed block i has its whole activations alive again beside its input."""
+    kept = [layers.checkpointed if checkpointed else layers.plain for checkpointed in is_checkpointed]
+    below = [sum(kept[:i]) for i in range(len(kept))]
+    recomputing = [below[i] + kept[i] + layers.plain for i, checkpointed in enumerate(is_checkpointed) if checkpointed]
+    return max([sum(kept), *recomputing])
+
+
+def estimate(config: Config, *, micro_batch: int, global_batch: int, gpus_per_node: int,
+             activation_checkpointing: str = "none", layers: LayerMemory | None = None) -> Estimate:
+    layers = layers or layer_memory(config)
+    checkpointed = blocks_to_checkpoint(activation_checkpointing)
+    with torch.device("meta"):
+        blocks = GPT(replace(config, n_layer=config.n_layer, block_size=8)).transformer.h
+    is_checkpointed = [bool(checkpointed and checkpointed(block)) for block in blocks]
+    chosen = sum(is_checkpointed)
     parameters = count_parameters(config)
     tokens = config.block_size * micro_batch
     state = 8 * parameters / gpus_per_node / 1e9
-    activations = config.n_layer * tokens * saved_bytes_per_layer_token(config) / 1e9
+    activations = tokens * peak_bytes_per_token(is_checkpointed, layers) / 1e9
     logits = tokens * config.padded_vocab_size * 4 * 2 / 1e9  # fp32 logits and their gradient
     block = 2 * 2 * parameters / config.n_layer / 1e9  # two gathered blocks (FSDP prefetch), bf16
-    flops = 6 * parameters + 6 * config.n_layer * config.n_embd * config.block_size  # + causal attention
-    return Estimate(parameters, config.block_size * global_batch, state, activations,
-                    state + activations + logits + block, flops, mfu * BF16_PEAK_TFLOPS[gpu] * 1e12 / flops)
+    model_flops, hardware_flops = flops_per_token(config, chosen)
+    return Estimate(activation_checkpointing or "none", chosen, parameters, config.block_size * global_batch, state,
+                    activations, state + activations + logits + block, model_flops, hardware_flops)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", type=Path, required=True)
-    parser.add_argument("--gpus-per-node", type=int, default=8)
-    parser.add_argument("--gpu", choices=sorted(BF16_PEAK_TFLOPS), default="H100")
-    args = parser.parse_args()
+def largest_micro_batch(config: Config, *, gpu: Gpu, gpus_per_node: int, activation_checkpointing: str,
+                        layers: LayerMemory) -> int:
+    """The most sequences per micro-batch that fit ``gpu`` (0: not even one): memory grows linearly with it."""
+    one, two = (estimate(config, micro_batch=m, global_batch=m, gpus_per_node=gpus_per_node,
+                         activation_checkpointing=activation_checkpointing, layers=layers).total_gb for m in (1, 2))
+    return max(0, math.floor((MEMORY_MARGIN * gpu.memory_gb - (2 * one - two)) / (two - one)))
+
+
+def gpu_table(config: Config, *, gpus_per_node: int, hfu: float, layers: LayerMemory,
+              choices: tuple[str, ...] = ("none", "full")) -> list[dict]:
+    rows = []
+    for choice in choices:
+        one = estimate(config, micro_batch=1, global_batch=1, gpus_per_node=gpus_per_node,
+                       activation_checkpointing=choice, layers=layers)
+        for gpu in GPUS.values():
+            rows.append({"gpu": gpu.name, "activation_checkpointing": choice, "memory_gb": round(one.total_gb, 1),
+                         "fits": one.fits(gpu),
+                         "largest_micro_batch": largest_micro_batch(config, gpu=gpu, gpus_per_node=gpus_per_node,
+                                                                    activation_checkpointing=choice, layers=layers),
+                         "tokens_per_second": round(one.tokens_per_second(gpu, hfu)), "mfu": round(one.mfu(hfu), 3)})
+    return rows
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m train.estimate", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", type=Path, required=True, help="a litgpt pretrain YAML (train/jpeg7b.yaml …)")
+    parser.add_argument("--activation_checkpointing", default="none", help=f"{CHOICES} (default: none)")
+    parser.add_argument("--gpus-per-node", type=int, default=8, help="FSDP shards the state across these")
+    parser.add_argument("--hfu", type=float, default=0.4,
+                        help="share of the GPU's dense bf16 peak the step runs at, recompute included (default 0.4)")
+    parser.add_argument("--json", action="store_true", help="print everything as JSON")
+    args = parser.parse_args(argv)
+    try:
+        blocks_to_checkpoint(args.activation_checkpointing)
+    except ValueError as error:
+        parser.error(str(error))
     settings = yaml.safe_load(args.config.read_text())
     config = Config(**settings["model_config"])
     train = settings["train"]
+    layers = layer_memory(config)
     result = estimate(config, micro_batch=train["micro_batch_size"], global_batch=train["global_batch_size"],
-                      gpus_per_node=args.gpus_per_node, gpu=args.gpu)
-    print(f"{config.name}: {result.parameters:,} parameters, {result.tokens_per_step:,} tokens per optimizer step")
-    print(f"  per GPU ({args.gpus_per_node} per node, HYBRID_SHARD, bf16-true): sharded state {result.sharded_state_gb:.1f} GB"
-          f" + activations {result.activations_gb:.1f} GB (eager) = {result.total_gb:.1f} GB")
-    print(f"  {result.flops_per_token / 1e9:.1f} GFLOP per token -> {result.tokens_per_second:,.0f} tokens/s per {args.gpu}"
-          f" at 40% MFU")
+                      gpus_per_node=args.gpus_per_node, activation_checkpointing=args.activation_checkpointing,
+                      layers=layers)
+    choices = tuple(dict.fromkeys(("none", "full", args.activation_checkpointing)))
+    table = gpu_table(config, gpus_per_node=args.gpus_per_node, hfu=args.hfu, layers=layers, choices=choices)
+    if args.json:
+        print(json.dumps({"config": str(args.config), "estimate": asdict(result), "layer_memory": asdict(layers),
+                          "gpus": table}, indent=2))
+        return
+    print(f"{config.name}: {result.parameters:,} parameters, {result.tokens_per_step:,} tokens per optimizer step, "
+          f"context {config.block_size:,}")
+    print(f"  kept per layer and token (bf16, measured): {layers.plain / 1e3:,.1f} KB, checkpointed "
+          f"{layers.checkpointed / 1e3:,.1f} KB ({layers.factor:.1f}x less)")
+    print(f"  per GPU ({args.gpus_per_node} per node, HYBRID_SHARD, bf16-true, micro-batch {train['micro_batch_size']}, "
+          f"checkpointing {result.activation_checkpointing}: {result.checkpointed_layers} of {config.n_layer} blocks): "
+          f"sharded state {result.sharded_state_gb:.1f} GB + activations {result.activations_gb:.1f} GB = "
+          f"{result.total_gb:.1f} GB")
+    print(f"  {result.model_flops_per_token / 1e9:.1f} GFLOP per token, {result.hardware_flops_per_token / 1e9:.1f} "
+          f"with recompute (+{result.hardware_flops_per_token / result.model_flops_per_token - 1:.0%})")
+    print(f"\n  {'GPU':11s} {'checkpointing':13s} {'GB/GPU':>7s}  {'fits':4s} {'max micro-batch':>15s} "
+          f"{'tokens/s/GPU':>12s} {'MFU':>5s}   (at {args.hfu:.0%} HFU; fits = under {MEMORY_MARGIN:.0%} of memory)")
+    for row in table:
+        print(f"  {row['gpu']:11s} {row['activation_checkpointing']:13s} {row['memory_gb']:7.1f}  "
+              f"{'yes' if row['fits'] else 'no':4s} {row['largest_micro_batch']:15d} {row['tokens_per_second']:12,d} "
+              f"{row['mfu']:5.0%}")
 
 
 if __name__ == "__main__":

@@ -161,7 +161,8 @@ def file_images(pattern: str, profile: CodecProfile, *, count: int, seed: int,
         yield path, pictures[0], stream
 
 
-def dataset_images(root: str, profile: CodecProfile, count: int, seed: int) -> Iterator[tuple[str, np.ndarray, bytes]]:
+def dataset_images(root: str, profile: CodecProfile, *, count: int,
+                   seed: int) -> Iterator[tuple[str, np.ndarray, bytes]]:
     """(key, decoded stream, stream) for ``count`` complete documents of a dataset's val split."""
     data = Dataset.open(root)
     if data.profile.name != profile.name:
@@ -178,7 +179,7 @@ def dataset_images(root: str, profile: CodecProfile, count: int, seed: int) -> I
 def build_eval_set(settings: Settings, profile: CodecProfile, extractor: FeatureExtractor) -> EvalSet:
     from_dataset = exists(join(settings.images, MANIFEST))
     rejected: list[dict[str, str]] = []
-    items = (dataset_images(settings.images, profile, settings.num_images, settings.seed) if from_dataset
+    items = (dataset_images(settings.images, profile, count=settings.num_images, seed=settings.seed) if from_dataset
              else file_images(settings.images, profile, count=settings.num_images, seed=settings.seed,
                              rejected=rejected))
     keys: list[str] = []

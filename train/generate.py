@@ -268,7 +268,10 @@ def generate(settings: GenerateSettings) -> dict[str, Any]:
         except (InvalidMediaError, ValueError) as error:
             raise SystemExit(f"--prompt {source}: {error}") from None
     for name, whole in val_prompts(sampler.dataset, settings.prompt_val):
-        jobs.append((name, whole, prompt_prefix(profile, whole, settings)))
+        try:
+            jobs.append((name, whole, prompt_prefix(profile, whole, settings)))
+        except ValueError as error:  # e.g. --prompt-frames N that is no whole restart interval of an image
+            raise SystemExit(f"--prompt-val: {error}") from None
     if settings.unconditional:
         jobs.append(("unconditional", None, b""))
     results = {}

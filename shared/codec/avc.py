@@ -402,15 +402,15 @@ class AvcProfile:
         """Frames a stream announces: slices that start a picture (``first_mb_in_slice == 0``)."""
         return sum(starts_frame(unit) for _, unit in nal_units(stream))
 
-    def cut_after_units(self, stream: bytes, k: int) -> bytes:
-        """The prefix of ``stream`` holding its first ``k`` frames: it ends right before the first NAL unit
-        of frame ``k + 1`` (the whole stream when it has ``k`` frames or fewer). A prompt for the model."""
-        if k < 0:
-            raise ValueError(f"k must be >= 0, got {k}")
+    def cut_after_units(self, stream: bytes, units: int) -> bytes:
+        """The prefix of ``stream`` holding its first ``units`` frames: it ends right before the first NAL
+        unit of the next frame (the whole stream when it has that many frames or fewer). A prompt."""
+        if units < 0:
+            raise ValueError(f"a prompt holds 0 or more frames, not {units}")
         seen = 0
         for offset, unit in nal_units(stream):
             if starts_frame(unit):
-                if seen == k:
+                if seen == units:
                     return stream[:offset]
                 seen += 1
         return stream

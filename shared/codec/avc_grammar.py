@@ -16,6 +16,10 @@ States are ``(frame, slice, phase, zeros, ue_byte, frame_type)``; transitions ar
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # avc.py imports this module
+    from shared.codec.avc import AvcProfile
 
 START, HEADER, UE, PAYLOAD = range(4)
 IDR, NON_IDR = 5, 1
@@ -35,7 +39,7 @@ def ue_bytes(value: int) -> list[tuple[int, int]]:
 
 @dataclass
 class AvcGrammar:
-    profile: object  # shared.codec.avc.AvcProfile
+    profile: AvcProfile
     _cache: dict = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:

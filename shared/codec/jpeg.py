@@ -215,8 +215,9 @@ class JpegProfile:
         return DecodedImage(decoded, check.valid_mcus, self.layout.mcus, check.problems, repaired)
 
     # ---- prompts --------------------------------------------------------------------------
-    def cut_after_units(self, stream: bytes, mcus: int) -> bytes:
-        """Prefix of ``stream`` that ends right after MCU ``mcus`` (including its restart marker)."""
+    def cut_after_units(self, stream: bytes, units: int) -> bytes:
+        """Prefix of ``stream`` that ends right after MCU ``units`` (including its restart marker)."""
+        mcus = units
         layout = self.layout
         if mcus >= layout.mcus:
             return stream

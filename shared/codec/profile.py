@@ -18,12 +18,12 @@ from pathlib import Path
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import numpy as np
-from PIL import Image
 
 from shared.codec.errors import InvalidMediaError
 
-# A source is anything a codec can read media from: encoded bytes, a path, or (images) a PIL image.
-Source = bytes | str | Path | Image.Image
+# A source is anything every codec can read media from: encoded bytes or a path (image codecs also take
+# a PIL image).
+Source = bytes | str | Path
 
 
 @runtime_checkable
@@ -55,6 +55,8 @@ class Decoded(Protocol):
 
 @runtime_checkable
 class CodecProfile(Protocol):
+    """A codec with its settings (a frozen dataclass per codec): what preprocess, train and the tools use."""
+
     kind: ClassVar[str]  # the registry key; recorded in every manifest
     modality: ClassVar[str]  # "image" or "video": which inputs it reads, and the paper's defaults
     unit: ClassVar[str]  # "MCU", "frame": what prompts are cut in
@@ -72,6 +74,10 @@ class CodecProfile(Protocol):
     @property
     def total_units(self) -> int: ...  # units in a whole picture / full-length clip
     def to_json(self) -> dict[str, Any]: ...  # {"name", "kind", "params", "header"}
+    @classmethod
+    def from_name(cls, name: str) -> CodecProfile: ...  # the profile a name spells
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> CodecProfile: ...  # a recorded profile, its header kept
 
     # ---- media in ----
     def normalize(self, source: Source, *, max_pixels: int | None = None) -> list[np.ndarray]: ...

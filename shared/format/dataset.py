@@ -20,7 +20,6 @@ from shared.format.files import exists, is_remote, join, matching, open_binary, 
 from shared.format.shards import FORMAT, MANIFEST, document_tokens, load_shard
 from shared.format.tokenizer import ByteTokenizer
 
-
 SAFE_PATH = re.compile(r"(?:[A-Za-z0-9_-]+/)?[A-Za-z0-9_-][A-Za-z0-9_.-]*")
 
 

@@ -30,10 +30,11 @@ def is_remote(path: str | Path) -> bool:
 
 
 def join(base: str | Path, *parts: str) -> str:
+    """``base/part/…`` with ``/`` on every filesystem (parts are relative: no leading ``/``)."""
     return "/".join([str(base).rstrip("/"), *(part.strip("/") for part in parts)])
 
 
-def safe_file_name(text: str, suffix: str = "", limit: int = 120, fallback: str = "item") -> str:
+def safe_file_name(text: str, suffix: str = "", *, limit: int = 120, fallback: str = "item") -> str:
     """``text`` as a plain file name: no separators, no leading dot or underscore, at most ``limit``
     characters before ``suffix``."""
     return (UNSAFE.sub("_", text).strip("._")[:limit] or fallback) + suffix
@@ -44,15 +45,17 @@ def open_atomic(path: str | Path) -> Iterator[IO[bytes]]:
     """A binary file handle whose data appears at ``path`` only when the block ends without an error."""
     filesystem, target = url_to_fs(str(path))
     folder, name = target.rsplit("/", 1) if "/" in target else (".", target)
-    filesystem.makedirs(folder, exist_ok=True)
+    if not is_remote(path):  # object stores have no folders to make (and s3fs would make a bucket)
+        filesystem.makedirs(folder, exist_ok=True)
     temporary = f"{folder}/.{name}.tmp-{uuid.uuid4().hex}"
     try:
         with filesystem.open(temporary, "wb") as handle:
             yield handle
         filesystem.mv(temporary, target)
-    finally:
+    except BaseException:
         if filesystem.exists(temporary):
             filesystem.rm(temporary)
+        raise
 
 
 def write_atomic(path: str | Path, data: bytes | str) -> str:
@@ -86,13 +89,16 @@ def size(path: str | Path) -> int:
 
 
 def matching(pattern: str) -> list[str]:
-    """Files matching a glob (``**`` spans folders), sorted; an empty list when nothing matches.
-
-    Local paths keep the spelling of the pattern (relative stays relative)."""
+    """Files matching a glob, sorted; an empty list when nothing matches. Python's glob rules: ``*`` stays
+    in a folder, ``**`` as a whole path part spans folders (none included), names starting with a dot
+    match only a pattern that starts with one. Paths keep the pattern's spelling (a relative local
+    pattern gives relative paths, ``gcs://`` stays ``gcs://``), so they compare with paths joined by hand."""
     if not is_remote(pattern):
         return sorted(p for p in glob.glob(pattern, recursive=True) if Path(p).is_file())
+    protocol = pattern.split("://", 1)[0]
     filesystem, target = url_to_fs(pattern)
-    return sorted(filesystem.unstrip_protocol(p) for p in filesystem.glob(target) if filesystem.isfile(p))
+    found = filesystem.glob(target, detail=True)
+    return sorted(f"{protocol}://{path}" for path, info in found.items() if info["type"] == "file")
 
 
 def delete(paths: list[str]) -> None:

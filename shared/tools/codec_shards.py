@@ -27,8 +27,17 @@ from tqdm import tqdm
 from shared.codec.errors import InvalidMediaError
 from shared.format.dataset import Dataset, DatasetError
 from shared.format.files import exists, read_bytes, safe_file_name, write_atomic
-from shared.format.shards import (DOCUMENTS, MANIFEST, REJECTED, SPLITS, TOKENIZER, document_tokens, sample_key, sha256_hex,
-                                  shard_name_of)
+from shared.format.shards import (
+    DOCUMENTS,
+    MANIFEST,
+    REJECTED,
+    SPLITS,
+    TOKENIZER,
+    document_tokens,
+    sample_key,
+    sha256_hex,
+    shard_name_of,
+)
 from shared.tools.contact_sheet import save_contact_sheet, strip
 
 
@@ -133,7 +142,8 @@ def show(dataset: Dataset, shard_name: str, index: int, with_bytes: bool) -> str
 
 
 # ---- decode and sheet ------------------------------------------------------------------------
-def select_rows(dataset: Dataset, split: str | None, keys: list[str] | None, limit: int | None) -> list[dict[str, Any]]:
+def select_rows(dataset: Dataset, *, split: str | None, keys: list[str] | None,
+                limit: int | None) -> list[dict[str, Any]]:
     filters = [("split", "=", split)] if split else []
     if keys:  # prefixes: find the full keys in the key column first, then read only their rows
         known = [str(k) for k in dataset.column("key")]
@@ -152,7 +162,7 @@ def select_rows(dataset: Dataset, split: str | None, keys: list[str] | None, lim
     return rows[:limit] if limit else rows
 
 
-def decode_documents(dataset: Dataset, out: str, rows: list[dict[str, Any]], raw: bool) -> list[str]:
+def decode_documents(dataset: Dataset, out: str, rows: list[dict[str, Any]], *, raw: bool) -> list[str]:
     """Write each document as a file inside ``out``; returns the paths written."""
     profile = dataset.profile
     out_dir = Path(out).resolve()
@@ -173,7 +183,7 @@ def decode_documents(dataset: Dataset, out: str, rows: list[dict[str, Any]], raw
 
 
 def sheet(dataset: Dataset, out: str, count: int, split: str | None) -> str:
-    rows = select_rows(dataset, split, None, count)
+    rows = select_rows(dataset, split=split, keys=None, limit=count)
     items = []
     for row, _, stream in tqdm(dataset.document_streams(rows), total=len(rows), desc="decoding", unit="doc"):
         items.append((row["key"][:12], strip(dataset.profile.decode(stream).pictures)))
@@ -337,8 +347,8 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "show":
             print(show(dataset, args.shard, args.index, args.bytes))
         elif args.command == "decode":
-            rows = select_rows(dataset, args.split, args.key, args.limit)
-            written = decode_documents(dataset, args.out, rows, args.raw)
+            rows = select_rows(dataset, split=args.split, keys=args.key, limit=args.limit)
+            written = decode_documents(dataset, args.out, rows, raw=args.raw)
             skipped = int((~dataset.column("complete")).sum())
             print(f"wrote {len(written)} files to {args.out}"
                   + (f" ({skipped} documents cut at shard ends cannot be rebuilt)" if skipped and not args.key else ""))

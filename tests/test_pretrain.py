@@ -1,0 +1,207 @@
+"""`python -m train.pretrain`: litgpt pretrain with activation checkpointing, and what train.estimate says of it."""
+
+from __future__ import annotations
+
+import inspect
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import litgpt.pretrain as litgpt_pretrain
+import pytest
+import torch
+import yaml
+from litgpt import GPT, Config
+from lightning.fabric.strategies import FSDPStrategy
+from lightning.fabric.strategies.fsdp import _setup_activation_checkpointing
+from litgpt.model import Block
+from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import CheckpointWrapper
+
+from litgpt_metrics import losses
+from preprocess.run import run
+from train.estimate import GPUS, LayerMemory, estimate, gpu_table, layer_memory
+from train.pretrain import blocks_to_checkpoint, checkpointing_in_litgpt
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = Config(**yaml.safe_load((ROOT / "train" / "jpeg-tiny.yaml").read_text())["model_config"])
+
+
+def test_litgpt_still_builds_what_train_pretrain_swaps() -> None:
+    """The three names train.pretrain swaps are module globals that litgpt.pretrain looks up where it did."""
+    source = inspect.getsource(litgpt_pretrain)
+    assert 'FSDPStrategy(auto_wrap_policy={Block}, state_dict_type="full", sharding_strategy="HYBRID_SHARD")' in source
+    assert "model = GPT(config)" in inspect.getsource(litgpt_pretrain.main)
+    assert "save_hyperparameters(setup, checkpoint_file.parent)" in inspect.getsource(litgpt_pretrain.save_checkpoint)
+    with checkpointing_in_litgpt(blocks_to_checkpoint("full")):
+        assert litgpt_pretrain.GPT is not GPT and litgpt_pretrain.setup.__module__ == "train.pretrain"
+    assert litgpt_pretrain.GPT is GPT and litgpt_pretrain.setup.__module__ == "litgpt.pretrain"  # put back
+    assert "isinstance(fabric.strategy, FSDPStrategy)" in inspect.getsource(litgpt_pretrain.initialize_weights)
+
+
+@pytest.mark.parametrize("choice, wrapped", [("full", list(range(4))), ("every-3", [0, 3])])
+def test_the_fsdp_strategy_checkpoints_the_chosen_blocks(choice: str, wrapped: list[int]) -> None:
+    """What Lightning does with the strategy litgpt.pretrain builds for several GPUs (FSDP itself needs them)."""
+    with checkpointing_in_litgpt(blocks_to_checkpoint(choice)):
+        strategy = litgpt_pretrain.FSDPStrategy(auto_wrap_policy={Block}, state_dict_type="full",
+                                                sharding_strategy="HYBRID_SHARD")
+        model = litgpt_pretrain.GPT(TINY)  # under FSDP the model is built plain: Lightning wraps it
+    assert isinstance(strategy, FSDPStrategy) and not any(isinstance(m, CheckpointWrapper) for m in model.modules())
+    _setup_activation_checkpointing(model, strategy._activation_checkpointing_kwargs)
+    assert [i for i, block in enumerate(model.transformer.h) if isinstance(block, CheckpointWrapper)] == wrapped
+
+
+@pytest.mark.parametrize("choice, wrapped", [("none", []), ("full", [0, 1, 2, 3]), ("every-2", [0, 2]),
+                                             ("every-3", [0, 3]), ("every-1", [0, 1, 2, 3])])
+def test_checkpointed_blocks_recompute_and_keep_gradients_and_names(choice: str, wrapped: list[int],
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    torch.manual_seed(0)
+    with checkpointing_in_litgpt(blocks_to_checkpoint(choice)):
+        model = litgpt_pretrain.GPT(TINY)  # what litgpt.pretrain's main builds on one device
+    torch.manual_seed(0)
+    plain = GPT(TINY)
+    assert [i for i, block in enumerate(model.transformer.h) if isinstance(block, CheckpointWrapper)] == wrapped
+    assert list(model.state_dict()) == list(plain.state_dict())  # checkpoints are the same files
+    model.load_state_dict(plain.state_dict())
+    calls = [0] * TINY.n_layer
+    forward = Block.forward
+
+    def counted(self: Block, *args: object, **kwargs: object) -> torch.Tensor:  # module hooks skip recomputation
+        calls[self.attn.block_idx] += 1
+        return forward(self, *args, **kwargs)
+
+    monkeypatch.setattr(Block, "forward", counted)
+    tokens = torch.randint(0, TINY.vocab_size, (2, 65))
+    for net in (model, plain):
+        torch.nn.functional.cross_entropy(net(tokens[:, :-1]).flatten(0, 1), tokens[:, 1:].flatten()).backward()
+        if net is model:
+            assert calls == [2 if i in wrapped else 1 for i in range(TINY.n_layer)]  # forward again in the backward
+    for (name, a), b in zip(model.named_parameters(), plain.parameters()):
+        assert torch.allclose(a.grad, b.grad, atol=1e-6), name
+
+
+def test_bad_choices_are_refused() -> None:
+    for choice in ("every-0", "half", "every-", "2"):
+        with pytest.raises(ValueError, match="none, full or every-N"):
+            blocks_to_checkpoint(choice)
+    done = subprocess.run(["python", "-m", "train.pretrain", "--config", "train/jpeg-tiny.yaml",
+                           "--activation_checkpointing", "most"], cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode != 0 and "none, full or every-N" in done.stderr
+
+
+def test_print_config_is_litgpts_plus_the_choice() -> None:
+    config = "train/avc7b.yaml"
+
+    def printed(*command: str) -> dict:
+        done = subprocess.run([*command, "--config", config, "--print_config"], cwd=ROOT, capture_output=True,
+                              text=True, check=True)
+        return yaml.safe_load(done.stdout)
+
+    theirs = printed("litgpt", "pretrain")
+    ours = printed("python", "-m", "train.pretrain", "--activation_checkpointing", "every-2")
+    assert ours.pop("activation_checkpointing") == "every-2" and ours == theirs
+
+
+# ---- training on the CPU --------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    output = tmp_path_factory.mktemp("pretrain") / "jpeg-tiny"
+    run(["--output", str(output), "--profile", "jpeg-64-q25", "--seq-len", "1023", "--sample-size", "60",
+         "--val-fraction", "0.1", "--direct_running_mode", "in_memory", "--direct_num_workers", "1"])
+    return output
+
+
+def train(command: list[str], dataset: Path, out: Path, *flags: str, log: str | None = None) -> dict[int, float]:
+    """Run a tiny training; the losses it logged, by iteration. ``log``: a line its output must hold."""
+    # constant LR (min_lr = lr), so a run stopped early saw the same schedule as an uninterrupted one
+    common = ["--config", "train/jpeg-tiny.yaml", "--data.path", str(dataset), "--out_dir", str(out),
+              "--data.num_workers", "0", "--train.micro_batch_size", "2", "--train.global_batch_size", "2",
+              "--train.log_interval", "1", "--train.save_interval", "5", "--train.lr_warmup_steps", "0",
+              "--train.min_lr", "0.001", "--eval.interval", "1000", "--eval.final_validation", "false"]
+    done = subprocess.run([*command, *common, *flags], cwd=ROOT, capture_output=True, text=True,
+                          env={**os.environ, "TORCH_COMPILE_DISABLE": "1"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert log is None or log in done.stdout.splitlines(), done.stdout[-2000:]
+    return losses(out)
+
+
+def test_checkpointed_training_matches_plain_litgpt_and_resumes_exactly(dataset: Path, tmp_path: Path) -> None:
+    steps, tokens = 10, 2 * 1023
+    litgpt = ["litgpt", "pretrain"]
+    ours = ["python", "-m", "train.pretrain", "--activation_checkpointing", "full"]
+    plain = train(litgpt, dataset, tmp_path / "plain", "--train.max_tokens", str(steps * tokens))
+    wrapped = "activation checkpointing: 4 of 4 transformer blocks"  # the log says checkpointing is on
+    checkpointed = train(ours, dataset, tmp_path / "full", "--train.max_tokens", str(steps * tokens), log=wrapped)
+    assert sorted(plain) == sorted(checkpointed) == list(range(1, steps + 1))
+    assert [checkpointed[i] for i in plain] == pytest.approx([plain[i] for i in plain], abs=1e-6)
+    hyperparameters = yaml.safe_load((tmp_path / "full" / "final" / "hyperparameters.yaml").read_text())
+    assert hyperparameters["activation_checkpointing"] == "full"
+    weights = [torch.load(tmp_path / run / "final" / "lit_model.pth", weights_only=False)["model"]
+               for run in ("full", "plain")]
+    assert list(weights[0]) == list(weights[1])  # the same checkpoint layout, with or without checkpointing
+    assert all(torch.allclose(weights[0][name], weights[1][name], atol=1e-6) for name in weights[0])
+    # stopped after 5 steps, then resumed to the end with checkpointing still on: the same losses
+    train(ours, dataset, tmp_path / "cut", "--train.max_tokens", str(5 * tokens), log=wrapped)
+    resumed = train(ours, dataset, tmp_path / "cut", "--train.max_tokens", str(steps * tokens), "--resume", "auto",
+                    log=wrapped)
+    assert [resumed[i] for i in range(6, steps + 1)] == pytest.approx([plain[i] for i in range(6, steps + 1)], abs=1e-6)
+
+
+# ---- train.estimate -------------------------------------------------------------------------------
+README_FACTOR = 28  # README: "a checkpointed layer keeps ~28x less"
+JPEG_7B = Config(**yaml.safe_load((ROOT / "train" / "jpeg7b.yaml").read_text())["model_config"])
+AVC_7B = Config(**yaml.safe_load((ROOT / "train" / "avc7b.yaml").read_text())["model_config"])
+
+
+@pytest.fixture(scope="module")
+def layers_7b() -> LayerMemory:
+    """Measured once on real 7B-width layers (both 7B configs share the width; the context does not matter)."""
+    return layer_memory(JPEG_7B)
+
+
+@pytest.mark.parametrize("config", ["tiny", "7b"])
+def test_measured_activations_drop_by_the_stated_factor(config: str, layers_7b: LayerMemory) -> None:
+    model, layers = (TINY, layer_memory(TINY)) if config == "tiny" else (JPEG_7B, layers_7b)
+    assert layers.checkpointed == 2 * model.n_embd  # the block's bf16 input, one vector per token
+    assert layers.plain > 50 * model.n_embd  # all a Llama layer keeps (attention, SwiGLU, RMSNorm's fp32 copies)
+    assert layers.factor == pytest.approx(README_FACTOR, rel=0.03)
+
+
+def test_estimate_tells_which_gpu_fits(layers_7b: LayerMemory) -> None:
+    plain, full, every_3 = (estimate(JPEG_7B, micro_batch=1, global_batch=320, gpus_per_node=8,
+                                     activation_checkpointing=choice, layers=layers_7b)
+                            for choice in ("none", "full", "every-3"))
+    assert plain.fits(GPUS["H200-141GB"]) and not plain.fits(GPUS["H100-80GB"])
+    assert every_3.fits(GPUS["H100-80GB"]) and every_3.checkpointed_layers == 11
+    assert full.fits(GPUS["A100-40GB"]) and full.checkpointed_layers == 32
+    assert full.hardware_flops_per_token / full.model_flops_per_token == pytest.approx(4 / 3, rel=0.02)
+    assert plain.hardware_flops_per_token == plain.model_flops_per_token
+    rows = gpu_table(AVC_7B, gpus_per_node=8, hfu=0.4, layers=layers_7b, choices=("none", "full", "every-2"))
+    table = {(row["gpu"], row["activation_checkpointing"]): row for row in rows}
+    assert not any(table[gpu, "none"]["fits"] for gpu in GPUS)  # Avc-LM at 32K fits no GPU without checkpointing
+    assert all(table[gpu, "full"]["fits"] for gpu in GPUS) and table["H100-80GB", "full"]["largest_micro_batch"] >= 1
+    assert [gpu for gpu in GPUS if table[gpu, "every-2"]["fits"]] == ["H200-141GB"]
+    assert table["H200-141GB", "every-2"]["tokens_per_second"] > table["H200-141GB", "full"]["tokens_per_second"]
+
+
+def test_estimate_cli_prints_the_table_as_json() -> None:
+    done = subprocess.run(["python", "-m", "train.estimate", "--config", "train/jpeg-tiny.yaml", "--json",
+                           "--activation_checkpointing", "every-2"], cwd=ROOT, capture_output=True, text=True, check=True)
+    printed = json.loads(done.stdout)
+    assert printed["estimate"]["checkpointed_layers"] == 2 and printed["layer_memory"]["checkpointed"] == 2 * TINY.n_embd
+    assert {row["activation_checkpointing"] for row in printed["gpus"]} == {"none", "full", "every-2"}
+    assert len(printed["gpus"]) == 3 * len(GPUS) and all(row["fits"] for row in printed["gpus"])
+
+
+def test_gpu_benchmark_says_it_needs_cuda_and_runs_its_steps_on_a_small_config(tmp_path: Path) -> None:
+    if not torch.cuda.is_available():
+        done = subprocess.run(["python", "-m", "bench.train_gpu"], cwd=ROOT, capture_output=True, text=True)
+        assert done.returncode == 2 and "needs a CUDA GPU" in done.stderr
+    out = tmp_path / "train_gpu.json"
+    done = subprocess.run(["python", "-m", "bench.train_gpu", "--config", "train/jpeg-tiny.yaml", "--device", "cpu",
+                           "--blocks", "1", "2", "--steps", "1", "--compile", "off", "--out", str(out)],
+                          cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = json.loads(out.read_text())["rows"]
+    assert [row["activation_checkpointing"] for row in rows] == ["none", "full"]
+    assert all(row["tokens_per_second"] > 0 and len(row["runs"]) == 2 for row in rows)
