@@ -5,6 +5,7 @@ from __future__ import annotations
 import inspect
 import json
 import os
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -140,10 +141,11 @@ def test_checkpointed_training_matches_plain_litgpt_and_resumes_exactly(dataset:
                for run in ("full", "plain")]
     assert list(weights[0]) == list(weights[1])  # the same checkpoint layout, with or without checkpointing
     assert all(torch.allclose(weights[0][name], weights[1][name], atol=1e-6) for name in weights[0])
-    # stopped after 5 steps, then resumed to the end with checkpointing still on: the same losses
-    train(ours, dataset, tmp_path / "cut", "--train.max_tokens", str(5 * tokens), log=wrapped)
+    # a run stopped after step 5 (its step-5 checkpoint alone), resumed with checkpointing still on: the same losses
+    shutil.copytree(tmp_path / "full" / "step-00000005", tmp_path / "cut" / "step-00000005")
     resumed = train(ours, dataset, tmp_path / "cut", "--train.max_tokens", str(steps * tokens), "--resume", "auto",
                     log=wrapped)
+    assert sorted(resumed) == list(range(6, steps + 1))
     assert [resumed[i] for i in range(6, steps + 1)] == pytest.approx([plain[i] for i in range(6, steps + 1)], abs=1e-6)
 
 
