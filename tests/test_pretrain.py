@@ -13,9 +13,9 @@ import litgpt.pretrain as litgpt_pretrain
 import pytest
 import torch
 import yaml
-from litgpt import GPT, Config
 from lightning.fabric.strategies import FSDPStrategy
 from lightning.fabric.strategies.fsdp import _setup_activation_checkpointing
+from litgpt import GPT, Config
 from litgpt.model import Block
 from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import CheckpointWrapper
 

@@ -43,13 +43,12 @@ from tqdm import tqdm
 
 from shared.codec.errors import InvalidMediaError
 from shared.codec.profile import CodecProfile
-from shared.codec.token_constraint import TokenConstraint
 from shared.format.dataset import Dataset
 from shared.format.files import exists, join, matching, read_bytes, safe_file_name, write_atomic, write_json_atomic
 from shared.format.shards import MANIFEST
 from shared.format.tokenizer import ByteTokenizer
 from shared.tools.contact_sheet import save_contact_sheet
-from train.checkpoint import load_for_sampling, open_dataset
+from train.checkpoint import Sampler, load_for_sampling, open_dataset
 from train.fid import INCEPTION_ENV, INCEPTION_URL, FeatureExtractor, FidError, fid
 from train.generate import SamplingSettings, add_sampling_arguments, sample_rows
 
@@ -274,8 +273,7 @@ def task_name(ratio: float | None, seed_index: int) -> str:
     return f"{UNCONDITIONAL}-seed{seed_index}" if ratio is None else f"prompt-{ratio:g}-seed{seed_index}"
 
 
-def run_task(folder: str, prompts: list[bytes], seeds: list[int], *, desc: str, model: Any,
-             tokenizer: ByteTokenizer, profile: CodecProfile, constraint: TokenConstraint | None,
+def run_task(folder: str, prompts: list[bytes], seeds: list[int], *, desc: str, sampler: Sampler,
              extractor: FeatureExtractor, settings: Settings) -> dict[str, Any] | None:
     """Complete every prompt once, in batches; each finished batch is a file, so a rerun skips it.
 
@@ -298,9 +296,9 @@ def run_task(folder: str, prompts: list[bytes], seeds: list[int], *, desc: str, 
               desc=desc, unit="img") as bar:
         for number in todo:
             rows = batches[number]
-            samples = sample_rows(model, tokenizer, [prompts[i] for i in rows], [seeds[i] for i in rows],
-                                  settings=settings, constraint=constraint)
-            decoded = [profile.decode(s.stream) for s in samples]
+            samples = sample_rows(sampler.model, sampler.tokenizer, [prompts[i] for i in rows],
+                                  [seeds[i] for i in rows], settings=settings, constraint=sampler.constraint)
+            decoded = [sampler.profile.decode(s.stream) for s in samples]
             chunk = {"index": np.array(rows, np.int64), **pack_bytes([s.stream for s in samples]),
                      "tokens": np.array([s.tokens for s in samples], np.int64),
                      "eos": np.array([s.stopped == "eos" for s in samples]),
@@ -393,9 +391,8 @@ def evaluate_checkpoint(checkpoint: str, eval_set: EvalSet, *, settings: Setting
             name = task_name(ratio, seed_index)
             task_code = 2.0 if ratio is None else ratio  # keeps unconditional seeds apart from every ratio's
             seeds = [row_seed(settings.seed, seed_index, task_code, row) for row in range(len(prompts))]
-            task = run_task(join(work, name), prompts, seeds, desc=f"{tag[:20]} {name}", model=model,
-                            tokenizer=tokenizer, profile=profile, constraint=sampler.constraint, extractor=extractor,
-                            settings=settings)
+            task = run_task(join(work, name), prompts, seeds, desc=f"{tag[:20]} {name}", sampler=sampler,
+                            extractor=extractor, settings=settings)
             if task is None:
                 continue
             per_seed.append(summarize(task, reference, profile, 0 if ratio is None else profile.prompt_units(ratio)))

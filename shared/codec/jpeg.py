@@ -149,9 +149,7 @@ class JpegProfile:
     def total_mcus(self) -> int:
         return self.layout.mcus
 
-    @property
-    def total_units(self) -> int:
-        return self.layout.mcus
+    total_units = total_mcus  # the interface's name: a JPEG's units are its MCUs
 
     # ---- encode / restore / decode --------------------------------------------------------
     def normalize_image(self, source: ImageSource | Image.Image, max_pixels: int | None = None) -> Image.Image:
@@ -217,15 +215,14 @@ class JpegProfile:
     # ---- prompts --------------------------------------------------------------------------
     def cut_after_units(self, stream: bytes, units: int) -> bytes:
         """Prefix of ``stream`` that ends right after MCU ``units`` (including its restart marker)."""
-        mcus = units
         layout = self.layout
-        if mcus >= layout.mcus:
+        if units >= layout.mcus:
             return stream
-        if mcus <= 0:
+        if units <= 0:
             return b""
-        if not layout.restart_interval or mcus % layout.restart_interval:
+        if not layout.restart_interval or units % layout.restart_interval:
             raise ValueError(f"{self.name}: a cut must fall on a restart marker (every {layout.restart_interval} MCUs)")
-        wanted = mcus // layout.restart_interval
+        wanted = units // layout.restart_interval
         for count, match in enumerate(RESTART_MARKER.finditer(stream), start=1):
             if count == wanted:
                 return stream[:match.end()]
