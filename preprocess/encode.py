@@ -10,7 +10,7 @@ import apache_beam as beam
 from PIL import Image
 
 from preprocess.progress import Progress
-from preprocess.records import DUPLICATE, REJECTED, Encoded, rejection
+from preprocess.records import DUPLICATE, REJECTED, Encoded, document_key, input_row, rejection
 from shared.codec.errors import InvalidMediaError
 from shared.codec.registry import profile_from_json
 
@@ -52,7 +52,8 @@ class EncodeFn(beam.DoFn):
 
 
 class KeepOnePerStream(beam.DoFn):
-    """``(digest, [Encoded …])`` -> the copy with the smallest source name; the others are counted duplicates."""
+    """``(digest, [Encoded …])`` -> the copy with the smallest source name; the others go to the ``duplicate``
+    output as inputs.parquet rows naming the document that kept their stream."""
 
     def __init__(self, progress_dir: str | None) -> None:
         self.progress_dir = progress_dir
@@ -65,7 +66,8 @@ class KeepOnePerStream(beam.DoFn):
         yield copies[0]
         for duplicate in copies[1:]:
             self.progress.add("duplicates")
-            yield beam.pvalue.TaggedOutput(DUPLICATE, duplicate.source)
+            yield beam.pvalue.TaggedOutput(DUPLICATE, input_row(duplicate.source, "duplicate",
+                                                                key=document_key(copies[0].digest)))
 
     def finish_bundle(self) -> None:
         self.progress.flush()

@@ -1,8 +1,9 @@
 """Stage 10: the dataset's index files, the manifest last (no manifest, no dataset).
 
 Runs once, after every shard is written: writes tokenizer.json, merges the per-shard document rows
-into documents.parquet (streaming, one shard's rows at a time), writes rejected.jsonl, removes shards
-a previous run left behind, checks that every input is accounted for, and writes manifest.json.
+into documents.parquet and the per-bucket input rows into inputs.parquet (streaming, one shard or
+bucket at a time), writes rejected.jsonl, removes what a previous or killed run left behind (old
+shards, temporary files), checks that every input is accounted for, and writes manifest.json.
 """
 
 from __future__ import annotations
@@ -20,15 +21,19 @@ from shared.format.shards import (
     DOCUMENT_SCHEMA,
     DOCUMENTS,
     FORMAT,
+    INPUT_SCHEMA,
+    INPUTS,
     MANIFEST,
     REJECTED,
     SPLITS,
     STAGING,
     TOKENIZER,
+    input_buckets,
     manifest_json,
     sha256_hex,
     shard_name_of,
     staged_documents_path,
+    staged_inputs_path,
 )
 from shared.format.tokenizer import ByteTokenizer
 
@@ -53,9 +58,26 @@ def merge_document_rows(output: str, shards: list[dict[str, Any]]) -> None:
                 writer.write_table(pq.read_table(source, schema=DOCUMENT_SCHEMA))
 
 
+def merge_input_rows(output: str, inputs: int, written: list[dict[str, Any]]) -> dict[str, int]:
+    """inputs.parquet: bucket b is row group b (empty when no input hashed there); returns rows per outcome."""
+    staged = {record["bucket"] for record in written}
+    outcomes: dict[str, int] = {}
+    for record in written:
+        for outcome, count in record["outcomes"].items():
+            outcomes[outcome] = outcomes.get(outcome, 0) + count
+    with open_atomic(join(output, INPUTS)) as handle, pq.ParquetWriter(handle, INPUT_SCHEMA) as writer:
+        for bucket in range(input_buckets(inputs)):
+            if bucket not in staged:
+                writer.write_table(INPUT_SCHEMA.empty_table())
+                continue
+            with open_binary(join(output, staged_inputs_path(bucket))) as source:
+                writer.write_table(pq.read_table(source, schema=INPUT_SCHEMA))
+    return outcomes
+
+
 def finalize(_: Any, *, output: str, config: dict[str, Any], profile_record: dict[str, Any],
-             shards: list[dict[str, Any]], rejected: list[dict[str, str]], inputs: int, encoded: int, duplicates: int,
-             tokenizer_json: str, seq_len: int) -> dict[str, Any]:
+             shards: list[dict[str, Any]], rejected: list[dict[str, str]], input_records: list[dict[str, Any]],
+             inputs: int, encoded: int, duplicates: int, tokenizer_json: str, seq_len: int) -> dict[str, Any]:
     rejected = sorted(rejected, key=lambda r: (r["source"], r["reason"], r["message"]))
     write_atomic(join(output, REJECTED), "".join(json.dumps(r, sort_keys=True) + "\n" for r in rejected))
     if not tokenizer_json:
@@ -65,9 +87,12 @@ def finalize(_: Any, *, output: str, config: dict[str, Any], profile_record: dic
 
     shards = sorted(shards, key=lambda s: (SPLITS.index(s["split"]), s["path"]))
     merge_document_rows(output, shards)
+    outcomes = merge_input_rows(output, inputs, input_records)
     wanted = {join(output, s["path"]) for s in shards}
     delete([p for split in SPLITS for p in matching(join(output, split, "shard-*.tar")) if p not in wanted])
-    delete([join(output, STAGING)])
+    # temporary files of writes that never finished: a killed run, a retried worker
+    delete([join(output, STAGING)] + matching(join(output, ".*.tmp-*"))
+           + [p for split in SPLITS for p in matching(join(output, split, ".*.tmp-*"))])
 
     documents = sum(s["documents"] for s in shards)
     totals = {
@@ -75,8 +100,10 @@ def finalize(_: Any, *, output: str, config: dict[str, Any], profile_record: dic
         "documents": documents, "tokens": sum(s["tokens"] + s["dropped_tokens"] for s in shards),
         "sequences": sum(s["sequences"] for s in shards), "dropped_tokens": sum(s["dropped_tokens"] for s in shards),
     }
-    if inputs != encoded + len(rejected) or encoded != documents + duplicates:
-        raise RuntimeError(f"accounting error, please report it: {totals}")
+    recorded = {"document": documents, "duplicate": duplicates, "rejected": len(rejected)}
+    if inputs != encoded + len(rejected) or encoded != documents + duplicates or outcomes != {
+            k: v for k, v in recorded.items() if v}:
+        raise RuntimeError(f"accounting error, please report it: {totals}; {INPUTS} holds {outcomes}")
     rejection_reasons: dict[str, int] = {}
     for r in rejected:
         rejection_reasons[r["reason"]] = rejection_reasons.get(r["reason"], 0) + 1
@@ -90,7 +117,7 @@ def finalize(_: Any, *, output: str, config: dict[str, Any], profile_record: dic
         "shards": [{k: s[k] for k in ("split", "path", "sha256", "bytes", "sequences", "tokens")} for s in shards],
         "totals": totals,
         "rejection_reasons": dict(sorted(rejection_reasons.items())),
-        "documents": DOCUMENTS, "rejected": REJECTED,
+        "documents": DOCUMENTS, "rejected": REJECTED, "inputs": INPUTS,
         "arguments": config,
         "versions": library_versions(),
     }

@@ -18,7 +18,8 @@ class PreprocessOptions(PipelineOptions):
                            help="files to read (repeatable; local, gs://, s3:// globs). Images/videos by extension "
                                 "or content, WebDataset .tar shards (img2dataset's key.jpg + key.json …) and "
                                 ".parquet files with an image-bytes column. Default: the embedded sample dataset.")
-        group.add_argument("--output", required=True, metavar="DIR", help="dataset directory (created; replaced on rerun)")
+        # not argparse-required: every PipelineOptions class parses every pipeline's argv (verify's too)
+        group.add_argument("--output", metavar="DIR", help="dataset directory (created; replaced on rerun); required")
         group.add_argument("--modality", choices=["image", "video"], default="image",
                            help=f"image: JPEG profile, {IMAGE.vocab_size} tokens, {IMAGE.seq_len // 1024}K context; "
                                 f"video: AVC profile, {VIDEO.vocab_size}, {VIDEO.seq_len // 1024}K")

@@ -16,7 +16,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from preprocess.progress import Progress
-from preprocess.records import Document, Encoded, rank
+from preprocess.records import Document, Encoded, document_key, rank
 from shared.format.files import join, write_atomic
 from shared.format.shards import (
     DOCUMENT_SCHEMA,
@@ -50,7 +50,7 @@ class TokenizeFn(beam.DoFn):
         split = "val" if rank(self.seed, "split", encoded.digest) < self.val_threshold else "train"
         self.progress.add("tokenized")
         self.progress.add("tokens", len(tokens))
-        yield Document(encoded.digest[:32], encoded.digest, encoded.source, len(encoded.stream), tokens, split)
+        yield Document(document_key(encoded.digest), encoded.digest, encoded.source, len(encoded.stream), tokens, split)
 
     def finish_bundle(self) -> None:
         self.progress.flush()

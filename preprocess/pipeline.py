@@ -1,7 +1,8 @@
 """The preprocessing pipeline, stage by stage, as one readable composition of named transforms.
 
 read -> encode (profile) -> drop exact duplicates -> BPE sample -> learn BPE -> tokenize (side input)
--> split + shard by hash -> pack + write each shard -> documents.parquet, rejected.jsonl, manifest.json
+-> split + shard by hash -> pack + write each shard -> documents.parquet, rejected.jsonl, manifest.json;
+every input's outcome (document, duplicate, rejected) -> inputs.parquet
 """
 
 from __future__ import annotations
@@ -16,8 +17,9 @@ from preprocess.bpe import LearnBpe
 from preprocess.encode import EncodeFn, KeepOnePerStream
 from preprocess.finalize import finalize
 from preprocess.inputs import ReadInputs, SampleInputs
+from preprocess.outcomes import RecordInputs
 from preprocess.pack import TokenizeFn, WriteShardFn, assign_shard
-from preprocess.records import DUPLICATE, REJECTED
+from preprocess.records import DUPLICATE, REJECTED, kept_row, rejected_row
 from shared.codec.registry import CODECS
 
 
@@ -83,13 +85,20 @@ def build_pipeline(pipeline: beam.Pipeline, job: JobConfig) -> None:
     def count(collection: beam.PCollection, label: str) -> AsSingleton:
         return AsSingleton(collection | label >> beam.combiners.Count.Globally())
 
+    inputs = count((media, read_rejected) | "AllInputs" >> beam.Flatten(), "CountInputs")
+    input_records = (
+        (unique.unique | "KeptRows" >> beam.Map(kept_row), unique[DUPLICATE],
+         rejected | "RejectedRows" >> beam.Map(rejected_row))
+        | "AllInputRows" >> beam.Flatten()
+        | "RecordInputs" >> RecordInputs(job.output, inputs)
+    )
+
     (
         pipeline
         | "Once" >> beam.Create([None])
         | "WriteManifest" >> beam.Map(
             finalize, output=job.output, config=job.arguments, profile_record=job.profile, shards=AsList(shards),
-            rejected=AsList(rejected),
-            inputs=count((media, read_rejected) | "AllInputs" >> beam.Flatten(), "CountInputs"),
+            rejected=AsList(rejected), input_records=AsList(input_records), inputs=inputs,
             encoded=count(encoded.encoded, "CountEncoded"), duplicates=count(unique[DUPLICATE], "CountDuplicates"),
             tokenizer_json=AsSingleton(tokenizer), seq_len=job.seq_len)
     )

@@ -20,7 +20,7 @@ from apache_beam.metrics import Metrics
 
 from shared.format.files import write_atomic
 
-SHOWN = ("read", "encoded", "rejected", "duplicates", "tokenized", "tokens", "shards")
+SHOWN = ("read", "encoded", "rejected", "duplicates", "tokenized", "tokens", "shards")  # the job's counters
 
 
 class Progress:
@@ -56,17 +56,18 @@ def read_counts(directory: str) -> Counter[str]:
     return total
 
 
-def status_line(counts: Counter[str], elapsed: float) -> str:
-    parts = [f"{name} {counts.get(name, 0):,}" for name in SHOWN]
-    rate = counts.get("encoded", 0) / elapsed if elapsed > 0 else 0.0
-    return f"[{elapsed:6.0f}s] " + " | ".join(parts) + f" | {rate:.1f} encoded/s"
+def status_line(counts: Counter[str], elapsed: float, shown: tuple[str, ...] = SHOWN, rate_of: str = "encoded") -> str:
+    parts = [f"{name} {counts.get(name, 0):,}" for name in shown]
+    rate = counts.get(rate_of, 0) / elapsed if elapsed > 0 else 0.0
+    return f"[{elapsed:6.0f}s] " + " | ".join(parts) + f" | {rate:.1f} {rate_of}/s"
 
 
 class ProgressWatcher:
     """Prints the summed counts while the pipeline runs: in place on a terminal, a line every 10 s otherwise."""
 
-    def __init__(self, directory: str, interval: float | None = None) -> None:
-        self.directory = directory
+    def __init__(self, directory: str, interval: float | None = None, shown: tuple[str, ...] = SHOWN,
+                 rate_of: str = "encoded") -> None:
+        self.directory, self.shown, self.rate_of = directory, shown, rate_of
         self.tty = sys.stderr.isatty()
         self.interval = interval or (0.5 if self.tty else 10.0)
         self.stop_event = threading.Event()
@@ -88,7 +89,7 @@ class ProgressWatcher:
             self.show()
 
     def show(self, final: bool = False) -> None:
-        line = status_line(read_counts(self.directory), time.monotonic() - self.started)
+        line = status_line(read_counts(self.directory), time.monotonic() - self.started, self.shown, self.rate_of)
         if self.tty:
             sys.stderr.write("\r" + line + ("\n" if final else ""))
         else:

@@ -31,9 +31,28 @@ class Encoded:
 
 @dataclass(frozen=True)
 class Document:
-    key: str  # the digest's first 32 hex digits: unique per distinct stream
+    key: str  # document_key(digest)
     digest: str
     source: str
     stream_bytes: int
     tokens: np.ndarray  # BOS + stream tokens + EOS
     split: str
+
+
+def document_key(digest: str) -> str:
+    """A document's key: its stream digest's first 32 hex digits, unique per distinct stream."""
+    return digest[:32]
+
+
+def input_row(source: str, outcome: str, *, key: str | None = None, reason: str | None = None,
+              message: str | None = None) -> dict[str, str | None]:
+    """One row of inputs.parquet: where one input went (``OUTCOMES``)."""
+    return {"source": source, "outcome": outcome, "key": key, "reason": reason, "message": message}
+
+
+def rejected_row(rejected: dict[str, str]) -> dict[str, str | None]:
+    return input_row(rejected["source"], "rejected", reason=rejected["reason"], message=rejected["message"])
+
+
+def kept_row(encoded: Encoded) -> dict[str, str | None]:
+    return input_row(encoded.source, "document", key=document_key(encoded.digest))

@@ -16,14 +16,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
-import os
 import sys
 import tempfile
 import time
 from typing import Any
 
-import apache_beam as beam
 import numpy as np
 import pyarrow.parquet as pq
 from apache_beam.io.filesystem import CompressionTypes
@@ -37,18 +34,14 @@ from apache_beam.options.pipeline_options import (
     WorkerOptions,
     _BeamArgumentParser,
 )
-from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 
 from preprocess.options import DEFAULT_SAMPLE_SIZE, PreprocessOptions
 from preprocess.pipeline import JobConfig, build_pipeline
-from preprocess.progress import ProgressWatcher
+from preprocess.runner import new_pipeline, run_to_end, runs_locally
 from shared.codec.registry import MODALITIES, get_profile
 from shared.format.files import delete, exists, join, read_bytes
 from shared.format.shards import MANIFEST, STAGING
 from shared.format.tokenizer import ByteTokenizer
-
-DIRECT_RUNNERS = (None, "DirectRunner", "direct")
-LOCAL_RUNNERS = DIRECT_RUNNERS + ("PrismRunner", "prism")
 
 
 def input_paths(pattern: str) -> list[str]:
@@ -61,6 +54,8 @@ def job_config(options: PreprocessOptions, progress_dir: str | None) -> JobConfi
     def fail(message: str) -> None:
         raise SystemExit(f"preprocess.run: error: {message}")
 
+    if not options.output:
+        fail("--output DIR is required (the dataset folder to write)")
     modality, defaults = options.modality, MODALITIES[options.modality]
     try:
         profile = get_profile(options.profile or defaults.profile)
@@ -127,16 +122,6 @@ def job_config(options: PreprocessOptions, progress_dir: str | None) -> JobConfi
     )
 
 
-def use_all_cores_locally(options: PipelineOptions) -> None:
-    """The DirectRunner defaults to one worker; a local run should use the machine."""
-    given = options.get_all_options(drop_default=True)
-    direct = options.view_as(DirectOptions)
-    if options.view_as(StandardOptions).runner in LOCAL_RUNNERS and "direct_num_workers" not in given:
-        direct.direct_num_workers = os.cpu_count() or 1
-        if "direct_running_mode" not in given and direct.direct_num_workers > 1:
-            direct.direct_running_mode = "multi_processing"
-
-
 def print_help() -> None:
     """Our flags first, then the Beam options a user of this job is most likely to need."""
     parser = _BeamArgumentParser(prog="python -m preprocess.run", description=__doc__,
@@ -154,27 +139,17 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
     if "-h" in argv or "--help" in argv:
         print_help()
         raise SystemExit(0)
-    # Local worker processes relay each harmless start-up warning of theirs; errors still show.
-    logging.getLogger("apache_beam.runners.portability.local_job_service").setLevel(logging.ERROR)
     options = PipelineOptions(argv)
     job_options = options.view_as(PreprocessOptions)
-    runner = options.view_as(StandardOptions).runner
-    local = runner in LOCAL_RUNNERS
-    use_all_cores_locally(options)
     with tempfile.TemporaryDirectory(prefix="codec-lm-progress-") as progress_dir:
-        job = job_config(job_options, progress_dir if local else None)
+        progress_dir = progress_dir if runs_locally(options) else None
+        job = job_config(job_options, progress_dir)
         # A rerun into the same folder: the old manifest goes first, so a crash never looks complete.
         delete([join(job.output, MANIFEST), join(job.output, STAGING)])
         started = time.monotonic()
-        # Beam's DirectRunner first tries to download the Prism runner binary, and so behaves differently
-        # with and without internet; its own in-process engine (FnApiRunner) runs the same everywhere.
-        pipeline = beam.Pipeline(runner=FnApiRunner() if runner in DIRECT_RUNNERS else None, options=options)
+        pipeline = new_pipeline(options)
         build_pipeline(pipeline, job)
-        if local:
-            with ProgressWatcher(progress_dir):
-                pipeline.run().wait_until_finish()
-        else:
-            pipeline.run().wait_until_finish()
+        run_to_end(pipeline, progress_dir)
     manifest = json.loads(read_bytes(join(job.output, MANIFEST)))
     print_summary(manifest, job.output, time.monotonic() - started)
     return manifest

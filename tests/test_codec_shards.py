@@ -9,6 +9,7 @@ import shutil
 import tarfile
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from PIL import Image
@@ -129,6 +130,23 @@ def wrong_tokenizer(folder: Path) -> None:
     (folder / "tokenizer.json").write_text((folder / "tokenizer.json").read_text().replace('"<|eos|>"', '"<|eos|>" '))
 
 
+def rewrite_inputs(folder: Path, change) -> None:
+    table = pq.read_table(folder / "inputs.parquet")
+    pq.write_table(pa.Table.from_pylist(change(table.to_pylist()), schema=table.schema), folder / "inputs.parquet")
+
+
+def lose_an_input(folder: Path) -> None:
+    rewrite_inputs(folder, lambda rows: rows[1:])
+
+
+def rename_an_input(folder: Path) -> None:
+    rewrite_inputs(folder, lambda rows: [rows[0] | {"source": "sample:someone-else"}] + rows[1:])
+
+
+def orphan_duplicate(folder: Path) -> None:
+    rewrite_inputs(folder, lambda rows: [rows[0] | {"outcome": "duplicate", "key": "0" * 32}] + rows[1:])
+
+
 @pytest.mark.parametrize("corrupt, expected", [
     (flip_a_byte, "sha256 differs"),
     (truncate, "not a readable tar"),
@@ -136,6 +154,9 @@ def wrong_tokenizer(folder: Path) -> None:
     (add_unknown, "train/notes.txt: unknown file"),
     (wrong_totals, "totals.documents is"),
     (wrong_tokenizer, "tokenizer.json: sha256 differs"),
+    (lose_an_input, "inputs.parquet: 23 inputs, the manifest counts 24"),
+    (rename_an_input, "inputs.parquet: its documents differ from documents.parquet's"),
+    (orphan_duplicate, "1 duplicates name a document that does not exist"),
 ])
 def test_verify_catches_corruption(dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture, corrupt, expected: str) -> None:
     copy = tmp_path / "copy"
@@ -144,6 +165,52 @@ def test_verify_catches_corruption(dataset: Path, tmp_path: Path, capsys: pytest
     assert main(["verify", str(copy)]) == 1
     out = capsys.readouterr().out
     assert expected in out and "problems found" in out
+
+
+def test_verify_on_every_core_and_on_a_beam_runner_agree(dataset: Path, tmp_path: Path,
+                                                          capsys: pytest.CaptureFixture) -> None:
+    copy = tmp_path / "copy"
+    shutil.copytree(dataset, copy)
+    flip_a_byte(copy)
+    wrong_totals(copy)
+    reports = []
+    for flags in (["--workers", "1"], ["--workers", "2"], ["--runner", "DirectRunner", "--direct_num_workers", "2",
+                                                           "--direct_running_mode", "multi_processing"]):
+        assert main(["verify", str(copy), *flags]) == 1
+        reports.append(capsys.readouterr().out)
+    assert reports[0] == reports[1] == reports[2] and "sha256 differs" in reports[0] and "totals.documents" in reports[0]
+    assert main(["verify", str(dataset), "--runner", "DirectRunner", "--direct_running_mode", "in_memory"]) == 0
+    assert "every document decodes strictly" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main(["verify", str(dataset), "--project", "p"])  # a Beam option without --runner
+    assert "need --runner" in capsys.readouterr().err
+
+
+def test_trace_says_what_happened_to_each_input(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    for index in range(3):
+        (inputs / f"photo-{index}.png").write_bytes(sample_crop(index)[1])
+    (inputs / "photo-0-again.png").write_bytes(sample_crop(0)[1])
+    (inputs / "broken.jpg").write_bytes(b"\xff\xd8 not really")
+    run(["--output", str(tmp_path / "out"), "--input", str(inputs / "*"), "--seq-len", "1023", "--vocab-size", "300",
+         "--val-fraction", "0", *IN_MEMORY])
+    keys = {r["source"]: r["key"] for r in rows_of(tmp_path / "out")}
+    capsys.readouterr()  # the job's own summary
+    assert main(["trace", str(tmp_path / "out"), str(inputs / "photo-1.png"), "photo-0.png", "broken.jpg"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith(f"{inputs / 'photo-1.png'}: document {keys[str(inputs / 'photo-1.png')]} in train/shard-")
+    kept = min("photo-0.png", "photo-0-again.png")  # the smaller name keeps the stream
+    duplicate = max("photo-0.png", "photo-0-again.png")
+    assert main(["trace", str(tmp_path / "out"), duplicate]) == 0
+    assert capsys.readouterr().out.strip() == (f"{inputs / duplicate}: duplicate: the same stream as document "
+                                               f"{keys[str(inputs / kept)]}, kept from {inputs / kept}")
+    assert lines[-1].startswith(f"{inputs / 'broken.jpg'}: rejected (")
+    assert main(["trace", str(tmp_path / "out"), "never-seen.png"]) == 2
+    assert "no input named 'never-seen.png'" in capsys.readouterr().err
+    assert main(["summary", str(tmp_path / "out")]) == 0
+    assert "every input (inputs.parquet): 3 documents (60.0%), 1 duplicates (20.0%), 1 rejected (20.0%)" in (
+        capsys.readouterr().out)
 
 
 def test_flipped_byte_is_caught_without_the_checksum(dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

@@ -5,7 +5,12 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
+import signal
+import subprocess
+import sys
 import tarfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -160,8 +165,15 @@ def test_bad_inputs_are_rejected_and_accounted(tmp_path: Path, capsys: pytest.Ca
     assert {Path(r["source"]).name: r["reason"] for r in rejected} == expected
     assert all(r["message"] for r in rejected)
     assert manifest["rejection_reasons"] == {"empty": 1, "truncated": 1, "unreadable": 1}
-    sources = {r["source"] for r in pq.read_table(tmp_path / "out" / "documents.parquet").to_pylist()}
-    assert str(tmp_path / "in" / "astronaut-00000.png") in sources  # the smaller name of the duplicate pair is kept
+    kept = {r["source"]: r["key"] for r in pq.read_table(tmp_path / "out" / "documents.parquet").to_pylist()}
+    assert str(tmp_path / "in" / "astronaut-00000.png") in kept  # the smaller name of the duplicate pair is kept
+    # every input by name: the 11 files read (not the sidecar, not the video), each with where it went
+    inputs = {Path(r["source"]).name: r for r in pq.read_table(tmp_path / "out" / "inputs.parquet").to_pylist()}
+    assert set(inputs) == {p.name for p in (tmp_path / "in").iterdir()} - {"caption.json", "clip.mp4"}
+    assert {name: r["reason"] for name, r in inputs.items() if r["outcome"] == "rejected"} == expected
+    assert inputs["copy-of-astronaut.png"]["outcome"] == "duplicate"
+    assert inputs["copy-of-astronaut.png"]["key"] == kept[str(tmp_path / "in" / "astronaut-00000.png")]
+    assert {r["source"]: r["key"] for r in inputs.values() if r["outcome"] == "document"} == kept
 
 
 def test_webdataset_and_parquet_inputs(tmp_path: Path) -> None:
@@ -217,6 +229,32 @@ def test_rerun_replaces_the_dataset_cleanly(tmp_path: Path) -> None:
     assert len(many) > 1
     assert sorted(p.name for p in (tmp_path / "out" / "train").iterdir()) == ["shard-000000.tar"]
     assert [s["path"] for s in manifest["shards"]] == ["train/shard-000000.tar", "val/shard-000000.tar"]
+
+
+def test_a_job_killed_while_writing_shards_reruns_to_the_same_bytes(tmp_path: Path) -> None:
+    """SIGKILL to the whole job (launcher and worker processes) once shards are being written; the same
+    command rerun into the same folder gives the bytes of an uninterrupted run and leaves nothing behind."""
+    flags = ["--sample-size", "16", *SMALL, "--shard-sequences", "1"]
+    run_job(tmp_path / "reference", *flags, *IN_MEMORY)
+    output = tmp_path / "killed"
+    command = [sys.executable, "-m", "preprocess.run", "--output", str(output), *flags,
+               "--direct_running_mode", "multi_processing", "--direct_num_workers", "2"]
+    job = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        while job.poll() is None and not list(output.glob("*/shard-*.tar")):
+            assert not (output / "manifest.json").exists()  # never a manifest while shards are missing
+            time.sleep(0.005)
+        os.killpg(job.pid, signal.SIGKILL)
+    finally:
+        job.wait()
+    assert job.returncode == -signal.SIGKILL, "the job ended before it could be killed while writing shards"
+    written = len(list(output.glob("*/shard-*.tar")))
+    assert 0 < written < len(json.loads((tmp_path / "reference" / "manifest.json").read_text())["shards"])
+    assert not (output / "manifest.json").exists() and (output / ".staging").exists()
+    (output / "train" / ".shard-000000.tar.tmp-0123456789abcdef").write_bytes(b"half a tar")  # as a cut write leaves
+    subprocess.run(command, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    assert tree_digest(output) == tree_digest(tmp_path / "reference")
+    assert not [p for p in output.rglob("*") if p.name.startswith(".")]  # no temporary files, no staging
 
 
 def test_hostile_containers_never_stop_the_job(tmp_path: Path) -> None:
@@ -283,6 +321,11 @@ def test_bad_flags_fail_before_running(tmp_path: Path, args: list[str], message:
         run_job(tmp_path / "out", *args, *IN_MEMORY)
 
 
+def test_output_is_required() -> None:
+    with pytest.raises(SystemExit, match="--output DIR is required"):
+        run(["--sample-size", "1", *IN_MEMORY])
+
+
 def test_progress_files_are_summed(tmp_path: Path) -> None:
     first, second = Progress(str(tmp_path)), Progress(str(tmp_path))
     first.add("encoded", 3)
@@ -307,10 +350,12 @@ def test_help_lists_the_job_flags_and_beam_options(capsys: pytest.CaptureFixture
 
 # sha256 of every file the job wrote with the code before the codec-interface/layout redesign (the manifest
 # without its "versions", which name this machine's Python and libraries). Same inputs and flags, same bytes.
+# Since then only inputs.parquet was added (and the manifest's "inputs" entry naming it).
 GOLDEN = {
     "image": {
         "documents.parquet": "d9357d4cd1a1e2635c6c03745cbca5f0cd66f004c0b704645dc9e5d7306cb3cd",
-        "manifest.json": "5283c9907617a2a0a1280c6574ba7545a5fee84fe1683317cd9e22164d167662",
+        "inputs.parquet": "36fa80c10ae59485e61ac7f1cfc0f4eabf204de68c5dcc155a28d2c5f66c88c3",
+        "manifest.json": "659aa78b6233ccada3847f96f788cae7cfe1366df5f6ce4e510aea4d7c542164",
         "rejected.jsonl": "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855",
         "tokenizer.json": "ee765de4a7bc284f63d671156b26d8830453790502cff4b0890a9ee9108274d2",
         "train/shard-000000.tar": "84a9183a7d0b3cc6a4c055a0757b6b319c8722efcea92040e3c25a2472593b95",
@@ -318,7 +363,8 @@ GOLDEN = {
     },
     "video": {
         "documents.parquet": "34f1191581853a3d8e98b4a968ed2031cd9a1e90e72c4dad18c54564e69058d0",
-        "manifest.json": "398298e420d173918765ada3a92634c5d538bc1aa9b36a0a6d657787f8b1a50a",
+        "inputs.parquet": "74a0bc3f89bd56d3e27c1715015b3c5ed14198f0c2593ee8772e68c99bc20095",
+        "manifest.json": "1f42005ecd8785ce329f8852156609d319b77c4aa0e065afb4fa23b25838c976",
         "rejected.jsonl": "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855",
         "tokenizer.json": "2357eb8c27c07624694b09daabf4392ba4b40ba75f7e130f203c778482b5e5aa",
         "val/shard-000000.tar": "20dd605a611d9a2f8dc1ad39cd89cdd9420539e41c1b51069d94d932ba70cfa0",

@@ -12,12 +12,14 @@ from functools import cached_property
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from shared.codec.profile import CodecProfile
 from shared.codec.registry import profile_from_json
 from shared.format.files import exists, is_remote, join, matching, open_binary, read_bytes
-from shared.format.shards import FORMAT, MANIFEST, document_tokens, load_shard
+from shared.format.shards import FORMAT, INPUTS, MANIFEST, OUTCOMES, document_tokens, input_bucket, load_shard
 from shared.format.tokenizer import ByteTokenizer
 
 SAFE_PATH = re.compile(r"(?:[A-Za-z0-9_-]+/)?[A-Za-z0-9_-][A-Za-z0-9_.-]*")
@@ -49,6 +51,7 @@ class Dataset:
         # Every file a manifest names lies inside the dataset folder: copying the folder copies the dataset.
         named = [s.get("path", "") for s in manifest.get("shards", [])]
         named += [manifest.get("tokenizer", {}).get("path", ""), manifest.get("documents", ""), manifest.get("rejected", "")]
+        named += [manifest["inputs"]] if "inputs" in manifest else []
         outside = [p for p in named if not SAFE_PATH.fullmatch(str(p)) or ".." in str(p).split("/")]
         if outside:
             raise DatasetError(f"{path} names files outside the dataset folder or with odd names: {outside[:3]}")
@@ -76,15 +79,63 @@ class Dataset:
             table = pq.read_table(handle, filters=filters or None, columns=columns)
         return (table.slice(0, limit) if limit is not None else table).to_pylist()
 
-    def column(self, name: str) -> np.ndarray:
-        """One column of documents.parquet for all documents, as an array (cheap: columnar)."""
+    def documents_table(self, columns: list[str]) -> pa.Table:
+        """Some columns of documents.parquet for all documents (cheap: columnar)."""
         with open_binary(self.path(self.manifest["documents"])) as handle:
-            return pq.read_table(handle, columns=[name]).column(name).to_numpy()
+            return pq.read_table(handle, columns=columns)
+
+    def column(self, name: str) -> np.ndarray:
+        """One column of documents.parquet for all documents, as an array."""
+        return self.documents_table([name]).column(name).to_numpy()
 
     @property
     def documents(self) -> list[dict[str, Any]]:
         """Every row of documents.parquet (for small datasets; large ones use ``rows`` with filters)."""
         return self.rows()
+
+    # ---- inputs.parquet: where every input went ---------------------------------------------------
+    def input_records(self) -> pq.ParquetFile:
+        """inputs.parquet, opened (row group b holds the sources of bucket b); close it with ``.close()``."""
+        if "inputs" not in self.manifest:
+            raise DatasetError(f"{self.root} was written before per-input records ({INPUTS}) existed; "
+                               "rerun `python -m preprocess.run` to get them")
+        return pq.ParquetFile(open_binary(self.path(self.manifest["inputs"])))
+
+    def find_inputs(self, name: str, limit: int = 50) -> list[dict[str, Any]]:
+        """Rows of inputs.parquet for an input: its exact source name (reads one row group), else every
+        source that ends with ``/NAME`` or ``#NAME`` (a path given relative, a tar or Parquet member)."""
+        candidates = [name] + ([os.path.abspath(name)] if not is_remote(name) and not name.startswith("/") else [])
+        records = self.input_records()
+        try:
+            for candidate in candidates:
+                group = records.read_row_group(input_bucket(candidate, records.num_row_groups))
+                found = group.filter(pc.equal(group["source"], candidate))
+                if found.num_rows:
+                    return found.to_pylist()
+            tail = name.removeprefix("./")
+            found_rows: list[dict[str, Any]] = []
+            for index in range(records.num_row_groups):  # a scan, one row group in memory at a time
+                group = records.read_row_group(index)
+                hit = pc.or_(pc.ends_with(group["source"], "/" + tail), pc.ends_with(group["source"], "#" + tail))
+                found_rows += group.filter(hit).to_pylist()
+                if len(found_rows) >= limit:
+                    break
+            return found_rows[:limit]
+        finally:
+            records.close()
+
+    def outcome_counts(self) -> dict[str, Any]:
+        """``{"document": n, "duplicate": n, "rejected": n, "reasons": {reason: n}}`` from inputs.parquet."""
+        records = self.input_records()
+        try:
+            table = records.read(columns=["outcome", "reason"])
+        finally:
+            records.close()
+        counts = {outcome: 0 for outcome in OUTCOMES}
+        for entry in pc.value_counts(table["outcome"]).to_pylist():
+            counts[entry["values"]] = entry["counts"]
+        reasons = pc.value_counts(pc.drop_null(table["reason"])).to_pylist() if table.num_rows else []
+        return counts | {"reasons": dict(sorted((e["values"], e["counts"]) for e in reasons))}
 
     def shard_rows(self, split: str, shard: str, complete: bool | None = None) -> list[dict[str, Any]]:
         filters = [("split", "=", split), ("shard", "=", shard)] + ([("complete", "=", complete)] if complete is not None else [])

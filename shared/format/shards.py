@@ -10,6 +10,10 @@
     DIR/documents.parquet    one row per document (DOCUMENT_SCHEMA): where its tokens are (shard, sequence,
                              offset); a shard's rows are one row group
     DIR/rejected.jsonl       one line per rejected input: source, reason, message
+    DIR/inputs.parquet       one row per input (INPUT_SCHEMA), saying where it went: a document (its key),
+                             a duplicate (key of the document that kept its stream) or rejected (reason,
+                             message). Row group b holds the inputs whose source hashes to bucket b
+                             (``input_bucket``), sorted by source, so a lookup by name reads one row group.
 
 Packing: a document is BOS + stream tokens + EOS; a shard's documents are concatenated and cut into
 windows of seq_len + 1; the last partial window is dropped (counted as dropped tokens). Documents
@@ -22,6 +26,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import math
 import tarfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -35,6 +40,7 @@ MANIFEST = "manifest.json"
 TOKENIZER = "tokenizer.json"
 DOCUMENTS = "documents.parquet"
 REJECTED = "rejected.jsonl"
+INPUTS = "inputs.parquet"
 SPLITS = ("train", "val")
 STAGING = ".staging"
 DOCUMENT_SCHEMA = pa.schema([
@@ -42,6 +48,12 @@ DOCUMENT_SCHEMA = pa.schema([
     ("tokens", pa.int64()), ("shard", pa.string()), ("sequence", pa.int64()), ("offset", pa.int64()),
     ("complete", pa.bool_()),
 ])
+OUTCOMES = ("document", "duplicate", "rejected")
+INPUT_SCHEMA = pa.schema([
+    ("source", pa.string()), ("outcome", pa.string()), ("key", pa.string()), ("reason", pa.string()),
+    ("message", pa.string()),
+])
+INPUTS_PER_BUCKET = 1_000_000  # one row group of inputs.parquet: ~50 MB of rows in a worker's memory
 
 
 def shard_name(index: int) -> str:
@@ -56,6 +68,21 @@ def shard_name_of(record: dict[str, Any]) -> str:
 def staged_documents_path(split: str, shard: str) -> str:
     """Where a shard's document rows wait, relative to the dataset folder, until the manifest step merges them."""
     return f"{STAGING}/documents/{split}-{shard}.parquet"
+
+
+def input_buckets(inputs: int) -> int:
+    """How many row groups inputs.parquet has for a job with ``inputs`` inputs."""
+    return max(1, math.ceil(inputs / INPUTS_PER_BUCKET))
+
+
+def input_bucket(source: str, buckets: int) -> int:
+    """The row group of inputs.parquet that holds ``source`` (the same on every machine and run)."""
+    return int.from_bytes(hashlib.sha256(source.encode()).digest()[:8], "big") % buckets
+
+
+def staged_inputs_path(bucket: int) -> str:
+    """Where one bucket of input rows waits, relative to the dataset folder, until the manifest step merges them."""
+    return f"{STAGING}/inputs/bucket-{bucket:06d}.parquet"
 
 
 def shard_path(split: str, index: int) -> str:

@@ -4,7 +4,11 @@
     codec-shards show DIR --shard train/shard-000000 --index 3 [--bytes]
     codec-shards decode DIR --out OUT [--split train] [--limit N] [--key KEY …] [--raw]
     codec-shards sheet DIR --out sheet.png [--n 64]
-    codec-shards verify DIR [--no-decode]             exits 1 and lists every problem found
+    codec-shards trace DIR FILE …                     what happened to an input: document, duplicate, rejected
+    codec-shards verify DIR [--no-decode] [--workers N]
+                                                      exits 1 and lists every problem found; all cores
+    codec-shards verify DIR --runner DataflowRunner --project P --region R --temp_location gs://…
+                                                      the per-shard checks as a Beam pipeline (any runner)
 
 DIR is what `python -m preprocess.run` wrote (local, gs://, s3://). Also runnable as
 `python -m shared.tools.codec_shards`.
@@ -13,10 +17,8 @@ DIR is what `python -m preprocess.run` wrote (local, gs://, s3://). Also runnabl
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import sys
-import tarfile
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -24,21 +26,11 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from shared.codec.errors import InvalidMediaError
 from shared.format.dataset import Dataset, DatasetError
-from shared.format.files import exists, read_bytes, safe_file_name, write_atomic
-from shared.format.shards import (
-    DOCUMENTS,
-    MANIFEST,
-    REJECTED,
-    SPLITS,
-    TOKENIZER,
-    document_tokens,
-    sample_key,
-    sha256_hex,
-    shard_name_of,
-)
+from shared.format.files import safe_file_name, write_atomic
+from shared.format.shards import DOCUMENTS, INPUTS, SPLITS, document_tokens, sample_key, shard_name_of
 from shared.tools.contact_sheet import save_contact_sheet, strip
+from shared.tools.verify import verify
 
 
 # ---- summary ---------------------------------------------------------------------------------
@@ -75,6 +67,7 @@ def summarize(dataset: Dataset, max_shards: int | None = None, top: int = 10) ->
                                for i in order if counts[i]]},
         "compression_vs_raw_pixels": raw_bytes / stream_bytes if stream_bytes else None,
         "rejections": dict(Counter(manifest.get("rejection_reasons", {})).most_common(top)),
+        "outcomes": dataset.outcome_counts() if "inputs" in manifest else None,
     }
 
 
@@ -87,11 +80,19 @@ def token_label(dataset: Dataset, token: int) -> str:
 
 
 def print_summary(summary: dict[str, Any]) -> None:
-    totals = summary["totals"]
+    totals, outcomes = summary["totals"], summary["outcomes"]
     print(f"{summary['dataset']}: {summary['profile']}, vocab {summary['vocab_size']}, seq_len {summary['seq_len']}")
     print(f"  inputs {totals['inputs']:,} = encoded {totals['encoded']:,} + rejected {totals['rejected']:,}; "
           f"duplicates {totals['duplicates']:,}; documents {totals['documents']:,}; "
           f"dropped tokens {totals['dropped_tokens']:,}")
+    if outcomes:
+        share = {k: f"{outcomes[k] / max(1, totals['inputs']):.1%}" for k in ("document", "duplicate", "rejected")}
+        print(f"  every input ({INPUTS}): {outcomes['document']:,} documents ({share['document']}), "
+              f"{outcomes['duplicate']:,} duplicates ({share['duplicate']}), "
+              f"{outcomes['rejected']:,} rejected ({share['rejected']})"
+              + (": " + ", ".join(f"{r} {n:,}" for r, n in outcomes["reasons"].items()) if outcomes["reasons"] else ""))
+    else:
+        print(f"  (no {INPUTS}: made before per-input records; rerun the job to get them)")
     for split, figures in summary["splits"].items():
         print(f"  {split:5s}: {figures['shards']:,} shards, {figures['sequences']:,} sequences, "
               f"{figures['documents']:,} documents, {figures['tokens']:,} tokens")
@@ -192,119 +193,32 @@ def sheet(dataset: Dataset, out: str, count: int, split: str | None) -> str:
     return str(save_contact_sheet(out, items, columns=8, cell=dataset.profile.sheet_cell))
 
 
-# ---- verify ----------------------------------------------------------------------------------
-def verify(dataset: Dataset, *, decode: bool = True) -> list[str]:
-    """Every problem found, as sentences; an empty list means the dataset is sound."""
-    problems: list[str] = []
-    manifest = dataset.manifest
-    try:
-        tokenizer_text = read_bytes(dataset.path(manifest["tokenizer"]["path"]))
-        if sha256_hex(tokenizer_text) != manifest["tokenizer"]["sha256"]:
-            problems.append(f"{TOKENIZER}: sha256 differs from the manifest's")
-        tokenizer = dataset.tokenizer
-        if (tokenizer.vocab_size, tokenizer.bos_id, tokenizer.eos_id) != (
-                manifest["vocab_size"], manifest["bos_id"], manifest["eos_id"]):
-            problems.append(f"{TOKENIZER}: vocabulary/BOS/EOS disagree with the manifest")
-    except Exception as error:
-        return problems + [f"{TOKENIZER}: cannot be read ({error}); nothing else can be checked"]
-    try:
-        keys = Counter(str(k) for k in dataset.column("key"))
-        places = {(str(a), str(b)) for a, b in zip(dataset.column("split"), dataset.column("shard"))}
-        document_tokens_total = int(dataset.column("tokens").sum())
-    except Exception as error:
-        return problems + [f"{DOCUMENTS}: cannot be read ({error}); nothing else can be checked"]
-
-    known = {MANIFEST, manifest["tokenizer"]["path"], manifest["documents"], manifest["rejected"]}
-    known |= {s["path"] for s in manifest["shards"]}
-    for path in dataset.files():
-        relative = path[len(dataset.root) + 1:]
-        if relative not in known:
-            problems.append(f"{relative}: unknown file (not in the manifest)")
-    rejected_path = dataset.path(manifest["rejected"])
-    if not exists(rejected_path):
-        problems.append(f"{REJECTED}: missing")
-    else:
-        lines = read_bytes(rejected_path).decode().splitlines()
-        if len(lines) != manifest["totals"]["rejected"]:
-            problems.append(f"{REJECTED}: {len(lines)} lines, but the manifest counts {manifest['totals']['rejected']} rejected")
-
-    repeated = [key for key, count in keys.items() if count > 1]
-    if repeated:
-        problems.append(f"{DOCUMENTS}: {len(repeated)} keys name more than one document (first: {repeated[0]})")
-    width, dtype = manifest["seq_len"] + 1, np.dtype(manifest["dtype"])
-    bos, eos, vocab = manifest["bos_id"], manifest["eos_id"], manifest["vocab_size"]
-    for shard in tqdm(manifest["shards"], desc="verifying shards", unit="shard"):
-        places.discard((shard["split"], shard_name_of(shard)))
-        problems += verify_shard(dataset, shard, dataset.shard_rows(shard["split"], shard_name_of(shard)),
-                                 width=width, dtype=dtype, bos=bos, eos=eos, vocab=vocab, decode=decode)
-    for split, name in sorted(places):
-        problems.append(f"{DOCUMENTS}: documents in {split}/{name}, a shard the manifest does not list")
-    totals = manifest["totals"]
-    expected = {"documents": sum(keys.values()), "sequences": sum(s["sequences"] for s in manifest["shards"]),
-                "tokens": document_tokens_total}
-    for name, value in expected.items():
-        if totals.get(name) != value:
-            problems.append(f"{MANIFEST}: totals.{name} is {totals.get(name)}, the data has {value}")
-    if totals["inputs"] != totals["encoded"] + totals["rejected"] or totals["encoded"] != totals["documents"] + totals["duplicates"]:
-        problems.append(f"{MANIFEST}: totals do not add up (inputs = encoded + rejected, encoded = documents + duplicates)")
-    return problems
-
-
-def verify_shard(dataset: Dataset, shard: dict[str, Any], rows: list[dict[str, Any]], *, width: int, dtype: np.dtype,
-                 bos: int, eos: int, vocab: int, decode: bool) -> list[str]:
-    where, path, name = shard["path"], dataset.path(shard["path"]), shard_name_of(shard)
-    if not exists(path):
-        return [f"{where}: missing"]
-    data = read_bytes(path)
-    problems = []
-    if len(data) != shard["bytes"]:
-        problems.append(f"{where}: {len(data)} bytes, the manifest says {shard['bytes']}")
-    if sha256_hex(data) != shard["sha256"]:
-        problems.append(f"{where}: sha256 differs from the manifest's (corrupted or replaced)")
-    windows = []
-    try:
-        with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as tar:
-            for index, member in enumerate(tar.getmembers()):
-                if member.name != f"{sample_key(name, index)}.npy" or not member.isfile():
-                    problems.append(f"{where}: member {index} is {member.name!r}, expected {sample_key(name, index)}.npy")
-                    continue
-                ids = np.load(io.BytesIO(tar.extractfile(member).read()), allow_pickle=False)
-                if ids.shape != (width,) or ids.dtype != dtype:
-                    problems.append(f"{where}: {member.name} is {ids.dtype}{list(ids.shape)}, expected {dtype}[{width}]")
-                    continue
-                if ids.size and int(ids.max()) >= vocab:
-                    problems.append(f"{where}: {member.name} holds id {int(ids.max())} >= vocab_size {vocab}")
-                windows.append(ids)
-    except (tarfile.TarError, ValueError, EOFError, OSError) as error:
-        return problems + [f"{where}: not a readable tar of .npy samples ({error})"]
-    if len(windows) != shard["sequences"]:
-        problems.append(f"{where}: {len(windows)} sequences, the manifest says {shard['sequences']}")
-    if not windows or problems:
-        return problems
-    flat = np.stack(windows).reshape(-1)
-    starts = {r["sequence"] * width + r["offset"] for r in rows if r["sequence"] * width + r["offset"] < flat.size}
-    found_bos = set(np.flatnonzero(flat == bos).tolist())
-    if found_bos != starts:
-        problems.append(f"{where}: BOS at {len(found_bos)} places, {len(starts)} documents start there "
-                        f"(first mismatch at token {min(found_bos ^ starts)})")
-    ends = {r["sequence"] * width + r["offset"] + r["tokens"] - 1 for r in rows if r["complete"]}
-    found_eos = set(np.flatnonzero(flat == eos).tolist())
-    if found_eos != ends:
-        problems.append(f"{where}: EOS at {len(found_eos)} places, {len(ends)} complete documents end there")
-    if decode and not problems:
-        windows_2d = np.stack(windows)
-        for row in rows:
-            if not row["complete"]:
-                continue
-            stream = dataset.tokenizer.decode(document_tokens(windows_2d, row["sequence"], row["offset"], row["tokens"]))
-            if len(stream) != row["stream_bytes"]:
-                problems.append(f"{where}: document {row['key']} has {len(stream)} stream bytes, {DOCUMENTS} says {row['stream_bytes']}")
-                continue
-            try:
-                dataset.profile.decode(stream, strict=True)
-            except InvalidMediaError as error:
-                problems.append(f"{where}: document {row['key']} does not decode ({error})")
-    return problems
+# ---- trace -------------------------------------------------------------------------------------
+def trace(dataset: Dataset, name: str) -> list[str]:
+    """What happened to the input ``name`` (its source as the job named it, or its path's end), as lines."""
+    found = dataset.find_inputs(name)
+    if not found:
+        raise DatasetError(f"no input named {name!r} in {dataset.root} (inputs are named as the job read them: "
+                           "a path, shard.tar#member, file.parquet#row, sample:name; a path's end also matches)")
+    keys = sorted({row["key"] for row in found if row["key"]})
+    documents = {r["key"]: r for r in dataset.rows([("key", "in", keys)])} if keys else {}
+    lines = []
+    for row in found:
+        document = documents.get(row["key"])
+        if row["outcome"] == "rejected":
+            lines.append(f"{row['source']}: rejected ({row['reason']}): {row['message']}")
+        elif document is None:
+            lines.append(f"{row['source']}: {row['outcome']} {row['key']}, which {DOCUMENTS} does not hold "
+                         "(run `codec-shards verify`)")
+        elif row["outcome"] == "duplicate":
+            lines.append(f"{row['source']}: duplicate: the same stream as document {row['key']}, kept from "
+                         f"{document['source']}")
+        else:
+            place = (f"{document['split']}/{document['shard']} sequence {document['sequence']} offset "
+                     f"{document['offset']}, {document['tokens']:,} tokens")
+            lines.append(f"{row['source']}: document {row['key']} in {place}"
+                         + ("" if document["complete"] else " (cut at the shard's end: not trained on whole)"))
+    return lines
 
 
 # ---- the command line ------------------------------------------------------------------------
@@ -334,10 +248,30 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", required=True, help="PNG file to write")
     p.add_argument("--n", type=int, default=64, help="documents on the sheet (default 64)")
     p.add_argument("--split", choices=SPLITS, default="train")
-    p = commands.add_parser("verify", help="check everything; exit 1 listing each problem")
+    p = commands.add_parser("trace", help="what happened to an input: which document, duplicate of which, or why rejected")
+    p.add_argument("dir")
+    p.add_argument("inputs", nargs="+", metavar="FILE",
+                   help="an input as the job named it (path, shard.tar#member, file.parquet#row), or its path's end")
+    p = commands.add_parser(
+        "verify", help="check everything; exit 1 listing each problem",
+        description="Check the manifest, the index files, where every input went, and each shard (size, checksum, "
+                    "layout, ids, document boundaries, a strict decode of every document). Shards are checked on "
+                    "every core, or, given --runner and other Beam pipeline options, by a Beam pipeline on that "
+                    "runner (needs the preprocess extra), with the same report and exit status.")
     p.add_argument("dir")
     p.add_argument("--no-decode", action="store_true", help="skip the (slow) strict decode of every document")
-    args = parser.parse_args(argv)
+    p.add_argument("--workers", type=int, help="processes checking shards locally (default: one per core)")
+    p.add_argument("--runner", help="check the shards with a Beam pipeline on this runner (DirectRunner, "
+                                    "DataflowRunner, FlinkRunner …); other Beam options pass through")
+    p.add_argument("--report", help="with --runner: the JSON file the pipeline writes its findings to (default: a "
+                                    "temporary file locally, under --temp_location on remote runners)")
+    args, beam_argv = parser.parse_known_args(argv)
+    if args.command != "verify" and beam_argv:
+        parser.error(f"unrecognized arguments: {' '.join(beam_argv)}")
+    if args.command == "verify" and beam_argv and not args.runner:
+        parser.error(f"unrecognized arguments: {' '.join(beam_argv)} (Beam pipeline options need --runner)")
+    if args.command == "verify" and args.workers is not None and args.workers < 1:
+        parser.error(f"--workers must be positive, not {args.workers}")
 
     try:
         dataset = Dataset.open(args.dir)
@@ -354,16 +288,22 @@ def main(argv: list[str] | None = None) -> int:
                   + (f" ({skipped} documents cut at shard ends cannot be rebuilt)" if skipped and not args.key else ""))
         elif args.command == "sheet":
             print(f"wrote {sheet(dataset, args.out, args.n, args.split)}")
+        elif args.command == "trace":
+            for name in args.inputs:
+                print("\n".join(trace(dataset, name)))
         else:
-            problems = verify(dataset, decode=not args.no_decode)
+            beam_argv = ["--runner", args.runner, *beam_argv] if args.runner else None
+            problems = verify(dataset, decode=not args.no_decode, workers=args.workers, beam_argv=beam_argv,
+                              report=args.report)
             for problem in problems:
                 print(f"PROBLEM {problem}")
             if problems:
                 print(f"{len(problems)} problems found in {dataset.root}")
                 return 1
             print(f"OK: {dataset.root}: {len(dataset.manifest['shards'])} shards, "
-                  f"{dataset.manifest['totals']['sequences']:,} sequences, {len(dataset.documents):,} documents"
-                  + ("" if args.no_decode else ", every document decodes strictly"))
+                  f"{dataset.manifest['totals']['sequences']:,} sequences, {dataset.manifest['totals']['documents']:,} "
+                  "documents" + ("" if args.no_decode else ", every document decodes strictly")
+                  + ("" if "inputs" in dataset.manifest else f"; not checked per input (no {INPUTS}: an older dataset)"))
     except DatasetError as error:
         print(f"codec-shards: error: {error}", file=sys.stderr)
         return 2
