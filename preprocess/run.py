@@ -28,7 +28,6 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import (
     DirectOptions,
     GoogleCloudOptions,
-    PipelineOptions,
     SetupOptions,
     StandardOptions,
     WorkerOptions,
@@ -37,7 +36,7 @@ from apache_beam.options.pipeline_options import (
 
 from preprocess.options import DEFAULT_SAMPLE_SIZE, PreprocessOptions
 from preprocess.pipeline import JobConfig, build_pipeline
-from preprocess.runner import new_pipeline, run_to_end, runs_locally
+from preprocess.runner import new_pipeline, pipeline_options, run_to_end, runs_locally
 from shared.codec.registry import MODALITIES, get_profile
 from shared.format.files import delete, exists, join, read_bytes
 from shared.format.shards import MANIFEST, STAGING
@@ -139,7 +138,7 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
     if "-h" in argv or "--help" in argv:
         print_help()
         raise SystemExit(0)
-    options = PipelineOptions(argv)
+    options = pipeline_options(argv)
     job_options = options.view_as(PreprocessOptions)
     with tempfile.TemporaryDirectory(prefix="codec-lm-progress-") as progress_dir:
         progress_dir = progress_dir if runs_locally(options) else None

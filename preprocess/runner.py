@@ -20,21 +20,23 @@ def runs_locally(options: PipelineOptions) -> bool:
     return options.view_as(StandardOptions).runner in LOCAL_RUNNERS
 
 
-def use_all_cores_locally(options: PipelineOptions) -> None:
-    """The DirectRunner defaults to one worker; a local run should use the machine."""
-    given = options.get_all_options(drop_default=True)
-    direct = options.view_as(DirectOptions)
-    if runs_locally(options) and "direct_num_workers" not in given:
+def pipeline_options(argv: list[str]) -> PipelineOptions:
+    """The Beam options in ``argv``; a local run uses every core unless the flags say otherwise (the
+    DirectRunner's own default is one worker)."""
+    options = PipelineOptions(argv)
+    given = {arg.split("=", 1)[0] for arg in argv}  # not get_all_options(drop_default=True): it drops flags
+    direct = options.view_as(DirectOptions)            # given with their default value, like --direct_num_workers 1
+    if runs_locally(options) and "--direct_num_workers" not in given:
         direct.direct_num_workers = os.cpu_count() or 1
-        if "direct_running_mode" not in given and direct.direct_num_workers > 1:
+        if "--direct_running_mode" not in given and direct.direct_num_workers > 1:
             direct.direct_running_mode = "multi_processing"
+    return options
 
 
 def new_pipeline(options: PipelineOptions) -> beam.Pipeline:
-    """A pipeline on the runner ``--runner`` names; locally on every core unless told otherwise."""
+    """A pipeline on the runner ``--runner`` names (options from ``pipeline_options``)."""
     # Local worker processes relay each harmless start-up warning of theirs; errors still show.
     logging.getLogger("apache_beam.runners.portability.local_job_service").setLevel(logging.ERROR)
-    use_all_cores_locally(options)
     # Beam's DirectRunner first tries to download the Prism runner binary, and so behaves differently
     # with and without internet; its own in-process engine (FnApiRunner) runs the same everywhere.
     runner = options.view_as(StandardOptions).runner

@@ -14,10 +14,10 @@ from collections.abc import Iterator
 from typing import Any
 
 import apache_beam as beam
-from apache_beam.options.pipeline_options import GoogleCloudOptions, PipelineOptions
+from apache_beam.options.pipeline_options import GoogleCloudOptions
 
 from preprocess.progress import Progress
-from preprocess.runner import new_pipeline, run_to_end, runs_locally
+from preprocess.runner import new_pipeline, pipeline_options, run_to_end, runs_locally
 from shared.format.dataset import Dataset, DatasetError
 from shared.format.files import join, read_bytes, write_json_atomic
 from shared.tools.verify import ShardReport, verify_shard
@@ -48,7 +48,7 @@ def write_report(reports: list[dict[str, Any]], path: str) -> None:
 
 def verify_shards_on_beam(dataset: Dataset, *, decode: bool, argv: list[str], report: str | None) -> list[ShardReport]:
     """Each shard's report, in manifest order, from a Beam pipeline run with the Beam options in ``argv``."""
-    options = PipelineOptions(argv)
+    options = pipeline_options(argv)
     local = runs_locally(options)
     temp_location = options.view_as(GoogleCloudOptions).temp_location
     with tempfile.TemporaryDirectory(prefix="codec-lm-verify-") as scratch:

@@ -17,6 +17,7 @@ from PIL import Image
 from preprocess.run import run
 from shared.codec.jpeg import JpegProfile
 from shared.codec.registry import profile_from_json
+from shared.format import shards
 from shared.format.files import safe_file_name
 from shared.samples.clips import sample_clip
 from shared.samples.photos import sample_crop
@@ -186,7 +187,9 @@ def test_verify_on_every_core_and_on_a_beam_runner_agree(dataset: Path, tmp_path
     assert "need --runner" in capsys.readouterr().err
 
 
-def test_trace_says_what_happened_to_each_input(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+def test_trace_says_what_happened_to_each_input(tmp_path: Path, capsys: pytest.CaptureFixture,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(shards, "INPUTS_PER_BUCKET", 2)  # 5 inputs in 3 row groups, as 23M are in 23
     inputs = tmp_path / "in"
     inputs.mkdir()
     for index in range(3):
@@ -211,6 +214,15 @@ def test_trace_says_what_happened_to_each_input(tmp_path: Path, capsys: pytest.C
     assert main(["summary", str(tmp_path / "out")]) == 0
     assert "every input (inputs.parquet): 3 documents (60.0%), 1 duplicates (20.0%), 1 rejected (20.0%)" in (
         capsys.readouterr().out)
+    records = pq.ParquetFile(tmp_path / "out" / "inputs.parquet")
+    assert records.num_row_groups == 3 and records.metadata.num_rows == 5
+    assert main(["verify", str(tmp_path / "out"), "--workers", "1"]) == 0
+    groups = [records.read_row_group(i) for i in range(3)]
+    with pq.ParquetWriter(tmp_path / "out" / "inputs.parquet", groups[0].schema) as writer:
+        for group in groups[::-1]:  # each row now in another bucket's row group: lookups would miss it
+            writer.write_table(group)
+    assert main(["verify", str(tmp_path / "out"), "--workers", "1"]) == 1
+    assert "rows outside their source's row group" in capsys.readouterr().out
 
 
 def test_flipped_byte_is_caught_without_the_checksum(dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

@@ -7,6 +7,7 @@ import os
 import re
 import tarfile
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
@@ -94,19 +95,20 @@ class Dataset:
         return self.rows()
 
     # ---- inputs.parquet: where every input went ---------------------------------------------------
-    def input_records(self) -> pq.ParquetFile:
-        """inputs.parquet, opened (row group b holds the sources of bucket b); close it with ``.close()``."""
+    @contextmanager
+    def input_records(self) -> Iterator[pq.ParquetFile]:
+        """inputs.parquet, open while the block runs (row group b holds the sources of bucket b)."""
         if "inputs" not in self.manifest:
             raise DatasetError(f"{self.root} was written before per-input records ({INPUTS}) existed; "
                                "rerun `python -m preprocess.run` to get them")
-        return pq.ParquetFile(open_binary(self.path(self.manifest["inputs"])))
+        with open_binary(self.path(self.manifest["inputs"])) as handle:
+            yield pq.ParquetFile(handle)
 
     def find_inputs(self, name: str, limit: int = 50) -> list[dict[str, Any]]:
         """Rows of inputs.parquet for an input: its exact source name (reads one row group), else every
         source that ends with ``/NAME`` or ``#NAME`` (a path given relative, a tar or Parquet member)."""
         candidates = [name] + ([os.path.abspath(name)] if not is_remote(name) and not name.startswith("/") else [])
-        records = self.input_records()
-        try:
+        with self.input_records() as records:
             for candidate in candidates:
                 group = records.read_row_group(input_bucket(candidate, records.num_row_groups))
                 found = group.filter(pc.equal(group["source"], candidate))
@@ -121,16 +123,11 @@ class Dataset:
                 if len(found_rows) >= limit:
                     break
             return found_rows[:limit]
-        finally:
-            records.close()
 
     def outcome_counts(self) -> dict[str, Any]:
         """``{"document": n, "duplicate": n, "rejected": n, "reasons": {reason: n}}`` from inputs.parquet."""
-        records = self.input_records()
-        try:
+        with self.input_records() as records:
             table = records.read(columns=["outcome", "reason"])
-        finally:
-            records.close()
         counts = {outcome: 0 for outcome in OUTCOMES}
         for entry in pc.value_counts(table["outcome"]).to_pylist():
             counts[entry["values"]] = entry["counts"]

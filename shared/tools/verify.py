@@ -114,36 +114,31 @@ def check_dataset(dataset: Dataset) -> list[str]:
 def check_inputs(dataset: Dataset, documents: pa.Table, rejected: Counter[tuple[str, str]]) -> list[str]:
     """Input by input: each one a document of documents.parquet, a duplicate of one, or a rejection of
     rejected.jsonl; the outcome counts equal the manifest's totals; each row in its hash bucket."""
-    try:
-        records = dataset.input_records()
-    except Exception as error:
-        return [f"{INPUTS}: cannot be read ({error})"]
     problems: list[str] = []
     totals = dataset.manifest["totals"]
     kept, duplicate_keys, found_rejected = [], [], Counter()
     counts: Counter[str] = Counter()
     misplaced = malformed = 0
     try:
-        if records.num_row_groups != input_buckets(totals["inputs"]):
-            problems.append(f"{INPUTS}: {records.num_row_groups} row groups, expected {input_buckets(totals['inputs'])} "
-                            f"for {totals['inputs']:,} inputs")
-        for index in range(records.num_row_groups):  # one row group in memory at a time
-            group = records.read_row_group(index)
-            misplaced += sum(input_bucket(s, records.num_row_groups) != index for s in group["source"].to_pylist())
-            outcome = group["outcome"]
-            counts.update({e["values"]: e["counts"] for e in pc.value_counts(outcome).to_pylist()})
-            is_rejected = pc.fill_null(pc.equal(outcome, "rejected"), False)
-            # a document or duplicate names a key and no reason; a rejection names a reason and no key
-            malformed += pc.sum(pc.or_(pc.not_equal(pc.is_null(group["key"]), is_rejected),
-                                       pc.equal(pc.is_null(group["reason"]), is_rejected))).as_py() or 0
-            kept.append(group.filter(pc.fill_null(pc.equal(outcome, "document"), False)).select(["key", "source"]))
-            duplicate_keys.append(group.filter(pc.fill_null(pc.equal(outcome, "duplicate"), False))["key"])
-            rows = group.filter(is_rejected).select(["source", "reason"]).to_pylist()
-            found_rejected.update((r["source"], r["reason"]) for r in rows)
+        with dataset.input_records() as records:
+            if records.num_row_groups != input_buckets(totals["inputs"]):
+                problems.append(f"{INPUTS}: {records.num_row_groups} row groups, expected "
+                                f"{input_buckets(totals['inputs'])} for {totals['inputs']:,} inputs")
+            for index in range(records.num_row_groups):  # one row group in memory at a time
+                group = records.read_row_group(index)
+                misplaced += sum(input_bucket(s, records.num_row_groups) != index for s in group["source"].to_pylist())
+                outcome = group["outcome"]
+                counts.update({e["values"]: e["counts"] for e in pc.value_counts(outcome).to_pylist()})
+                is_rejected = pc.fill_null(pc.equal(outcome, "rejected"), False)
+                # a document or duplicate names a key and no reason; a rejection names a reason and no key
+                malformed += pc.sum(pc.or_(pc.not_equal(pc.is_null(group["key"]), is_rejected),
+                                           pc.equal(pc.is_null(group["reason"]), is_rejected))).as_py() or 0
+                kept.append(group.filter(pc.fill_null(pc.equal(outcome, "document"), False)).select(["key", "source"]))
+                duplicate_keys.append(group.filter(pc.fill_null(pc.equal(outcome, "duplicate"), False))["key"])
+                rows = group.filter(is_rejected).select(["source", "reason"]).to_pylist()
+                found_rejected.update((r["source"], r["reason"]) for r in rows)
     except Exception as error:
         return problems + [f"{INPUTS}: cannot be read ({error})"]
-    finally:
-        records.close()
 
     if sum(counts.values()) != totals["inputs"]:
         problems.append(f"{INPUTS}: {sum(counts.values()):,} inputs, the manifest counts {totals['inputs']:,}")
