@@ -16,7 +16,7 @@ from typing import Any
 import av
 import pyarrow.parquet as pq
 
-from shared.format.files import delete, join, matching, open_atomic, open_binary, write_atomic
+from shared.format.files import delete, join, matching, open_atomic, read_parquet, write_atomic
 from shared.format.shards import (
     DOCUMENT_SCHEMA,
     DOCUMENTS,
@@ -54,8 +54,8 @@ def merge_document_rows(output: str, shards: list[dict[str, Any]]) -> None:
     """documents.parquet in shard order, one shard's rows in memory at a time."""
     with open_atomic(join(output, DOCUMENTS)) as handle, pq.ParquetWriter(handle, DOCUMENT_SCHEMA) as writer:
         for shard in shards:
-            with open_binary(join(output, staged_documents_path(shard["split"], shard_name_of(shard)))) as source:
-                writer.write_table(pq.read_table(source, schema=DOCUMENT_SCHEMA))
+            source = join(output, staged_documents_path(shard["split"], shard_name_of(shard)))
+            writer.write_table(read_parquet(source, schema=DOCUMENT_SCHEMA))
 
 
 def merge_input_rows(output: str, inputs: int, written: list[dict[str, Any]]) -> dict[str, int]:
@@ -70,8 +70,7 @@ def merge_input_rows(output: str, inputs: int, written: list[dict[str, Any]]) ->
             if bucket not in staged:
                 writer.write_table(INPUT_SCHEMA.empty_table())
                 continue
-            with open_binary(join(output, staged_inputs_path(bucket))) as source:
-                writer.write_table(pq.read_table(source, schema=INPUT_SCHEMA))
+            writer.write_table(read_parquet(join(output, staged_inputs_path(bucket)), schema=INPUT_SCHEMA))
     return outcomes
 
 

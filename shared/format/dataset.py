@@ -19,7 +19,17 @@ import pyarrow.parquet as pq
 
 from shared.codec.profile import CodecProfile
 from shared.codec.registry import profile_from_json
-from shared.format.files import exists, is_remote, join, matching, open_binary, read_bytes
+from shared.format.files import (
+    arrow_readable,
+    arrow_source,
+    exists,
+    is_remote,
+    join,
+    matching,
+    open_binary,
+    read_bytes,
+    read_parquet,
+)
 from shared.format.shards import FORMAT, INPUTS, MANIFEST, OUTCOMES, document_tokens, input_bucket, load_shard
 from shared.format.tokenizer import ByteTokenizer
 
@@ -76,14 +86,17 @@ class Dataset:
         complete) that match ``filters`` (pyarrow's ``[("split", "=", "val"), …]``). Each shard's rows are
         one row group, so a filter on split and shard reads that shard's rows only: no need to hold tens
         of millions of rows in memory."""
-        with open_binary(self.path(self.manifest["documents"])) as handle:
-            table = pq.read_table(handle, filters=filters or None, columns=columns)
+        table = read_parquet(self.documents_source, filters=filters or None, columns=columns)
         return (table.slice(0, limit) if limit is not None else table).to_pylist()
 
     def documents_table(self, columns: list[str]) -> pa.Table:
         """Some columns of documents.parquet for all documents (cheap: columnar)."""
-        with open_binary(self.path(self.manifest["documents"])) as handle:
-            return pq.read_table(handle, columns=columns)
+        return read_parquet(self.documents_source, columns=columns)
+
+    @cached_property
+    def documents_source(self) -> str | pa.Buffer:
+        """documents.parquet for pyarrow (``files.arrow_source``): a remote one is fetched once, not per read."""
+        return arrow_source(self.path(self.manifest["documents"]))
 
     def column(self, name: str) -> np.ndarray:
         """One column of documents.parquet for all documents, as an array."""
@@ -101,8 +114,8 @@ class Dataset:
         if "inputs" not in self.manifest:
             raise DatasetError(f"{self.root} was written before per-input records ({INPUTS}) existed; "
                                "rerun `python -m preprocess.run` to get them")
-        with open_binary(self.path(self.manifest["inputs"])) as handle:
-            yield pq.ParquetFile(handle)
+        with pq.ParquetFile(arrow_readable(self.path(self.manifest["inputs"]))) as records:
+            yield records
 
     def find_inputs(self, name: str, limit: int = 50) -> list[dict[str, Any]]:
         """Rows of inputs.parquet for an input: its exact source name (reads one row group), else every

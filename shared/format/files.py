@@ -20,6 +20,8 @@ from pathlib import Path
 from typing import IO, Any
 
 import fsspec
+import pyarrow as pa
+import pyarrow.parquet as pq
 from fsspec.core import url_to_fs
 
 UNSAFE = re.compile(r"[^A-Za-z0-9_.-]+")
@@ -76,6 +78,39 @@ def open_binary(path: str | Path) -> IO[bytes]:
 def read_bytes(path: str | Path) -> bytes:
     with open_binary(path) as handle:
         return handle.read()
+
+
+def arrow_source(path: str | Path) -> str | pa.Buffer:
+    """``path`` as pyarrow's readers should get it: a local path as it is (Arrow opens the file itself),
+    a remote file's bytes copied into Arrow's own memory. Never a Python file object: Arrow's dataset
+    scanner drops its reference to its source on one of its worker threads, at times after
+    ``pq.read_table`` has returned (apache/arrow#33975, #34314). Releasing a Python object takes the GIL,
+    and a thread that asks for it while the interpreter is finalizing is ended by pthread_exit, which
+    unwinds through a noexcept C++ destructor: std::terminate, SIGABRT after the work is done
+    (python/cpython#87135). Arrow-allocated memory is freed without the GIL."""
+    if not is_remote(path):
+        return str(path)
+    with open_binary(path) as handle:
+        buffer = pa.allocate_buffer(handle.seek(0, 2))
+        handle.seek(0)
+        view, done = memoryview(buffer), 0
+        while done < buffer.size:
+            count = handle.readinto(view[done:])
+            if not count:
+                raise EOFError(f"{path}: {buffer.size - done} bytes fewer than its size")
+            done += count
+    return buffer
+
+
+def arrow_readable(source: str | Path | pa.Buffer) -> str | pa.BufferReader:
+    """A path of any filesystem or an ``arrow_source``, as a source for ``pq.read_table``/``pq.ParquetFile``."""
+    source = source if isinstance(source, pa.Buffer) else arrow_source(source)
+    return pa.BufferReader(source) if isinstance(source, pa.Buffer) else source
+
+
+def read_parquet(source: str | Path | pa.Buffer, **options: Any) -> pa.Table:
+    """``pq.read_table(**options)`` on a path of any filesystem or on an ``arrow_source``."""
+    return pq.read_table(arrow_readable(source), **options)
 
 
 def exists(path: str | Path) -> bool:
