@@ -9,6 +9,7 @@ import shutil
 import tarfile
 from pathlib import Path
 
+import fsspec
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -18,7 +19,8 @@ from preprocess.run import run
 from shared.codec.jpeg import JpegProfile
 from shared.codec.registry import profile_from_json
 from shared.format import shards
-from shared.format.files import safe_file_name
+from shared.format.dataset import Dataset
+from shared.format.files import arrow_source, safe_file_name
 from shared.samples.clips import sample_clip
 from shared.samples.photos import sample_crop
 from shared.tools.codec_shards import main
@@ -223,6 +225,22 @@ def test_trace_says_what_happened_to_each_input(tmp_path: Path, capsys: pytest.C
             writer.write_table(group)
     assert main(["verify", str(tmp_path / "out"), "--workers", "1"]) == 1
     assert "rows outside their source's row group" in capsys.readouterr().out
+
+
+def test_a_dataset_on_another_filesystem_reads_the_same(dataset: Path, capsys: pytest.CaptureFixture) -> None:
+    memory = fsspec.filesystem("memory")
+    for path in dataset.rglob("*"):
+        if path.is_file():
+            memory.pipe(f"/copy/{path.relative_to(dataset)}", path.read_bytes())
+    local, remote = Dataset.open(str(dataset)), Dataset.open("memory://copy")
+    assert remote.rows([("split", "=", "val")]) == local.rows([("split", "=", "val")])
+    source = local.rows(limit=1)[0]["source"]
+    assert remote.find_inputs(source) == local.find_inputs(source) != []
+    assert main(["verify", "memory://copy", "--workers", "1"]) == 0
+    assert "every document decodes strictly" in capsys.readouterr().out
+    # gs:// and s3:// are read by Arrow's own clients, by byte range (no network needed to see which)
+    filesystem, target = arrow_source("gs://bucket/data/documents.parquet")
+    assert type(filesystem).__name__ == "GcsFileSystem" and target == "bucket/data/documents.parquet"
 
 
 def test_flipped_byte_is_caught_without_the_checksum(dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

@@ -20,6 +20,7 @@ import pyarrow.parquet as pq
 from shared.codec.profile import CodecProfile
 from shared.codec.registry import profile_from_json
 from shared.format.files import (
+    ArrowSource,
     arrow_readable,
     arrow_source,
     exists,
@@ -94,8 +95,9 @@ class Dataset:
         return read_parquet(self.documents_source, columns=columns)
 
     @cached_property
-    def documents_source(self) -> str | pa.Buffer:
-        """documents.parquet for pyarrow (``files.arrow_source``): a remote one is fetched once, not per read."""
+    def documents_source(self) -> ArrowSource:
+        """documents.parquet for pyarrow (``files.arrow_source``); on a filesystem Arrow cannot read by
+        range itself, fetched once, not per read."""
         return arrow_source(self.path(self.manifest["documents"]))
 
     def column(self, name: str) -> np.ndarray:
@@ -187,7 +189,11 @@ class Dataset:
                 yield row, tokens, self.tokenizer.decode(tokens)
 
     def files(self) -> list[str]:
-        """Every file under the dataset folder (hidden ones too, for local folders)."""
+        """Every file under the dataset folder (hidden ones too, for local folders), relative to it."""
         if not is_remote(self.root):
-            return sorted(os.path.join(folder, name) for folder, _, names in os.walk(self.root) for name in names)
-        return matching(join(self.root, "**"))
+            return sorted(os.path.relpath(os.path.join(folder, name), self.root)
+                          for folder, _, names in os.walk(self.root) for name in names)
+        # fsspec spells some paths with a leading slash (memory:///copy/…) and some without (gs://bucket/…)
+        inside = self.root.split("://", 1)[1].strip("/") + "/"
+        found = matching(join(self.root, "**"))
+        return sorted(path.split("://", 1)[1].lstrip("/").removeprefix(inside) for path in found)

@@ -21,6 +21,7 @@ from typing import IO, Any
 
 import fsspec
 import pyarrow as pa
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 from fsspec.core import url_to_fs
 
@@ -80,16 +81,24 @@ def read_bytes(path: str | Path) -> bytes:
         return handle.read()
 
 
-def arrow_source(path: str | Path) -> str | pa.Buffer:
+# Object stores that Arrow reads with its own C++ clients, by byte range: a filtered read of a remote
+# documents.parquet fetches its footer and the row groups it needs, not the whole file.
+ARROW_NATIVE = ("gs", "gcs", "s3")
+ArrowSource = str | pa.Buffer | tuple[pafs.FileSystem, str]
+
+
+def arrow_source(path: str | Path) -> ArrowSource:
     """``path`` as pyarrow's readers should get it: a local path as it is (Arrow opens the file itself),
-    a remote file's bytes copied into Arrow's own memory. Never a Python file object: Arrow's dataset
-    scanner drops its reference to its source on one of its worker threads, at times after
-    ``pq.read_table`` has returned (apache/arrow#33975, #34314). Releasing a Python object takes the GIL,
-    and a thread that asks for it while the interpreter is finalizing is ended by pthread_exit, which
-    unwinds through a noexcept C++ destructor: std::terminate, SIGABRT after the work is done
-    (python/cpython#87135). Arrow-allocated memory is freed without the GIL."""
+    gs:// and s3:// as ``(Arrow filesystem, path)``, on any other fsspec filesystem the file's bytes
+    copied into Arrow's own memory. Never a Python file object: Arrow's dataset scanner drops its
+    reference to its source on one of its worker threads, at times after ``pq.read_table`` has returned
+    (apache/arrow#33975, #34314). Releasing a Python object takes the GIL, and a thread that asks for it
+    while the interpreter is finalizing is ended by pthread_exit, which unwinds through a noexcept C++
+    destructor: std::terminate, SIGABRT after the work is done (python/cpython#87135)."""
     if not is_remote(path):
         return str(path)
+    if str(path).split("://", 1)[0] in ARROW_NATIVE:
+        return pafs.FileSystem.from_uri(str(path))
     with open_binary(path) as handle:
         buffer = pa.allocate_buffer(handle.seek(0, 2))
         handle.seek(0)
@@ -102,13 +111,16 @@ def arrow_source(path: str | Path) -> str | pa.Buffer:
     return buffer
 
 
-def arrow_readable(source: str | Path | pa.Buffer) -> str | pa.BufferReader:
+def arrow_readable(source: str | Path | ArrowSource) -> str | pa.NativeFile:
     """A path of any filesystem or an ``arrow_source``, as a source for ``pq.read_table``/``pq.ParquetFile``."""
-    source = source if isinstance(source, pa.Buffer) else arrow_source(source)
+    source = source if isinstance(source, (pa.Buffer, tuple)) else arrow_source(source)
+    if isinstance(source, tuple):
+        filesystem, target = source
+        return filesystem.open_input_file(target)
     return pa.BufferReader(source) if isinstance(source, pa.Buffer) else source
 
 
-def read_parquet(source: str | Path | pa.Buffer, **options: Any) -> pa.Table:
+def read_parquet(source: str | Path | ArrowSource, **options: Any) -> pa.Table:
     """``pq.read_table(**options)`` on a path of any filesystem or on an ``arrow_source``."""
     return pq.read_table(arrow_readable(source), **options)
 

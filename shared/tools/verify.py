@@ -71,8 +71,7 @@ def check_dataset(dataset: Dataset) -> list[str]:
 
     known = {MANIFEST, manifest["tokenizer"]["path"], manifest["documents"], manifest["rejected"]}
     known |= {s["path"] for s in manifest["shards"]} | ({manifest["inputs"]} if "inputs" in manifest else set())
-    for path in dataset.files():
-        relative = path[len(dataset.root) + 1:]
+    for relative in dataset.files():
         if relative not in known:
             problems.append(f"{relative}: unknown file (not in the manifest)")
 
