@@ -32,7 +32,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--beam", action="store_true", help="also time the Beam pipeline (DirectRunner, all cores)")
     args = parser.parse_args()
-    cores = os.cpu_count() or 1
+    cores = len(os.sched_getaffinity(0))
 
     with tempfile.TemporaryDirectory(prefix="codec-lm-bench-") as scratch:
         root = str(Path(scratch) / "dataset")

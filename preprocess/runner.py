@@ -27,7 +27,7 @@ def pipeline_options(argv: list[str]) -> PipelineOptions:
     given = {arg.split("=", 1)[0] for arg in argv}  # not get_all_options(drop_default=True): it drops flags
     direct = options.view_as(DirectOptions)            # given with their default value, like --direct_num_workers 1
     if runs_locally(options) and "--direct_num_workers" not in given:
-        direct.direct_num_workers = os.cpu_count() or 1
+        direct.direct_num_workers = len(os.sched_getaffinity(0))  # the cores this process may use
         if "--direct_running_mode" not in given and direct.direct_num_workers > 1:
             direct.direct_running_mode = "multi_processing"
     return options

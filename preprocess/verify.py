@@ -19,8 +19,8 @@ from apache_beam.options.pipeline_options import GoogleCloudOptions
 from preprocess.progress import Progress
 from preprocess.runner import new_pipeline, pipeline_options, run_to_end, runs_locally
 from shared.format.dataset import Dataset, DatasetError
-from shared.format.files import join, read_bytes, write_json_atomic
-from shared.tools.verify import ShardReport, verify_shard
+from shared.format.files import delete, join, read_bytes, write_json_atomic
+from shared.tools.verify import ShardReport, checked_shard
 
 
 class VerifyShardFn(beam.DoFn):
@@ -32,7 +32,7 @@ class VerifyShardFn(beam.DoFn):
         self.progress = Progress(self.progress_dir)
 
     def process(self, shard: dict[str, Any]) -> Iterator[dict[str, Any]]:
-        report = verify_shard(self.dataset, shard, decode=self.decode)
+        report = checked_shard(self.dataset, shard, decode=self.decode)
         self.progress.add("shards")
         self.progress.add("documents", report.documents)
         self.progress.add("problems", len(report.problems))
@@ -51,6 +51,7 @@ def verify_shards_on_beam(dataset: Dataset, *, decode: bool, argv: list[str], re
     options = pipeline_options(argv)
     local = runs_locally(options)
     temp_location = options.view_as(GoogleCloudOptions).temp_location
+    given = report is not None
     with tempfile.TemporaryDirectory(prefix="codec-lm-verify-") as scratch:
         if report is None:
             if local:
@@ -72,6 +73,8 @@ def verify_shards_on_beam(dataset: Dataset, *, decode: bool, argv: list[str], re
         )
         run_to_end(pipeline, progress_dir, shown=("shards", "documents", "problems"), rate_of="documents")
         by_path = {r["path"]: ShardReport(**r) for r in json.loads(read_bytes(report))}
+        if not given:
+            delete([report])  # ours, under --temp_location: nobody else reads it
     missing = [s["path"] for s in dataset.manifest["shards"] if s["path"] not in by_path]
     if missing:
         raise DatasetError(f"the pipeline reported on {len(by_path)} of {len(dataset.manifest['shards'])} shards "

@@ -133,6 +133,11 @@ def wrong_tokenizer(folder: Path) -> None:
     (folder / "tokenizer.json").write_text((folder / "tokenizer.json").read_text().replace('"<|eos|>"', '"<|eos|>" '))
 
 
+def shard_is_a_folder(folder: Path) -> None:
+    (folder / "train" / "shard-000000.tar").unlink()
+    (folder / "train" / "shard-000000.tar").mkdir()
+
+
 def rewrite_inputs(folder: Path, change) -> None:
     table = pq.read_table(folder / "inputs.parquet")
     pq.write_table(pa.Table.from_pylist(change(table.to_pylist()), schema=table.schema), folder / "inputs.parquet")
@@ -157,6 +162,7 @@ def orphan_duplicate(folder: Path) -> None:
     (add_unknown, "train/notes.txt: unknown file"),
     (wrong_totals, "totals.documents is"),
     (wrong_tokenizer, "tokenizer.json: sha256 differs"),
+    (shard_is_a_folder, "train/shard-000000.tar: cannot be checked (IsADirectoryError"),
     (lose_an_input, "inputs.parquet: 23 inputs, the manifest counts 24"),
     (rename_an_input, "inputs.parquet: its documents differ from documents.parquet's"),
     (orphan_duplicate, "1 duplicates name a document that does not exist"),
@@ -192,39 +198,46 @@ def test_verify_on_every_core_and_on_a_beam_runner_agree(dataset: Path, tmp_path
 def test_trace_says_what_happened_to_each_input(tmp_path: Path, capsys: pytest.CaptureFixture,
                                                monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(shards, "INPUTS_PER_BUCKET", 2)  # 5 inputs in 3 row groups, as 23M are in 23
-    inputs = tmp_path / "in"
+    monkeypatch.chdir(tmp_path)  # --input given relative: sources are recorded as "in/…"
+    inputs = Path("in")
     inputs.mkdir()
     for index in range(3):
         (inputs / f"photo-{index}.png").write_bytes(sample_crop(index)[1])
     (inputs / "photo-0-again.png").write_bytes(sample_crop(0)[1])
     (inputs / "broken.jpg").write_bytes(b"\xff\xd8 not really")
-    run(["--output", str(tmp_path / "out"), "--input", str(inputs / "*"), "--seq-len", "1023", "--vocab-size", "300",
-         "--val-fraction", "0", *IN_MEMORY])
-    keys = {r["source"]: r["key"] for r in rows_of(tmp_path / "out")}
+    run(["--output", "out", "--input", "in/*", "--seq-len", "1023", "--vocab-size", "300", "--val-fraction", "0",
+         *IN_MEMORY])
+    keys = {r["source"]: r["key"] for r in rows_of(Path("out"))}
     capsys.readouterr()  # the job's own summary
-    assert main(["trace", str(tmp_path / "out"), str(inputs / "photo-1.png"), "photo-0.png", "broken.jpg"]) == 0
+    # as recorded, absolute, or by the end of the path
+    assert main(["trace", "out", "in/photo-1.png", str(tmp_path / "in" / "photo-2.png"), "broken.jpg"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0].startswith(f"{inputs / 'photo-1.png'}: document {keys[str(inputs / 'photo-1.png')]} in train/shard-")
-    kept = min("photo-0.png", "photo-0-again.png")  # the smaller name keeps the stream
-    duplicate = max("photo-0.png", "photo-0-again.png")
-    assert main(["trace", str(tmp_path / "out"), duplicate]) == 0
-    assert capsys.readouterr().out.strip() == (f"{inputs / duplicate}: duplicate: the same stream as document "
-                                               f"{keys[str(inputs / kept)]}, kept from {inputs / kept}")
-    assert lines[-1].startswith(f"{inputs / 'broken.jpg'}: rejected (")
-    assert main(["trace", str(tmp_path / "out"), "never-seen.png"]) == 2
-    assert "no input named 'never-seen.png'" in capsys.readouterr().err
-    assert main(["summary", str(tmp_path / "out")]) == 0
+    assert lines[0].startswith(f"in/photo-1.png: document {keys['in/photo-1.png']} in train/shard-")
+    assert lines[1].startswith(f"in/photo-2.png: document {keys['in/photo-2.png']} in train/shard-")
+    assert lines[2].startswith("in/broken.jpg: rejected (")
+    kept, duplicate = "photo-0-again.png", "photo-0.png"  # the smaller name keeps the stream
+    assert main(["trace", "out", duplicate]) == 0
+    assert capsys.readouterr().out.strip() == (f"in/{duplicate}: duplicate: the same stream as document "
+                                               f"{keys['in/' + kept]}, kept from in/{kept}")
+    assert main(["trace", "out", "never-seen.png", "photo-1.png"]) == 1  # every name answered, then exit 1
+    shown = capsys.readouterr()
+    assert "never-seen.png: no input of that name" in shown.out and "in/photo-1.png: document" in shown.out
+    assert "1 names matched no input" in shown.err
+    assert main(["summary", "out"]) == 0
     assert "every input (inputs.parquet): 3 documents (60.0%), 1 duplicates (20.0%), 1 rejected (20.0%)" in (
         capsys.readouterr().out)
-    records = pq.ParquetFile(tmp_path / "out" / "inputs.parquet")
+    records = pq.ParquetFile("out/inputs.parquet")
     assert records.num_row_groups == 3 and records.metadata.num_rows == 5
-    assert main(["verify", str(tmp_path / "out"), "--workers", "1"]) == 0
+    assert main(["verify", "out", "--workers", "1"]) == 0
     groups = [records.read_row_group(i) for i in range(3)]
-    with pq.ParquetWriter(tmp_path / "out" / "inputs.parquet", groups[0].schema) as writer:
+    with pq.ParquetWriter("out/inputs.parquet", groups[0].schema) as writer:
         for group in groups[::-1]:  # each row now in another bucket's row group: lookups would miss it
             writer.write_table(group)
-    assert main(["verify", str(tmp_path / "out"), "--workers", "1"]) == 1
+    assert main(["verify", "out", "--workers", "1"]) == 1
     assert "rows outside their source's row group" in capsys.readouterr().out
+    Path("out/inputs.parquet").unlink()
+    assert main(["trace", "out", "photo-1.png"]) == 2
+    assert "inputs.parquet cannot be read" in capsys.readouterr().err
 
 
 def test_a_dataset_on_another_filesystem_reads_the_same(dataset: Path, capsys: pytest.CaptureFixture) -> None:
@@ -238,7 +251,7 @@ def test_a_dataset_on_another_filesystem_reads_the_same(dataset: Path, capsys: p
     assert remote.find_inputs(source) == local.find_inputs(source) != []
     assert main(["verify", "memory://copy", "--workers", "1"]) == 0
     assert "every document decodes strictly" in capsys.readouterr().out
-    # gs:// and s3:// are read by Arrow's own clients, by byte range (no network needed to see which)
+    # gs:// is read by Arrow's own client, by byte range (no network needed to see which)
     filesystem, target = arrow_source("gs://bucket/data/documents.parquet")
     assert type(filesystem).__name__ == "GcsFileSystem" and target == "bucket/data/documents.parquet"
 

@@ -116,20 +116,27 @@ class Dataset:
         if "inputs" not in self.manifest:
             raise DatasetError(f"{self.root} was written before per-input records ({INPUTS}) existed; "
                                "rerun `python -m preprocess.run` to get them")
-        with pq.ParquetFile(arrow_readable(self.path(self.manifest["inputs"]))) as records:
+        path = self.path(self.manifest["inputs"])
+        try:
+            records = pq.ParquetFile(arrow_readable(path))
+        except (OSError, pa.ArrowException) as error:
+            raise DatasetError(f"{path} cannot be read ({error}); run `codec-shards verify`") from None
+        with records:
             yield records
 
     def find_inputs(self, name: str, limit: int = 50) -> list[dict[str, Any]]:
         """Rows of inputs.parquet for an input: its exact source name (reads one row group), else every
         source that ends with ``/NAME`` or ``#NAME`` (a path given relative, a tar or Parquet member)."""
-        candidates = [name] + ([os.path.abspath(name)] if not is_remote(name) and not name.startswith("/") else [])
+        # a local path as given, absolute, or relative to here: the job recorded it as its --input spelled it
+        candidates = [name] if is_remote(name) else list(dict.fromkeys([name, os.path.abspath(name),
+                                                                          os.path.relpath(name)]))
         with self.input_records() as records:
             for candidate in candidates:
                 group = records.read_row_group(input_bucket(candidate, records.num_row_groups))
                 found = group.filter(pc.equal(group["source"], candidate))
                 if found.num_rows:
                     return found.to_pylist()
-            tail = name.removeprefix("./")
+            tail = os.path.normpath(name).lstrip("/") if not is_remote(name) else name
             found_rows: list[dict[str, Any]] = []
             for index in range(records.num_row_groups):  # a scan, one row group in memory at a time
                 group = records.read_row_group(index)

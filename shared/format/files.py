@@ -81,15 +81,16 @@ def read_bytes(path: str | Path) -> bytes:
         return handle.read()
 
 
-# Object stores that Arrow reads with its own C++ clients, by byte range: a filtered read of a remote
-# documents.parquet fetches its footer and the row groups it needs, not the whole file.
-ARROW_NATIVE = ("gs", "gcs", "s3")
+# Object stores that Arrow reads with its own C++ client, by byte range: a filtered read of a remote
+# documents.parquet fetches its footer and the row groups it needs, not the whole file. Not s3:// (yet):
+# Arrow's S3 filesystem can hang at interpreter exit while one is alive (apache/arrow#50188).
+ARROW_NATIVE = ("gs", "gcs")
 ArrowSource = str | pa.Buffer | tuple[pafs.FileSystem, str]
 
 
 def arrow_source(path: str | Path) -> ArrowSource:
     """``path`` as pyarrow's readers should get it: a local path as it is (Arrow opens the file itself),
-    gs:// and s3:// as ``(Arrow filesystem, path)``, on any other fsspec filesystem the file's bytes
+    gs:// as ``(Arrow filesystem, path)``, on any other fsspec filesystem (s3:// too) the file's bytes
     copied into Arrow's own memory. Never a Python file object: Arrow's dataset scanner drops its
     reference to its source on one of its worker threads, at times after ``pq.read_table`` has returned
     (apache/arrow#33975, #34314). Releasing a Python object takes the GIL, and a thread that asks for it

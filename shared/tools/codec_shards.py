@@ -195,13 +195,12 @@ def sheet(dataset: Dataset, out: str, count: int, split: str | None) -> str:
 
 # ---- trace -------------------------------------------------------------------------------------
 def trace(dataset: Dataset, name: str) -> list[str]:
-    """What happened to the input ``name`` (its source as the job named it, or its path's end), as lines."""
+    """What happened to the input ``name`` (its source as the job named it, or its path's end), as lines;
+    none when no input has that name."""
     found = dataset.find_inputs(name)
-    if not found:
-        raise DatasetError(f"no input named {name!r} in {dataset.root} (inputs are named as the job read them: "
-                           "a path, shard.tar#member, file.parquet#row, sample:name; a path's end also matches)")
     keys = sorted({row["key"] for row in found if row["key"]})
-    documents = {r["key"]: r for r in dataset.rows([("key", "in", keys)])} if keys else {}
+    columns = ["key", "source", "split", "shard", "sequence", "offset", "tokens", "complete"]
+    documents = {r["key"]: r for r in dataset.rows([("key", "in", keys)], columns=columns)} if keys else {}
     lines = []
     for row in found:
         document = documents.get(row["key"])
@@ -272,6 +271,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(beam_argv)} (Beam pipeline options need --runner)")
     if args.command == "verify" and args.workers is not None and args.workers < 1:
         parser.error(f"--workers must be positive, not {args.workers}")
+    if args.command == "verify" and args.runner and args.workers is not None:
+        parser.error("--workers is for local checking; with --runner the runner's own options say how many workers")
+    if args.command == "verify" and args.report and not args.runner:
+        parser.error("--report is where a --runner pipeline writes its findings; a local verify prints them")
 
     try:
         dataset = Dataset.open(args.dir)
@@ -289,8 +292,16 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "sheet":
             print(f"wrote {sheet(dataset, args.out, args.n, args.split)}")
         elif args.command == "trace":
+            missing = []
             for name in args.inputs:
-                print("\n".join(trace(dataset, name)))
+                lines = trace(dataset, name)
+                print("\n".join(lines) if lines else f"{name}: no input of that name")
+                missing += [] if lines else [name]
+            if missing:
+                print(f"codec-shards: {len(missing)} names matched no input. Inputs are named as the job read them "
+                      "(a path as --input spelled it, shard.tar#member, file.parquet#row, sample:name); the end of "
+                      "a path also matches.", file=sys.stderr)
+                return 1
         else:
             beam_argv = ["--runner", args.runner, *beam_argv] if args.runner else None
             problems = verify(dataset, decode=not args.no_decode, workers=args.workers, beam_argv=beam_argv,

@@ -154,11 +154,13 @@ def check_inputs(dataset: Dataset, documents: pa.Table, rejected: Counter[tuple[
         problems.append(f"{INPUTS}: {malformed:,} rows whose key/reason do not fit their outcome")
     kept_table = pa.concat_tables(kept) if kept else documents.schema.empty_table()
     if not kept_table.sort_by("key").equals(documents.sort_by("key")):
-        mine = set(zip(kept_table["key"].to_pylist(), kept_table["source"].to_pylist()))
-        theirs = set(zip(documents["key"].to_pylist(), documents["source"].to_pylist()))
-        first = sorted(mine ^ theirs)[0] if mine ^ theirs else ("(repeated)", "")
-        problems.append(f"{INPUTS}: its documents differ from {DOCUMENTS}'s ({len(mine - theirs):,} only in "
-                        f"{INPUTS}, {len(theirs - mine):,} only in {DOCUMENTS}; first: {first[1]} {first[0]})")
+        # Arrow anti-joins, not Python sets: a mismatch at 23M rows must not need 10 GB to report
+        only_here = kept_table.join(documents, keys=["key", "source"], join_type="left anti")
+        only_there = documents.join(kept_table, keys=["key", "source"], join_type="left anti")
+        first = (only_here.num_rows and only_here.slice(0, 1).to_pylist()) or only_there.slice(0, 1).to_pylist()
+        problems.append(f"{INPUTS}: its documents differ from {DOCUMENTS}'s ({only_here.num_rows:,} only in "
+                        f"{INPUTS}, {only_there.num_rows:,} only in {DOCUMENTS}"
+                        + (f"; first: {first[0]['source']} {first[0]['key']})" if first else "; rows repeated)"))
     duplicates = pa.chunked_array(duplicate_keys, pa.string()) if duplicate_keys else pa.chunked_array([], pa.string())
     orphans = len(duplicates) - (pc.sum(pc.is_in(duplicates, value_set=documents["key"].combine_chunks())).as_py() or 0)
     if orphans:
@@ -242,7 +244,16 @@ OPENED: dict[str, Dataset] = {}  # per worker process: each dataset is opened on
 def verify_shard_at(root: str, shard: dict[str, Any], decode: bool) -> ShardReport:
     if root not in OPENED:
         OPENED[root] = Dataset.open(root)
-    return verify_shard(OPENED[root], shard, decode=decode)
+    return checked_shard(OPENED[root], shard, decode=decode)
+
+
+def checked_shard(dataset: Dataset, shard: dict[str, Any], *, decode: bool) -> ShardReport:
+    """``verify_shard``, where whatever a shard provokes (a folder in its place, a network error, a codec
+    bug) is one problem of that shard: the other shards are still checked and reported."""
+    try:
+        return verify_shard(dataset, shard, decode=decode)
+    except Exception as error:  # noqa: BLE001 — reported, never fatal
+        return ShardReport(shard["path"], [f"{shard['path']}: cannot be checked ({type(error).__name__}: {error})"], 0)
 
 
 def verify_shards(dataset: Dataset, *, decode: bool, workers: int | None = None,
@@ -250,14 +261,14 @@ def verify_shards(dataset: Dataset, *, decode: bool, workers: int | None = None,
     """Each shard's report (of all, or of ``shards``), in manifest order, from ``workers`` processes
     (default: one per core)."""
     shards = dataset.manifest["shards"] if shards is None else shards
-    workers = min(workers or os.cpu_count() or 1, max(1, len(shards)))
+    workers = min(workers or len(os.sched_getaffinity(0)), max(1, len(shards)))
     total = dataset.manifest["totals"]["documents"] if shards is dataset.manifest["shards"] else None
     progress = tqdm(total=total, desc="verifying", unit="doc", smoothing=0.1)
     reports: dict[str, ShardReport] = {}
     with progress:
         if workers == 1:
             for shard in shards:
-                reports[shard["path"]] = report = verify_shard(dataset, shard, decode=decode)
+                reports[shard["path"]] = report = checked_shard(dataset, shard, decode=decode)
                 progress.update(report.documents)
         else:
             # spawn, not fork: the parent has pyarrow's thread pools running, which a fork would copy half-alive
@@ -276,15 +287,16 @@ def verify(dataset: Dataset, *, decode: bool = True, workers: int | None = None,
     """Every problem found, as sentences; an empty list means the dataset is sound. With ``beam_argv``
     (``--runner`` and other Beam options) the shards are checked by a Beam pipeline, ``report`` being
     the file its workers write their findings to."""
-    problems = check_dataset(dataset)
-    if problems and problems[-1].endswith("nothing else can be checked"):
-        return problems
-    if beam_argv:
+    if beam_argv:  # before the dataset-level checks, which take minutes at 23M documents
         try:
             from preprocess.verify import verify_shards_on_beam
         except ImportError as error:
             raise DatasetError(f"verify --runner needs the Beam job's dependencies ({error}): "
                                "pip install 'codec-lm[preprocess]'") from None
+    problems = check_dataset(dataset)
+    if problems and problems[-1].endswith("nothing else can be checked"):
+        return problems
+    if beam_argv:
         reports = verify_shards_on_beam(dataset, decode=decode, argv=beam_argv, report=report)
     else:
         reports = verify_shards(dataset, decode=decode, workers=workers)
