@@ -8,6 +8,8 @@ from shared.codec.registry import MODALITIES
 
 IMAGE, VIDEO = MODALITIES["image"], MODALITIES["video"]
 DEFAULT_SAMPLE_SIZE = {"image": 300, "video": 24}
+# Sample keys are "sample:<photo>-…" (photo stems have no "-"): crops of one photo never straddle the splits.
+SAMPLE_SPLIT_GROUP = r"^sample:([^-]+)-"
 
 
 class PreprocessOptions(PipelineOptions):
@@ -33,7 +35,12 @@ class PreprocessOptions(PipelineOptions):
         group.add_argument("--tokenizer", metavar="FILE", help="use this tokenizer.json instead of learning one")
         group.add_argument("--seq-len", type=int, help=f"tokens per training sequence (default: "
                                                        f"{IMAGE.seq_len} images, {VIDEO.seq_len} videos)")
-        group.add_argument("--val-fraction", type=float, default=0.01, help="share of documents in the val split")
+        group.add_argument("--val-fraction", type=float, default=0.01, help="share of documents (of groups, with --split-group) in the val split")
+        group.add_argument("--split-group", metavar="REGEX",
+                           help="keep related inputs in one split: documents whose source matches REGEX with the "
+                                "same first group (else the whole match) share a split, e.g. '^(.*)/' keeps each "
+                                "folder together. Sources that do not match are split alone. Default: each document "
+                                f"alone; for the embedded sample dataset, by source photo ({SAMPLE_SPLIT_GROUP!r})")
         group.add_argument("--seed", type=int, default=0, help="seeds every choice made by hash: BPE sample, split, shard")
         group.add_argument("--shard-bytes", type=int, default=256 * 2**20, help="target shard size (default: 256 MiB)")
         group.add_argument("--shard-sequences", type=int, help="target sequences per shard (overrides --shard-bytes)")

@@ -7,6 +7,7 @@ order, so shards are byte-identical whatever the runner, its parallelism or the 
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Iterable, Iterator
 from typing import Any
 
@@ -31,23 +32,37 @@ from shared.format.tokenizer import ByteTokenizer
 
 
 class TokenizeFn(beam.DoFn):
-    """Encoded -> Document (BOS + tokens + EOS, split chosen by hash). The tokenizer is a side input."""
+    """Encoded -> Document (BOS + tokens + EOS, split chosen by hash). The tokenizer is a side input.
 
-    def __init__(self, val_fraction: float, seed: int, progress_dir: str | None) -> None:
+    The split hashes the document's content, or with ``split_group`` the group its source belongs to, so
+    that near-copies (crops of one photo, frames of one film) land in one split and validation measures
+    what the model never saw.
+    """
+
+    def __init__(self, val_fraction: float, seed: int, progress_dir: str | None,
+                 split_group: str | None = None) -> None:
         self.val_threshold = int(val_fraction * 2**64)
         self.seed = seed
+        self.split_group = split_group
         self.progress_dir = progress_dir
         self.tokenizer_json: str | None = None
 
     def setup(self) -> None:
         self.progress = Progress(self.progress_dir)
+        self.group_pattern = re.compile(self.split_group) if self.split_group else None
+
+    def split_key(self, encoded: Encoded) -> str:
+        match = self.group_pattern.search(encoded.source) if self.group_pattern else None
+        if match is None:
+            return encoded.digest
+        return "group:" + (match.group(1) if match.re.groups else match.group(0))
 
     def process(self, encoded: Encoded, tokenizer_json: str) -> Iterator[Document]:
         if tokenizer_json is not self.tokenizer_json and tokenizer_json != self.tokenizer_json:  # parse once
             self.tokenizer = ByteTokenizer.from_str(tokenizer_json)
             self.tokenizer_json = tokenizer_json
         tokens = self.tokenizer.encode(encoded.stream, bos=True, eos=True)
-        split = "val" if rank(self.seed, "split", encoded.digest) < self.val_threshold else "train"
+        split = "val" if rank(self.seed, "split", self.split_key(encoded)) < self.val_threshold else "train"
         self.progress.add("tokenized")
         self.progress.add("tokens", len(tokens))
         yield Document(document_key(encoded.digest), encoded.digest, encoded.source, len(encoded.stream), tokens, split)

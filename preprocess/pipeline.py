@@ -34,6 +34,7 @@ class JobConfig:
     tokenizer_json: str | None  # given with --tokenizer, else learned
     seq_len: int
     val_fraction: float
+    split_group: str | None  # regex over sources: documents of one group share a split
     seed: int
     tokens_per_shard: int
     dtype: str
@@ -69,7 +70,7 @@ def build_pipeline(pipeline: beam.Pipeline, job: JobConfig) -> None:
                                                         CODECS[job.profile["kind"]].token_boundary)
 
     documents = unique.unique | "Tokenize" >> beam.ParDo(
-        TokenizeFn(job.val_fraction, job.seed, job.progress_dir), AsSingleton(tokenizer))
+        TokenizeFn(job.val_fraction, job.seed, job.progress_dir, job.split_group), AsSingleton(tokenizer))
     tokens_per_split = (
         documents
         | "TokensOf" >> beam.Map(lambda d: (d.split, len(d.tokens)))

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import tempfile
 import time
@@ -34,7 +35,7 @@ from apache_beam.options.pipeline_options import (
     _BeamArgumentParser,
 )
 
-from preprocess.options import DEFAULT_SAMPLE_SIZE, PreprocessOptions
+from preprocess.options import DEFAULT_SAMPLE_SIZE, SAMPLE_SPLIT_GROUP, PreprocessOptions
 from preprocess.pipeline import JobConfig, build_pipeline
 from preprocess.runner import new_pipeline, pipeline_options, run_to_end, runs_locally
 from shared.codec.registry import MODALITIES, get_profile
@@ -94,6 +95,12 @@ def job_config(options: PreprocessOptions, progress_dir: str | None) -> JobConfi
         fail(f"--seq-len must be positive, not {seq_len}")
     if not 0.0 <= options.val_fraction < 1.0:
         fail(f"--val-fraction must be in [0, 1), not {options.val_fraction}")
+    split_group = options.split_group or (None if options.input else SAMPLE_SPLIT_GROUP)
+    if split_group is not None:
+        try:
+            re.compile(split_group)
+        except re.error as error:
+            fail(f"--split-group {split_group!r} is not a regular expression ({error})")
     if options.bpe_sample < 1:
         fail(f"--bpe-sample must be positive, not {options.bpe_sample}")
     dtype = np.dtype(np.uint16 if vocab_size <= 1 << 16 else np.uint32)
@@ -108,14 +115,15 @@ def job_config(options: PreprocessOptions, progress_dir: str | None) -> JobConfi
     arguments: dict[str, Any] = {
         "modality": modality, "inputs": list(options.input or []) or f"embedded sample dataset ({sample_size} items)",
         "profile": profile.name, "vocab_size": vocab_size, "bpe_sample": options.bpe_sample,
-        "tokenizer": options.tokenizer, "seq_len": seq_len, "val_fraction": options.val_fraction, "seed": options.seed,
+        "tokenizer": options.tokenizer, "seq_len": seq_len, "val_fraction": options.val_fraction, "split_group": split_group,
+        "seed": options.seed,
         "sequences_per_shard": sequences_per_shard, "parquet_column": options.parquet_column,
         "max_pixels": options.max_pixels,
     }
     return JobConfig(
         output=options.output.rstrip("/"), modality=modality, inputs=list(options.input or []),
         profile=profile.to_json(), vocab_size=vocab_size, bpe_sample=options.bpe_sample, tokenizer_json=tokenizer_json,
-        seq_len=seq_len, val_fraction=options.val_fraction, seed=options.seed,
+        seq_len=seq_len, val_fraction=options.val_fraction, split_group=split_group, seed=options.seed,
         tokens_per_shard=sequences_per_shard * (seq_len + 1), dtype=dtype.name, parquet_column=options.parquet_column,
         sample_size=sample_size, max_pixels=options.max_pixels, arguments=arguments, progress_dir=progress_dir,
     )

@@ -23,6 +23,7 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
          "--val-fraction", "0.2", "--direct_running_mode", "in_memory", "--direct_num_workers", "1"])
     done = subprocess.run(["litgpt", "pretrain", "--config", str(ROOT / "train" / "jpeg-tiny.yaml"), "--data.path",
                            str(data), "--out_dir", str(root / "out"), "--train.max_tokens", str(6 * 8 * 1023),
+                           "--train.micro_batch_size", "8", "--train.global_batch_size", "8", "--precision", "32-true",
                            "--train.save_interval", "3", "--eval.final_validation", "false", "--data.num_workers", "0"],
                           cwd=ROOT, capture_output=True, text=True, env={**os.environ, "TORCH_COMPILE_DISABLE": "1"})
     assert done.returncode == 0, done.stderr[-4000:]

@@ -93,6 +93,35 @@ def test_manifest_and_totals(sample_dataset: Path) -> None:
     assert not list(sample_dataset.rglob(".*"))  # no temporary or staging files left
 
 
+def test_sample_crops_of_one_photo_stay_in_one_split(sample_dataset: Path) -> None:
+    rows = pq.read_table(sample_dataset / "documents.parquet").to_pylist()
+    splits_of_photo: dict[str, set[str]] = {}
+    for row in rows:
+        photo = row["source"].removeprefix("sample:").split("-")[0]
+        splits_of_photo.setdefault(photo, set()).add(row["split"])
+    assert all(len(splits) == 1 for splits in splits_of_photo.values()), splits_of_photo
+    val_photos = {photo for photo, splits in splits_of_photo.items() if splits == {"val"}}
+    assert 0 < len(val_photos) < len(splits_of_photo)
+
+
+def test_split_group_keeps_each_folder_in_one_split(tmp_path: Path) -> None:
+    for index in range(24):
+        folder = tmp_path / "in" / f"album{index % 6}"
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / f"{index}.png").write_bytes(sample_crop(index)[1])
+    run_job(tmp_path / "out", "--input", str(tmp_path / "in" / "*" / "*.png"), "--split-group", r"/(album\d+)/",
+            "--val-fraction", "0.5", *SMALL[:4], *IN_MEMORY)
+    rows = pq.read_table(tmp_path / "out" / "documents.parquet").to_pylist()
+    splits_of_album: dict[str, set[str]] = {}
+    for row in rows:
+        splits_of_album.setdefault(Path(row["source"]).parent.name, set()).add(row["split"])
+    assert len(rows) == 24 and len(splits_of_album) == 6
+    assert all(len(splits) == 1 for splits in splits_of_album.values()), splits_of_album
+    assert {split for splits in splits_of_album.values() for split in splits} == {"train", "val"}
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert manifest["arguments"]["split_group"] == r"/(album\d+)/"
+
+
 def test_shards_read_with_stock_webdataset_and_tar(sample_dataset: Path) -> None:
     manifest = json.loads((sample_dataset / "manifest.json").read_text())
     for shard in manifest["shards"]:
@@ -313,6 +342,7 @@ def test_max_pixels_flag_lifts_pillows_own_guard(monkeypatch: pytest.MonkeyPatch
     (["--input", "/nonexistent/*.jpg"], "matches no file"),
     (["--vocab-size", "100"], "at least 258"),
     (["--val-fraction", "1.5"], "val-fraction"),
+    (["--split-group", "(unclosed"], "not a regular expression"),
     (["--profile", "jpeg-256"], "not a JPEG profile name"),
     (["--tokenizer", "/nonexistent/tokenizer.json"], "does not exist"),
 ])
@@ -350,24 +380,26 @@ def test_help_lists_the_job_flags_and_beam_options(capsys: pytest.CaptureFixture
 
 # sha256 of every file the job wrote with the code before the codec-interface/layout redesign (the manifest
 # without its "versions", which name this machine's Python and libraries). Same inputs and flags, same bytes.
-# Since then only inputs.parquet was added (and the manifest's "inputs" entry naming it).
+# Since then: inputs.parquet (and the manifest's "inputs" entry naming it); the sample crops (at most 256 px,
+# mirrored half the time) and the split of the sample dataset by source photo (`split_group` in the manifest).
 GOLDEN = {
     "image": {
-        "documents.parquet": "d9357d4cd1a1e2635c6c03745cbca5f0cd66f004c0b704645dc9e5d7306cb3cd",
-        "inputs.parquet": "36fa80c10ae59485e61ac7f1cfc0f4eabf204de68c5dcc155a28d2c5f66c88c3",
-        "manifest.json": "659aa78b6233ccada3847f96f788cae7cfe1366df5f6ce4e510aea4d7c542164",
+        "documents.parquet": "4bc651518578849337402cd214666a4ce0c9b3efb0b873d70560149e4bfd265a",
+        "inputs.parquet": "c54657dca5cf9eaced0d95d37952ffca24261fad2d10c4511eecb60c33eab625",
+        "manifest.json": "123a89c0cf776faa5a47c71dcab4d775fc5c81ceb879cf5268ae3cc46b46e465",
         "rejected.jsonl": "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855",
-        "tokenizer.json": "ee765de4a7bc284f63d671156b26d8830453790502cff4b0890a9ee9108274d2",
-        "train/shard-000000.tar": "84a9183a7d0b3cc6a4c055a0757b6b319c8722efcea92040e3c25a2472593b95",
-        "val/shard-000000.tar": "5f0c15464bfc0e4d43b1135f559a3b2a04444242c6a629549a520bf8d30e063f",
+        "tokenizer.json": "019d293507ef688bc21423548b2d3bafeaeec1e5c714fa30a68da02bd2157359",
+        "train/shard-000000.tar": "4867c6b9e9d54193d0785a9bcbfaa5af2ee8187b00c4f7c6b8c60dcf0f00eb88",
+        "val/shard-000000.tar": "3a830b99a9bb416e5a4c94db46d33921fff7f3ab5fb43e78cd0216ad82d65284",
     },
     "video": {
-        "documents.parquet": "34f1191581853a3d8e98b4a968ed2031cd9a1e90e72c4dad18c54564e69058d0",
+        "documents.parquet": "bd193d6fada158ad96aea974a537b5d20d69d602bd492faf18ed832285966907",
         "inputs.parquet": "74a0bc3f89bd56d3e27c1715015b3c5ed14198f0c2593ee8772e68c99bc20095",
-        "manifest.json": "1f42005ecd8785ce329f8852156609d319b77c4aa0e065afb4fa23b25838c976",
+        "manifest.json": "6747b3708b4c75205210d2eb4894c75a47bba44ee3be2d330f24b4e3788b9e66",
         "rejected.jsonl": "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855",
         "tokenizer.json": "2357eb8c27c07624694b09daabf4392ba4b40ba75f7e130f203c778482b5e5aa",
-        "val/shard-000000.tar": "20dd605a611d9a2f8dc1ad39cd89cdd9420539e41c1b51069d94d932ba70cfa0",
+        "train/shard-000000.tar": "661a0c5d820776f76e055164af97e1f76bf8edc9925085e0ee0e79857beafcd8",
+        "val/shard-000000.tar": "a09456dc8ddf466a3e4e8a945c3c98ec03dba2be72edb778a83ffdd8e65467f7",
     },
 }
 
@@ -386,5 +418,5 @@ def test_image_outputs_are_byte_identical_to_the_recorded_ones(sample_dataset: P
 
 def test_video_outputs_are_byte_identical_to_the_recorded_ones(tmp_path: Path) -> None:
     run_job(tmp_path, "--modality", "video", "--profile", "avc-64x48-3fps-2s-qp37", "--sample-size", "4",
-            "--seq-len", "1023", "--val-fraction", "0.25", *IN_MEMORY)
+            "--seq-len", "1023", "--val-fraction", "0.4", *IN_MEMORY)
     assert golden_digests(tmp_path) == GOLDEN["video"]
