@@ -675,8 +675,12 @@ def parse_slice_data(reader: BitReader, params: Params, header: SliceHeader) -> 
     return kind
 
 
-def check_stream(header: bytes, stream: bytes) -> AvcCheck:
-    """Check every slice of ``stream`` (the model's view: slices only) with the profile's ``header``."""
+def check_stream(header: bytes, stream: bytes, max_frames: int | None = None) -> AvcCheck:
+    """Check every slice of ``stream`` (the model's view: slices only) with the profile's ``header``.
+
+    Frames past ``max_frames`` (a clip's length) are counted, unclean, without being parsed: that bounds
+    the work on garbage.
+    """
     params = parse_header(header)
     macroblocks = params.macroblocks
     problems: list[str] = []
@@ -720,6 +724,11 @@ def check_stream(header: bytes, stream: bytes) -> AvcCheck:
                 references, frame_num = 0, 0
         if not frames:
             problem(offset, "a slice before the first frame's first macroblock")
+            continue
+        if max_frames is not None and len(frames) > max_frames:
+            if starts and len(frames) == max_frames + 1:
+                problem(offset, f"more than the profile's {max_frames} frames")
+            frame_ok = False
             continue
         context = FrameContext(references, frame_num)
         result = parse_slice(params, unit, offset, context)
