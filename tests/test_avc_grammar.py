@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from test_avc_syntax import idr_frame
 
 from shared.codec.avc import AvcProfile, ffmpeg_verdict, nal_units
 from shared.codec.avc_grammar import AvcGrammar
 from shared.codec.avc_syntax import check_stream
 from shared.codec.token_constraint import TokenConstraint
 from shared.samples.clips import sample_clip
-from test_avc_syntax import idr_frame
 
 PROFILES = ["avc-128x72-3fps-5s-qp37", "avc-64x48-3fps-2s-qp37", "avc-320x180-6fps-2.5s-qp30"]
 # single bytes, and multi-byte tokens like a BPE vocabulary's: start codes with NAL headers, zero runs

@@ -64,6 +64,7 @@ IDR, NON_IDR = 5, 1
 I_KIND, P_KIND = 7, 5  # slice_type values x264 writes: "all slices of the picture are I / P"
 SC, NH, RB = 0, 1, 2  # local phases: start code, NAL header byte, RBSP bytes
 MAX_IDR_PIC_ID = 15
+CACHE_LIMIT = 1 << 20  # entries per transition cache
 I16_DC_TYPES = (3, 7, 11, 15, 19, 23)  # I slice mb_types of Intra_16x16 with DC prediction
 I_NXN, I_PCM = 0, 25
 
@@ -189,10 +190,8 @@ def block_nc(block: Block, counts: tuple[int, ...]) -> int:
 class AvcGrammar:
     profile: AvcProfile
     _cache: dict = field(default_factory=dict, repr=False)  # (local state, byte) -> local state
-    _ids: dict = field(default_factory=dict, repr=False)  # parser state -> number
-    _parsers: list = field(default_factory=list, repr=False)  # number -> parser state
-    _bytes: dict = field(default_factory=dict, repr=False)  # number << 8 | byte -> number
-    _bits: dict = field(default_factory=dict, repr=False)  # number << 1 | bit -> number
+    _bytes: dict = field(default_factory=dict, repr=False)  # (parser, RBSP byte) -> (ended, parser)
+    _bits: dict = field(default_factory=dict, repr=False)  # (parser, bit) -> parser
 
     def __post_init__(self) -> None:
         params = parse_header(self.profile.header)
@@ -232,7 +231,8 @@ class AvcGrammar:
             key = (local, byte)
             cached = self._cache.get(key, False)
             if cached is False:
-                cached = self._cache[key] = self._rbsp_byte(local, byte)
+                cached = self._rbsp_byte(local, byte)
+                self._remember(self._cache, key, cached)
             return None if cached is None else (glob, cached)
         if local[0] == SC:
             zeros = local[1]
@@ -280,18 +280,16 @@ class AvcGrammar:
         # idr_pic_id: the frame's own after its first slice; a new one, unlike the last IDR's, in it
         idr_rule = (idr_id, slice_ > 0) if nal_type == IDR else None
         header = (slice_, nal_type, kind if slice_ else 0, since % (1 << self.frame_num_bits), refs, idr_rule)
-        return glob, (RB, 0, False, self._intern((header, ("first",), "")))
+        return glob, (RB, 0, False, (header, ("first",), ""))
 
     # --- RBSP bytes: emulation prevention, then eight bits --------------------------------------------
-    # Parser states (context, position, bits of the element so far) are interned as integers, so the
-    # cached bit and byte transitions hash small numbers instead of nested tuples.
+    # A parser state is (context, position, bits of the element so far). Most states of a macroblock are
+    # met once, so the transition caches are cleared when they grow past CACHE_LIMIT entries.
 
-    def _intern(self, parser: tuple) -> int:
-        number = self._ids.get(parser)
-        if number is None:
-            number = self._ids[parser] = len(self._parsers)
-            self._parsers.append(parser)
-        return number
+    def _remember(self, cache: dict, key: object, value: object) -> None:
+        if len(cache) >= CACHE_LIMIT:
+            cache.clear()
+        cache[key] = value
 
     def _rbsp_byte(self, local: tuple, byte: int) -> tuple | None:
         _, zeros, escaped, parser = local
@@ -308,37 +306,37 @@ class AvcGrammar:
         after = self._byte(parser, byte)
         if after is None:
             return None
-        if after < 0:  # rbsp_trailing_bits are complete: the NAL unit ends here
-            context = self._parsers[-after - 1][0]
+        ended, parser = after
+        if ended:  # rbsp_trailing_bits are complete: the NAL unit ends here
+            context = parser[0]
             return SC, 0, (context[0], context[2])
-        return RB, zeros + 1 if byte == 0 else 0, False, after
+        return RB, zeros + 1 if byte == 0 else 0, False, parser
 
-    def _byte(self, parser: int, byte: int) -> int | None:
-        """The parser after an RBSP byte: a state number, -1 - number when the NAL unit ends, or None."""
-        key = parser << 8 | byte
+    def _byte(self, parser: tuple, byte: int) -> tuple[bool, tuple] | None:
+        """(NAL unit ends, parser) after an RBSP byte, or None."""
+        key = (parser, byte)
         cached = self._bytes.get(key, False)
         if cached is False:
-            cached = self._bytes[key] = self._walk_byte(parser, byte)
+            cached = self._walk_byte(parser, byte)
+            self._remember(self._bytes, key, cached)
         return cached
 
-    def _walk_byte(self, parser: int, byte: int) -> int | None:
+    def _walk_byte(self, parser: tuple, byte: int) -> tuple[bool, tuple] | None:
         for shift in range(7, -1, -1):
             parser = self._bit(parser, byte >> shift & 1)
             if parser is None:
                 return None
-        context, position, code = self._parsers[parser]
+        context, position, code = parser
         if position[0] == "pcm_align":  # at a byte boundary the samples begin
-            return self._intern((context, ("pcm", 8 * 384), ""))
-        if position[0] == "align":
-            return -1 - parser
-        return parser
+            return False, (context, ("pcm", 8 * 384), "")
+        return position[0] == "align", parser
 
-    def _bit(self, parser: int, bit: int) -> int | None:
-        key = parser << 1 | bit
+    def _bit(self, parser: tuple, bit: int) -> tuple | None:
+        key = (parser, bit)
         cached = self._bits.get(key, False)
         if cached is False:
-            after = self._walk_bit(self._parsers[parser], bit)
-            cached = self._bits[key] = None if after is None else self._intern(after)
+            cached = self._walk_bit(parser, bit)
+            self._remember(self._bits, key, cached)
         return cached
 
     def _walk_bit(self, parser: tuple, bit: int) -> tuple | None:
@@ -443,7 +441,7 @@ class AvcGrammar:
                 return context, ("trail",)
             return context, ("qp_delta", (False, cbp & 15, cbp >> 4))
         if tag == "qp_delta":
-            return context, self._first_block(residual_layout(*position[1]))
+            return context, self._first_block(position[1])
         if tag == "trail":
             return context, ("align",)
         if tag == "res":
@@ -486,16 +484,17 @@ class AvcGrammar:
         return "chroma", (True, 15 if mb_type > 12 else 0, (mb_type - 1) // 4 % 3)
 
     # --- residual blocks -------------------------------------------------------------------------------
-    # position: ("res", layout, block, counts, sub) with sub one of ("token",), ("signs", total, ones),
+    # position: ("res", layout, block, counts, sub); layout: (Intra_16x16?, luma cbp, chroma cbp), whose
+    # blocks ``residual_layout`` lists; sub one of ("token",), ("signs", total, ones),
     # ("prefix", total, ones, k, suffix_length), ("suffix", total, ones, k, suffix_length, prefix),
     # ("zeros", total), ("run", runs left, zeros left); counts: TotalCoeff of luma 0..15, chroma AC 16..23.
 
     def _first_block(self, layout: tuple) -> tuple:
-        return ("res", layout, 0, (0,) * 24, ("token",)) if layout else ("trail",)
+        return ("res", layout, 0, (0,) * 24, ("token",)) if residual_layout(*layout) else ("trail",)
 
     def _residual_element(self, position: tuple) -> tuple:
         _, layout, index, counts, sub = position
-        block = layout[index]
+        block = residual_layout(*layout)[index]
         stage = sub[0]
         if stage == "token":
             return "coeff", coeff_token_table(block_nc(block, counts)), block[2]
@@ -511,7 +510,7 @@ class AvcGrammar:
 
     def _after_residual(self, position: tuple, value: object) -> tuple:
         _, layout, index, counts, sub = position
-        block = layout[index]
+        block = residual_layout(*layout)[index]
         stage = sub[0]
         if stage == "token":
             total, ones = value
@@ -549,7 +548,7 @@ class AvcGrammar:
                 suffix_length: int) -> tuple:
         if k < total:
             return "res", layout, index, counts, ("prefix", total, ones, k, suffix_length)
-        if total < layout[index][2]:
+        if total < residual_layout(*layout)[index][2]:
             return "res", layout, index, counts, ("zeros", total)
         return self._next_block(layout, index, counts)
 
@@ -568,7 +567,7 @@ class AvcGrammar:
         return self._levels(layout, index, counts, total, ones, k + 1, suffix_length)
 
     def _next_block(self, layout: tuple, index: int, counts: tuple) -> tuple:
-        if index + 1 < len(layout):
+        if index + 1 < len(residual_layout(*layout)):
             return "res", layout, index + 1, counts, ("token",)
         return ("trail",)
 
