@@ -7,18 +7,13 @@ import numpy as np
 import pytest
 from test_avc_syntax import idr_frame
 
+from bench.avc_grammar import walk
 from shared.codec.avc import AvcProfile, ffmpeg_verdict, nal_units
 from shared.codec.avc_grammar import AvcGrammar
 from shared.codec.avc_syntax import check_stream
-from shared.codec.token_constraint import TokenConstraint
 from shared.samples.clips import sample_clip
 
 PROFILES = ["avc-128x72-3fps-5s-qp37", "avc-64x48-3fps-2s-qp37", "avc-320x180-6fps-2.5s-qp30"]
-# single bytes, and multi-byte tokens like a BPE vocabulary's: start codes with NAL headers, zero runs
-VOCAB = [bytes([value]) for value in range(256)] + [
-    b"\x00\x00\x01", b"\x00\x00\x00\x01", b"\x00\x00\x01\x65\x88", b"\x00\x00\x01\x41", b"\x00\x00", b"\x00\x00\x03",
-    b"\xff\xff", b"\x80", b"\x9a\x21", b"\x42\x21\x0f", b"\x00\x03\x00"]
-EOS = len(VOCAB)
 
 
 def accepted(grammar: AvcGrammar, stream: bytes) -> tuple[bool, int]:
@@ -29,22 +24,6 @@ def accepted(grammar: AvcGrammar, stream: bytes) -> tuple[bool, int]:
         if state is None:
             return False, index
     return grammar.can_end(state), len(stream)
-
-
-def walk(profile: AvcProfile, seed: int, stop: float) -> bytes:
-    """A constrained random walk: random logits each step, the best allowed token; EOS, where allowed,
-    with probability ``stop``. Every state must allow something (no dead end)."""
-    rng = np.random.default_rng(seed)
-    constraint = TokenConstraint(profile.grammar(), [*VOCAB, b""], EOS)
-    state, out = constraint.start(), bytearray()
-    while True:
-        if constraint.can_end(state) and (rng.random() < stop or constraint.grammar.is_done(state)):
-            return bytes(out)
-        ranked = [int(token) for token in rng.permutation(EOS)]
-        chosen = constraint.first_allowed(state, ranked, 1)
-        assert chosen, f"dead end after {len(out)} bytes"
-        out += VOCAB[chosen[0]]
-        state = constraint.advance(state, chosen[0])
 
 
 @pytest.mark.parametrize("name", PROFILES)

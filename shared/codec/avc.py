@@ -12,8 +12,12 @@ option string, access-unit delimiters). ``restore`` puts the header back, giving
 elementary stream that decodes bit-identically to the encoder's full output.
 
 Model outputs may be garbage, so ``decode`` is tolerant by default: it never raises, does bounded work
-and reports how many leading frames decoded cleanly. ``strict=True`` turns any decoder complaint into
-``InvalidMediaError("invalid-stream", ...)``.
+and reports how many leading frames decoded cleanly. FFmpeg conceals much of what it cannot decode, so
+"cleanly" also means that the strict bit-level check (``avc_syntax.check_stream``: every slice parsed to
+its last bit with the profile's SPS/PPS) passed every macroblock of the frame; its per-macroblock counts
+and first error are in the report's facts. ``strict=True`` turns any decoder complaint or anything the
+check finds into ``InvalidMediaError("invalid-stream", ...)``. Constrained sampling uses the grammar of
+``avc_grammar``, which only lets through streams that pass both.
 """
 
 from __future__ import annotations
