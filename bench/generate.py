@@ -43,6 +43,12 @@ def main() -> None:
         clean = sum(d.complete for d in decoded)
         valid, total = sum(d.valid_units for d in decoded), sum(d.total_units for d in decoded)
         units = f"{valid}/{total} {profile.unit}s valid ({valid / max(1, total):.1%})"
+        facts = [d.facts for d in decoded]
+        if all("macroblocks_announced" in f for f in facts):  # AVC: the strict check's counts
+            frames = sum(f["frames_clean"] for f in facts), sum(f["frames_announced"] for f in facts)
+            blocks = sum(f["macroblocks_clean"] for f in facts), sum(f["macroblocks_announced"] for f in facts)
+            units += (f" | frames clean {frames[0]}/{frames[1]} ({frames[0] / max(1, frames[1]):.1%})"
+                      f" | macroblocks clean {blocks[0]}/{blocks[1]} ({blocks[0] / max(1, blocks[1]):.1%})")
         eos = sum(s.stopped == "eos" for s in samples)
         print(f"  {label:11s} decode cleanly {clean}/{len(samples)} | {units} | stopped by EOS {eos}/{len(samples)}"
               f" | {rates[label]:,.0f} tokens/s")

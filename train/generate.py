@@ -218,6 +218,13 @@ def write_outputs(out: Path, profile: CodecProfile, samples: list[Sample], *, or
         "tokens_per_second": sum(s.tokens for s in samples) / seconds if seconds else 0.0,
         f"{profile.unit.lower()}s_valid_share": valid / max(1, total),
     }
+    # AVC: the strict check's counts of every cleanly parsed frame and macroblock (not only leading ones)
+    checked = [r for r in record["samples"] if "macroblocks_announced" in r]
+    if checked:
+        record["summary"]["frames_clean_share"] = (sum(r["frames_clean"] for r in checked)
+                                                   / max(1, sum(r["frames_announced"] for r in checked)))
+        record["summary"]["macroblocks_clean_share"] = (sum(r["macroblocks_clean"] for r in checked)
+                                                        / max(1, sum(r["macroblocks_announced"] for r in checked)))
     write_json_atomic(out / "samples.json", record)
     return record
 

@@ -12,8 +12,12 @@ option string, access-unit delimiters). ``restore`` puts the header back, giving
 elementary stream that decodes bit-identically to the encoder's full output.
 
 Model outputs may be garbage, so ``decode`` is tolerant by default: it never raises, does bounded work
-and reports how many leading frames decoded cleanly. ``strict=True`` turns any decoder complaint into
-``InvalidMediaError("invalid-stream", ...)``.
+and reports how many leading frames decoded cleanly. FFmpeg conceals much of what it cannot decode, so
+"cleanly" also means that the strict bit-level check (``avc_syntax.check_stream``: every slice parsed to
+its last bit with the profile's SPS/PPS) passed every macroblock of the frame; its per-macroblock counts
+and first error are in the report's facts. ``strict=True`` turns any decoder complaint or anything the
+check finds into ``InvalidMediaError("invalid-stream", ...)``. Constrained sampling uses the grammar of
+``avc_grammar``, which only lets through streams that pass both.
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ from av.video.reformatter import Interpolation
 from PIL import Image
 
 from shared.codec.avc_grammar import AvcGrammar
+from shared.codec.avc_syntax import AvcCheck, check_stream
 from shared.codec.errors import InvalidMediaError
 
 # NAL unit types (H.264 table 7-1) that occur in libx264's output.
@@ -104,9 +109,10 @@ class DecodedVideo:
     """What ``AvcProfile.decode`` made of a stream.
 
     ``frames`` are RGB uint8 arrays (height x width x 3), as many as the decoder produced. The first
-    ``valid_frames`` of them decoded without any error or concealment; ``expected_frames`` is how many
-    pictures the stream announces (slices starting at macroblock 0); ``complete`` means every announced
-    frame decoded cleanly.
+    ``valid_frames`` of them decoded cleanly: FFmpeg reported no error or concealment and every macroblock
+    passed the strict check (``avc_syntax.check_stream``). ``expected_frames`` is how many pictures the
+    stream announces (slices starting at macroblock 0); ``complete`` means every announced frame decoded
+    cleanly. ``check`` is the strict check's verdict, with its per-macroblock counts and first error.
     """
 
     frames: list[np.ndarray]
@@ -114,6 +120,7 @@ class DecodedVideo:
     expected_frames: int
     complete: bool
     stream: bytes  # what was decoded (a viewable MP4 is made from it)
+    check: AvcCheck | None = None
 
     @property
     def pictures(self) -> list[np.ndarray]:
@@ -129,7 +136,13 @@ class DecodedVideo:
 
     @property
     def facts(self) -> dict[str, Any]:
-        return {"frames_valid": self.valid_frames, "frames_announced": self.expected_frames, "clean": self.complete}
+        facts: dict[str, Any] = {"frames_valid": self.valid_frames, "frames_announced": self.expected_frames,
+                                 "clean": self.complete}
+        if self.check is not None:
+            facts |= {"frames_clean": self.check.clean_frames, "macroblocks_clean": self.check.clean_macroblocks,
+                      "macroblocks_announced": self.check.macroblocks,
+                      "first_error": self.check.problems[0] if self.check.problems else None}
+        return facts
 
 
 @dataclass(frozen=True)
@@ -431,13 +444,14 @@ class AvcProfile:
         return self.width * self.height * 3 * self.frame_count(stream)
 
     def decode(self, stream: bytes, *, strict: bool = False) -> DecodedVideo:
-        """Decode a stream (header is added) with FFmpeg's H.264 decoder.
+        """Decode a stream (header is added) with FFmpeg's H.264 decoder, and check it strictly.
 
         Tolerant by default, for model outputs: never raises, looks at no more than ``max_stream_bytes``,
         decodes at most ``max_frames + 2`` frames, and drops NAL units a stream cannot contain (a stray
         SPS could declare a huge picture). ``strict=True`` raises ``InvalidMediaError("invalid-stream")``
-        on any decoder error or concealment, on foreign bytes or units, or when the number of decoded
-        frames differs from the number the stream announces.
+        on any decoder error or concealment, on foreign bytes or units, on anything the strict bit-level
+        check (``avc_syntax.check_stream``) finds, or when the number of decoded frames differs from the
+        number the stream announces.
         """
         given, expected = stream, self.frame_count(stream)
         problems = []
@@ -454,6 +468,10 @@ class AvcProfile:
             problems.append(f"{expected} frames announced, more than the profile's {self.max_frames}")
         if strict and problems:
             raise InvalidMediaError("invalid-stream", f"not a {self.name} stream: {'; '.join(problems)}")
+        check = check_stream(self.header, stream, self.max_frames)
+        if strict and check.problems:
+            shown = "; ".join(check.problems[:3]) + ("; ..." if len(check.problems) > 3 else "")
+            raise InvalidMediaError("invalid-stream", f"not a {self.name} stream: {shown}")
         slices = b"".join(unit for _, unit in units if nal_type(unit) in SLICE_TYPES)
 
         frames, valid, errors = [], 0, []
@@ -478,8 +496,9 @@ class AvcProfile:
                 "invalid-stream",
                 f"not a {self.name} stream: it announces {expected} frames but {len(frames)} decode",
             )
-        complete = not problems and not errors and 0 < expected == len(frames) == valid
-        return DecodedVideo(frames, valid, expected, complete, given)
+        valid = min(valid, check.leading_clean_frames)
+        complete = not problems and not errors and check.ok and 0 < expected == len(frames) == valid
+        return DecodedVideo(frames, valid, expected, complete, given, check)
 
     def viewable(self, stream: bytes) -> bytes:
         return self.to_mp4(stream)
@@ -575,6 +594,69 @@ def computed_header(width: int, height: int, fps: int, qp: int) -> bytes:
     return b"".join(unit for unit in units if nal_type(unit) in (NAL_SPS, NAL_PPS))
 
 
+@dataclass(frozen=True)
+class FfmpegVerdict:
+    """FFmpeg's own opinion of an Annex-B stream, at its strictest (see ``ffmpeg_verdict``)."""
+
+    frames: int  # decoded
+    corrupt_frames: int  # decoded with concealment (``AVFrame.decode_error_flags`` / ``is_corrupt``)
+    errors: tuple[str, ...]  # decoder exceptions and messages logged at error level
+
+    def clean(self, expected_frames: int) -> bool:
+        """No error, no concealment, and as many frames as the stream announces."""
+        return not self.errors and not self.corrupt_frames and self.frames == expected_frames
+
+
+def ffmpeg_verdict(annexb: bytes, max_frames: int) -> FfmpegVerdict:
+    """Decode with FFmpeg's H.264 decoder, error detection at its strictest (``err_detect`` with
+    ``explode``: any bitstream error fails the packet), and collect every complaint: exceptions, frames
+    marked corrupt (concealed) and error-level log lines. The strict check's independent referee.
+
+    Logging is switched on (PyAV leaves it off) for the call and restored after it.
+    """
+    frames = corrupt = 0
+    errors: list[str] = []
+    previous = av.logging.get_level()
+    av.logging.set_level(av.logging.VERBOSE)
+    try:
+        with av.logging.Capture() as logs:
+            codec = av.CodecContext.create("h264", "r")
+            codec.thread_count = 1
+            codec.options = {"err_detect": "crccheck+bitstream+buffer+explode"}
+            for frame, error in _decode_h264_packets(codec, annexb, max_frames):
+                if error is not None:
+                    errors.append(error)
+                else:
+                    frames += 1
+                    corrupt += bool(frame.is_corrupt)
+    finally:
+        av.logging.set_level(previous)
+    errors += [f"{name}: {message.strip()}" for level, name, message in logs if level <= av.logging.ERROR]
+    return FfmpegVerdict(frames, corrupt, tuple(errors))
+
+
+def _decode_h264_packets(
+    codec: av.CodecContext, data: bytes, max_frames: int
+) -> Iterator[tuple[av.VideoFrame | None, str | None]]:
+    try:
+        packets = codec.parse(data) + codec.parse(None)
+    except Exception as error:
+        yield None, str(error)
+        return
+    produced = 0
+    for packet in [*packets, None]:  # None drains the decoder
+        try:
+            decoded = codec.decode(packet)
+        except Exception as error:
+            yield None, str(error)
+            continue
+        for frame in decoded:
+            yield frame, None
+            produced += 1
+            if produced >= max_frames:
+                return
+
+
 def _decoded_frames(
     container: av.container.InputContainer, stream: av.VideoStream, report: dict
 ) -> Iterator[av.VideoFrame]:
@@ -629,20 +711,5 @@ def _decode_h264(
     codec.thread_count = 1
     if strict:
         codec.options = {"err_detect": "crccheck+bitstream+buffer+explode"}
-    produced = 0
-    try:
-        packets = codec.parse(data) + codec.parse(None)
-    except Exception as error:
-        yield None, str(error)
-        return
-    for packet in [*packets, None]:  # None drains the decoder
-        try:
-            frames = codec.decode(packet)
-        except Exception as error:  # whatever garbage provokes: tolerant decoding reports, never raises
-            yield None, str(error)
-            continue
-        for frame in frames:
-            yield frame, None
-            produced += 1
-            if produced >= max_frames:
-                return
+    # whatever garbage provokes is caught there: tolerant decoding reports, never raises
+    yield from _decode_h264_packets(codec, data, max_frames)

@@ -1,122 +1,583 @@
-"""The AVC stream as a byte automaton: NAL units that a decoder can at least split and order.
+"""The AVC stream as a byte automaton that parses every slice down to the last bit of its macroblock.
 
-What is tracked (the slice *data* inside a NAL unit is not parsed):
-- every NAL unit starts with a start code (00 00 01 or 00 00 00 01) and a legal header: forbidden bit
-  0, type 5 (IDR slice) for the first frame, type 1 or 5 after it, the same type for all slices of a
-  frame, and a nonzero nal_ref_idc for IDR slices;
-- slice ``j`` of a frame begins with ``first_mb_in_slice = j`` (its Exp-Golomb bits are fixed), so
-  each frame has exactly one slice per macroblock (the profile's ``slice-max-mbs=1``);
-- inside a NAL unit, emulation prevention holds: 00 00 is followed by 03 or a byte >= 04 (or by 01,
-  ending the unit with the next start code), and a unit never ends in a zero byte;
-- at most the profile's number of frames; EOS only at the end of a frame's last slice.
+A byte is allowed only if the stream can still be completed into one that FFmpeg's H.264 decoder decodes
+with no error or concealment, every frame, under the profile's SPS and PPS. Tracked, byte by byte:
 
-States are ``(frame, slice, phase, zeros, ue_byte, frame_type)``; transitions are cached.
+- NAL units: start codes (00 00 01 or 00 00 00 01), the NAL header (forbidden bit 0, nonzero nal_ref_idc
+  so every picture is a reference, type 5 for an IDR frame, the first frame IDR, the same type for all
+  slices of a frame), emulation prevention (after 00 00 only 03 or a byte >= 04; after 00 00 03 only a
+  byte <= 03, and an 03 only where such a byte can follow); at most the profile's frames;
+- the slice header, bit by bit, with the widths and values the SPS/PPS fix: ``first_mb_in_slice`` = the
+  slice's macroblock (one per slice), slice_type 7 (I) or 5 (P, only with a reference frame), one type
+  per frame, ``frame_num`` = frames since the IDR, ``idr_pic_id`` one per IDR frame and different from
+  the previous IDR's, the active reference count within the decoded reference frames (up to the SPS's
+  ``max_num_ref_frames``), no list modification or adaptive marking, the slice QP in 0..51 and the
+  deblocking fields in range;
+- the macroblock the encoder can emit (x264 baseline with ``partitions=none``): ``mb_skip_run`` 0 or 1
+  (the slice's one macroblock), P_L0_16x16 (te(v) reference index, motion vector differences within the
+  level's motion vector range; the prediction is 0 since no neighbour is available), I_NxN (the sixteen
+  Intra_4x4 modes, only those whose neighbours are inside the macroblock), Intra_16x16 with DC
+  prediction, I_PCM (alignment and 384 samples), chroma DC prediction, ``coded_block_pattern``,
+  ``mb_qp_delta`` in -26..25;
+- CAVLC residual blocks: ``coeff_token`` in the table nC selects (nC from blocks of the same macroblock),
+  at most the block's coefficients, trailing-one signs, levels with suffix-length adaptation (level_prefix
+  <= 15, the Baseline limit), ``total_zeros`` within the coefficients left, ``run_before`` within the
+  zeros left; then ``rbsp_trailing_bits``, after which the NAL unit ends.
+
+Every element is decoded through a table of its allowed codes and their prefixes, and every allowed value
+leads to a syntax position with an allowed continuation, so constrained sampling never dead-ends; EOS is
+allowed only after a frame's last slice. ``avc_syntax.check_stream`` is the independent judge.
+
+A state is ``(frame context, local)``. The local part holds the position in the NAL unit: emulation
+prevention (zero run, escape pending), the syntax position with what it needs (the header's slice and
+frame facts, or in a macroblock only its slice type and active references, the Intra_4x4 modes and the
+block coefficient counts nC needs) and the bits of the element being read. Transitions inside a NAL unit
+depend only on the local part and are cached on it.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import TYPE_CHECKING
+
+from shared.codec.avc_syntax import parse_header
+from shared.codec.avc_tables import (
+    CBP_INTER,
+    CBP_INTRA,
+    CHROMA_DC_TOTAL_ZEROS,
+    COEFF_TOKEN,
+    DC_PRED,
+    INTRA4X4_NEEDS_LEFT,
+    INTRA4X4_NEEDS_TOP,
+    LUMA_INDEX,
+    LUMA_XY,
+    RUN_BEFORE,
+    TOTAL_ZEROS,
+    coeff_token_table,
+)
 
 if TYPE_CHECKING:  # avc.py imports this module
     from shared.codec.avc import AvcProfile
 
-START, HEADER, UE, PAYLOAD = range(4)
 IDR, NON_IDR = 5, 1
+I_KIND, P_KIND = 7, 5  # slice_type values x264 writes: "all slices of the picture are I / P"
+SC, NH, RB = 0, 1, 2  # local phases: start code, NAL header byte, RBSP bytes
+MAX_IDR_PIC_ID = 15
+CACHE_LIMIT = 1 << 20  # entries per transition cache
+I16_DC_TYPES = (3, 7, 11, 15, 19, 23)  # I slice mb_types of Intra_16x16 with DC prediction
+I_NXN, I_PCM = 0, 25
 
 
-def ue_bytes(value: int) -> list[tuple[int, int]]:
-    """(mask, bits) that the first payload bytes must match to code ``value`` as Exp-Golomb ue(v)."""
-    code = value + 1
-    width = 2 * code.bit_length() - 1  # leading zeros, then the code itself
-    constraints = []
-    for first in range(0, width, 8):
-        used = min(8, width - first)
-        bits = (code >> (width - first - used)) & ((1 << used) - 1)
-        constraints.append((((1 << used) - 1) << (8 - used), bits << (8 - used)))
-    return constraints
+# ---------------------------------------------------------------------------------------------------
+# Element code tables: every allowed code and every proper prefix of one
+# ---------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Codes:
+    values: dict[str, object]  # complete code -> value
+    prefixes: frozenset[str]  # proper prefixes of allowed codes (the empty one included)
+
+
+def _codes(values: dict[str, object]) -> Codes:
+    if not values:
+        raise ValueError("an element with no allowed value would dead-end the grammar")
+    return Codes(values, frozenset(code[:cut] for code in values for cut in range(len(code))))
+
+
+def ue_code(value: int) -> str:
+    code = format(value + 1, "b")
+    return "0" * (len(code) - 1) + code
+
+
+def se_code(value: int) -> str:
+    return ue_code(2 * value - 1 if value > 0 else -2 * value)
+
+
+@lru_cache(maxsize=None)
+def element_codes(key: tuple) -> Codes:
+    """The codes of one syntax element, by key: ("ue", allowed values), ("se", low, high), ("bits", n),
+    ("u", n, allowed values),
+    ("te", active), ("i4", predicted mode, left available, top available), ("coeff", table, max),
+    ("zeros", total, max, chroma DC), ("run", zeros left), ("prefix",)."""
+    kind = key[0]
+    if kind == "ue":
+        return _codes({ue_code(value): value for value in key[1]})
+    if kind == "se":
+        return _codes({se_code(value): value for value in range(key[1], key[2] + 1)})
+    if kind == "bits":
+        return _codes({format(value, f"0{key[1]}b"): value for value in range(1 << key[1])})
+    if kind == "u":  # u(n) restricted to some values
+        return _codes({format(value, f"0{key[1]}b"): value for value in key[2]})
+    if kind == "te":  # te(v): one inverted bit for two references, ue(v) for more
+        active = key[1]
+        if active == 2:
+            return _codes({"1": 0, "0": 1})
+        return _codes({ue_code(value): value for value in range(active)})
+    if kind == "i4":
+        predicted, left, top = key[1:]
+        allowed = {mode for mode in range(9) if (left or mode not in INTRA4X4_NEEDS_LEFT)
+                   and (top or mode not in INTRA4X4_NEEDS_TOP)}
+        codes = {"1": predicted} if predicted in allowed else {}
+        for rem in range(8):
+            mode = rem if rem < predicted else rem + 1
+            if mode in allowed:
+                codes["0" + format(rem, "03b")] = mode
+        return _codes(codes)
+    if kind == "coeff":
+        table, most = key[1:]
+        return _codes({code: value for code, value in COEFF_TOKEN[table].items() if value[0] <= most})
+    if kind == "zeros":
+        total, most, chroma_dc = key[1:]
+        table = CHROMA_DC_TOTAL_ZEROS[total - 1] if chroma_dc else TOTAL_ZEROS[total - 1]
+        return _codes({code: value for code, value in table.items() if value <= most - total})
+    if kind == "run":
+        left = key[1]
+        return _codes({code: value for code, value in RUN_BEFORE[min(left, 7) - 1].items() if value <= left})
+    if kind == "prefix":  # level_prefix: leading zeros then a one, at most 15 zeros (Baseline)
+        return _codes({"0" * zeros + "1": zeros for zeros in range(16)})
+    raise ValueError(f"unknown element {key!r}")
+
+
+# ---------------------------------------------------------------------------------------------------
+# Residual layouts
+# ---------------------------------------------------------------------------------------------------
+
+# A residual block: (kind, index, coefficients); kinds: "dc" Intra16x16 DC, "luma" 4x4 (index 0..15),
+# "cdc" chroma DC (index = plane), "cac" chroma AC (index = 4 * plane + block).
+Block = tuple[str, int, int]
+
+
+@lru_cache(maxsize=None)
+def residual_layout(intra16: bool, luma_cbp: int, chroma_cbp: int) -> tuple[Block, ...]:
+    """The residual blocks of a macroblock in bitstream order (7.3.5.3)."""
+    blocks: list[Block] = [("dc", 0, 16)] if intra16 else []
+    blocks += [("luma", index, 15 if intra16 else 16) for index in range(16) if luma_cbp >> (index // 4) & 1]
+    if chroma_cbp:
+        blocks += [("cdc", plane, 4) for plane in range(2)]
+    if chroma_cbp == 2:
+        blocks += [("cac", 4 * plane + index, 15) for plane in range(2) for index in range(4)]
+    return tuple(blocks)
+
+
+def block_nc(block: Block, counts: tuple[int, ...]) -> int:
+    """nC of a block from the counts of the same macroblock's blocks (luma 0..15, chroma AC 16..23)."""
+    kind, index, _ = block
+    if kind == "cdc":
+        return -1
+    if kind == "dc":
+        return 0  # block 0's neighbours lie outside the macroblock
+    if kind == "luma":
+        x, y = LUMA_XY[index]
+        left = counts[LUMA_INDEX[(x - 1, y)]] if x else None
+        top = counts[LUMA_INDEX[(x, y - 1)]] if y else None
+    else:
+        base, block_index = 16 + 4 * (index // 4), index % 4
+        left = counts[base + block_index - 1] if block_index % 2 else None
+        top = counts[base + block_index - 2] if block_index >= 2 else None
+    if left is not None and top is not None:
+        return (left + top + 1) >> 1
+    return left if left is not None else top if top is not None else 0
+
+
+# ---------------------------------------------------------------------------------------------------
+# The grammar
+# ---------------------------------------------------------------------------------------------------
 
 
 @dataclass
 class AvcGrammar:
     profile: AvcProfile
-    _cache: dict = field(default_factory=dict, repr=False)
+    _cache: dict = field(default_factory=dict, repr=False)  # (local state, byte) -> local state
+    _bytes: dict = field(default_factory=dict, repr=False)  # (parser, RBSP byte) -> (ended, parser)
+    _bits: dict = field(default_factory=dict, repr=False)  # (parser, bit) -> parser
 
     def __post_init__(self) -> None:
+        params = parse_header(self.profile.header)
+        if params.poc_type != 2 or not params.deblocking_control or params.redundant_pic_cnt:
+            raise ValueError(f"{self.profile.name}: the grammar knows x264's baseline parameter sets "
+                             "(POC type 2, deblocking control, no redundant pictures)")
+        self.params = params
         self.slices = self.profile.macroblocks
+        if params.macroblocks != self.slices:
+            raise ValueError(f"{self.profile.name}: the SPS has {params.macroblocks} macroblocks, the profile "
+                             f"{self.slices}")
         self.frames = self.profile.max_frames
-        self.patterns = [ue_bytes(j) for j in range(self.slices)]
+        self.frame_num_bits = params.log2_max_frame_num
+        self.max_refs = max(1, params.max_num_ref_frames)
+        self.mv_vertical = params.max_mv_vertical
+
+    # --- the ByteGrammar interface -------------------------------------------------------------------
+    # glob: (frame, slice, frame NAL type, frame slice_type, idr_pic_id of the latest IDR, frames since it)
 
     def start(self) -> tuple:
-        return 0, -1, START, 0, 0, 0  # before the first NAL unit: frame 0, no slice yet
+        return (0, -1, 0, 0, -1, 0), (SC, 0, None)
 
     def is_done(self, state: tuple) -> bool:
-        return False  # a slice's data has no fixed length: the model decides when to stop
+        glob, local = state
+        return local[0] == SC and local[1] == 0 and self._following(glob) is None
 
     def can_end(self, state: tuple) -> bool:
-        frame, slice_, phase, zeros, _, _ = state
-        return phase == PAYLOAD and zeros == 0 and slice_ == self.slices - 1
+        glob, local = state
+        return local[0] == SC and local[1] == 0 and glob[1] == self.slices - 1
 
     def cache_key(self, state: tuple) -> tuple:
         return state
 
-    def next_slice(self, frame: int, slice_: int) -> tuple[int, int] | None:
-        """(frame, slice) of the NAL unit after this one, or None when the clip is full."""
+    def step(self, state: tuple, byte: int) -> tuple | None:
+        glob, local = state
+        if local[0] == RB:
+            key = (local, byte)
+            cached = self._cache.get(key, False)
+            if cached is False:
+                cached = self._rbsp_byte(local, byte)
+                self._remember(self._cache, key, cached)
+            return None if cached is None else (glob, cached)
+        if local[0] == SC:
+            zeros = local[1]
+            if byte == 0:
+                return (glob, (SC, zeros + 1, local[2])) if zeros < 3 else None
+            if byte == 1 and zeros >= 2 and self._following(glob) is not None:
+                return self._begin_unit(glob, local[2]), (NH,)
+            return None
+        return self._nal_header(glob, byte)
+
+    # --- NAL units -----------------------------------------------------------------------------------
+
+    def _following(self, glob: tuple) -> tuple[int, int] | None:
+        """(frame, slice) of the next NAL unit, or None when the clip is full."""
+        frame, slice_ = glob[0], glob[1]
+        if slice_ < 0:
+            return 0, 0
         if slice_ + 1 < self.slices:
             return frame, slice_ + 1
-        if frame + 1 < self.frames:
-            return frame + 1, 0
-        return None
+        return (frame + 1, 0) if frame + 1 < self.frames else None
 
-    def step(self, state: tuple, byte: int) -> tuple | None:
-        key = (state, byte)
-        cached = self._cache.get(key, False)
+    def _begin_unit(self, glob: tuple, facts: tuple | None) -> tuple:
+        """The frame context for the next slice; the facts of a frame's first slice become the frame's."""
+        frame, slice_, nal_type, kind, idr_id, since = glob
+        if slice_ == 0 and facts is not None:
+            kind = facts[0]
+            idr_id = facts[1] if facts[1] >= 0 else idr_id  # a P or I frame keeps the latest IDR's id
+        next_frame, next_slice = self._following(glob)
+        return next_frame, next_slice, nal_type, kind, idr_id, since
+
+    def _nal_header(self, glob: tuple, byte: int) -> tuple | None:
+        frame, slice_, nal_type, kind, idr_id, since = glob
+        unit_type, ref_idc = byte & 0x1F, byte >> 5 & 3
+        if byte & 0x80 or unit_type not in (IDR, NON_IDR) or ref_idc == 0:
+            return None
+        if slice_ == 0:  # a frame's first slice sets the frame's type
+            if frame == 0 and unit_type != IDR:
+                return None
+            nal_type, kind = unit_type, 0
+            since = 0 if unit_type == IDR else since + 1
+        elif unit_type != nal_type:
+            return None
+        glob = frame, slice_, nal_type, kind, idr_id, since
+        refs = 0 if nal_type == IDR else min(since, self.max_refs)
+        # idr_pic_id: the frame's own after its first slice; a new one, unlike the last IDR's, in it
+        idr_rule = (idr_id, slice_ > 0) if nal_type == IDR else None
+        header = (slice_, nal_type, kind if slice_ else 0, since % (1 << self.frame_num_bits), refs, idr_rule)
+        return glob, (RB, 0, False, (header, ("first",), ""))
+
+    # --- RBSP bytes: emulation prevention, then eight bits --------------------------------------------
+    # A parser state is (context, position, bits of the element so far). Most states of a macroblock are
+    # met once, so the transition caches are cleared when they grow past CACHE_LIMIT entries.
+
+    def _remember(self, cache: dict, key: object, value: object) -> None:
+        if len(cache) >= CACHE_LIMIT:
+            cache.clear()
+        cache[key] = value
+
+    def _rbsp_byte(self, local: tuple, byte: int) -> tuple | None:
+        _, zeros, escaped, parser = local
+        if escaped:
+            if byte > 3:
+                return None
+        elif zeros >= 2:
+            if byte == 3:  # an emulation prevention byte: only where a byte <= 03 can follow
+                if all(self._byte(parser, value) is None for value in range(4)):
+                    return None
+                return RB, 0, True, parser
+            if byte < 3:
+                return None
+        after = self._byte(parser, byte)
+        if after is None:
+            return None
+        ended, parser = after
+        if ended:  # rbsp_trailing_bits are complete: the NAL unit ends here
+            context = parser[0]
+            return SC, 0, (context[0], context[2])
+        return RB, zeros + 1 if byte == 0 else 0, False, parser
+
+    def _byte(self, parser: tuple, byte: int) -> tuple[bool, tuple] | None:
+        """(NAL unit ends, parser) after an RBSP byte, or None."""
+        key = (parser, byte)
+        cached = self._bytes.get(key, False)
         if cached is False:
-            cached = self._cache[key] = self._step(state, byte)
+            cached = self._walk_byte(parser, byte)
+            self._remember(self._bytes, key, cached)
         return cached
 
-    def _step(self, state: tuple, byte: int) -> tuple | None:
-        frame, slice_, phase, zeros, ue_index, frame_type = state
-        if phase == START:  # the very first start code
-            if byte == 0x00:
-                return (frame, slice_, START, zeros + 1, 0, frame_type) if zeros < 3 else None
-            return self._header_next(frame, slice_, frame_type) if byte == 0x01 and zeros >= 2 else None
-        if phase == HEADER:
-            nal_type, ref_idc = byte & 0x1F, (byte >> 5) & 3
-            if byte & 0x80 or nal_type not in (IDR, NON_IDR) or (nal_type == IDR and ref_idc == 0):
+    def _walk_byte(self, parser: tuple, byte: int) -> tuple[bool, tuple] | None:
+        for shift in range(7, -1, -1):
+            parser = self._bit(parser, byte >> shift & 1)
+            if parser is None:
                 return None
-            if slice_ == 0:  # a frame's first slice sets the frame's type
-                if frame == 0 and nal_type != IDR:
-                    return None
-                frame_type = nal_type
-            elif nal_type != frame_type:
-                return None
-            return frame, slice_, UE, 0, 0, frame_type
-        if phase == UE:
-            mask, bits = self.patterns[slice_][ue_index]
-            if byte & mask != bits:
-                return None
-            ue_index += 1
-            zeros = zeros + 1 if byte == 0 else 0
-            return frame, slice_, UE if ue_index < len(self.patterns[slice_]) else PAYLOAD, zeros, ue_index, frame_type
-        # PAYLOAD: emulation prevention, or the next start code
-        following = self.next_slice(frame, slice_)
-        if zeros >= 2:
-            if byte == 0x03 and zeros == 2:
-                return frame, slice_, PAYLOAD, 0, 0, frame_type
-            if byte == 0x01 and following is not None:
-                return self._header_next(frame, slice_, frame_type)
-            if byte == 0x00 and zeros == 2 and following is not None:
-                return frame, slice_, PAYLOAD, 3, 0, frame_type
-            if byte >= 0x04 and zeros == 2:
-                return frame, slice_, PAYLOAD, 0, 0, frame_type
-            return None
-        if byte == 0x00:
-            return frame, slice_, PAYLOAD, zeros + 1, 0, frame_type
-        return frame, slice_, PAYLOAD, 0, 0, frame_type
+        context, position, code = parser
+        if position[0] == "pcm_align":  # at a byte boundary the samples begin
+            return False, (context, ("pcm", 8 * 384), "")
+        return position[0] == "align", parser
 
-    def _header_next(self, frame: int, slice_: int, frame_type: int) -> tuple | None:
-        following = (0, 0) if slice_ < 0 else self.next_slice(frame, slice_)
-        if following is None:
-            return None
-        return following[0], following[1], HEADER, 0, 0, frame_type
+    def _bit(self, parser: tuple, bit: int) -> tuple | None:
+        key = (parser, bit)
+        cached = self._bits.get(key, False)
+        if cached is False:
+            cached = self._walk_bit(parser, bit)
+            self._remember(self._bits, key, cached)
+        return cached
+
+    def _walk_bit(self, parser: tuple, bit: int) -> tuple | None:
+        context, position, code = parser
+        tag = position[0]
+        if tag == "align" or tag == "pcm_align":  # zero bits up to the byte boundary
+            return None if bit else parser
+        if tag == "pcm":  # raw samples: any bits
+            left = position[1] - 1
+            return context, (("pcm", left) if left else ("trail",)), ""
+        code += "1" if bit else "0"
+        codes = element_codes(self._element(context, position))
+        if code in codes.values:
+            context, position = self._after(context, position, codes.values[code])
+            return context, position, ""
+        return (context, position, code) if code in codes.prefixes else None
+
+    # --- syntax: which element comes at a position, and where its value leads ----------------------------
+
+    def _element(self, context: tuple, position: tuple) -> tuple:
+        tag = position[0]
+        if tag in HEADER_ELEMENTS:
+            return self._header_element(context, tag)
+        if tag == "skip":
+            return "ue", (0, 1)
+        if tag == "mb_type":
+            return "ue", ((0, 5, *(5 + t for t in I16_DC_TYPES), 30) if context[0] == P_KIND
+                          else (I_NXN, *I16_DC_TYPES, I_PCM))
+        if tag == "ref":
+            return "te", context[1]
+        if tag == "mvd_x":
+            return "se", -8192, 8191
+        if tag == "mvd_y":
+            return "se", -self.mv_vertical, self.mv_vertical - 1
+        if tag == "i4":
+            block, modes = position[1], position[2]
+            x, y = LUMA_XY[block]
+            predicted = DC_PRED if x == 0 or y == 0 else min(modes[LUMA_INDEX[(x - 1, y)]],
+                                                              modes[LUMA_INDEX[(x, y - 1)]])
+            return "i4", predicted, x > 0, y > 0
+        if tag == "chroma":
+            return "ue", (0,)
+        if tag == "cbp":
+            return "ue", tuple(range(48))
+        if tag == "qp_delta":
+            return "se", -26, 25
+        if tag == "trail":  # the stop bit
+            return "ue", (0,)
+        if tag == "res":
+            return self._residual_element(position)
+        raise AssertionError(f"no element at {position!r}")
+
+    def _header_element(self, context: tuple, tag: str) -> tuple:
+        slice_, nal_type, kind, frame_num, refs, idr_rule = context
+        if tag == "first":
+            return "ue", (slice_,)
+        if tag == "type":
+            if nal_type == IDR:
+                return "ue", (I_KIND,)
+            return "ue", (kind,) if kind else (P_KIND, I_KIND)
+        if tag == "pps":
+            return "ue", (0,)
+        if tag == "frame_num":
+            return "u", self.frame_num_bits, (0 if nal_type == IDR else frame_num,)
+        if tag == "idr":
+            idr_id, fixed = idr_rule
+            return "ue", (idr_id,) if fixed else tuple(v for v in range(MAX_IDR_PIC_ID + 1) if v != idr_id)
+        if tag == "override":  # the PPS's default count of active references, or fewer
+            return "u", 1, (1,) if self.params.num_ref_idx_default > refs else (0, 1)
+        if tag == "active":
+            return "ue", tuple(range(refs))
+        if tag in ("modification", "marking"):
+            return "u", 1 if tag == "modification" or nal_type != IDR else 2, (0,)
+        if tag == "qp":
+            return "se", -self.params.pic_init_qp, 51 - self.params.pic_init_qp
+        if tag == "deblock":
+            return "ue", (0, 1, 2)
+        return "se", -6, 6  # alpha, beta
+
+    def _after(self, context: tuple, position: tuple, value: object) -> tuple[tuple, tuple]:
+        tag = position[0]
+        if tag in HEADER_ELEMENTS:
+            return self._after_header(context, position, value)
+        if tag == "skip":
+            return (context, ("trail",)) if value else (context, ("mb_type",))
+        if tag == "mb_type":
+            return context, self._after_mb_type(context, value)
+        if tag == "ref":
+            return context, ("mvd_x",)
+        if tag == "mvd_x":
+            return context, ("mvd_y",)
+        if tag == "mvd_y":
+            return context, ("cbp", False)
+        if tag == "i4":
+            block, modes = position[1], position[2] + (value,)
+            return context, (("i4", block + 1, modes) if block < 15 else ("chroma", None))
+        if tag == "chroma":
+            return context, (("cbp", True) if position[1] is None else ("qp_delta", position[1]))
+        if tag == "cbp":
+            cbp = (CBP_INTRA if position[1] else CBP_INTER)[value]
+            if not cbp:
+                return context, ("trail",)
+            return context, ("qp_delta", (False, cbp & 15, cbp >> 4))
+        if tag == "qp_delta":
+            return context, self._first_block(position[1])
+        if tag == "trail":
+            return context, ("align",)
+        if tag == "res":
+            return context, self._after_residual(position, value)
+        raise AssertionError(f"no element at {position!r}")
+
+    def _after_header(self, context: tuple, position: tuple, value: object) -> tuple[tuple, tuple]:
+        tag = position[0]
+        slice_, nal_type, kind, frame_num, refs, idr_rule = context
+        facts = position[1] if len(position) > 1 else (0, -1)  # (slice_type, idr_pic_id) so far
+        if tag == "type":
+            facts = (value, -1)
+        elif tag == "idr":
+            facts = (facts[0], value)
+        elif tag == "active":
+            facts = facts + (value + 1,)
+        elif tag == "override" and value == 0:
+            facts = facts + (self.params.num_ref_idx_default,)
+        following = {"first": "type", "type": "pps", "pps": "frame_num",
+                     "frame_num": "idr" if nal_type == IDR else "override" if facts[0] == P_KIND else "marking",
+                     "idr": "marking", "override": "active" if value else "modification", "active": "modification",
+                     "modification": "marking", "marking": "qp", "qp": "deblock",
+                     "deblock": "alpha" if value != 1 else None, "alpha": "beta", "beta": None}[tag]
+        if following is not None:
+            return context, (following, facts)
+        # the slice data: the macroblock context is (slice_type, active references, idr_pic_id)
+        slice_type, idr_id = facts[0], facts[1]
+        active = facts[2] if len(facts) > 2 else 0
+        return (slice_type, active, idr_id), (("skip",) if slice_type == P_KIND else ("mb_type",))
+
+    def _after_mb_type(self, context: tuple, mb_type: int) -> tuple:
+        if context[0] == P_KIND:
+            if mb_type == 0:  # P_L0_16x16
+                return ("ref",) if context[1] > 1 else ("mvd_x",)
+            mb_type -= 5
+        if mb_type == I_NXN:
+            return "i4", 0, ()
+        if mb_type == I_PCM:
+            return ("pcm_align",)
+        return "chroma", (True, 15 if mb_type > 12 else 0, (mb_type - 1) // 4 % 3)
+
+    # --- residual blocks -------------------------------------------------------------------------------
+    # position: ("res", layout, block, counts, sub); layout: (Intra_16x16?, luma cbp, chroma cbp), whose
+    # blocks ``residual_layout`` lists; sub one of ("token",), ("signs", total, ones),
+    # ("prefix", total, ones, k, suffix_length), ("suffix", total, ones, k, suffix_length, prefix),
+    # ("zeros", total), ("run", runs left, zeros left); counts: TotalCoeff of luma 0..15, chroma AC 16..23.
+
+    def _first_block(self, layout: tuple) -> tuple:
+        return ("res", layout, 0, (0,) * 24, ("token",)) if residual_layout(*layout) else ("trail",)
+
+    def _residual_element(self, position: tuple) -> tuple:
+        _, layout, index, counts, sub = position
+        block = residual_layout(*layout)[index]
+        stage = sub[0]
+        if stage == "token":
+            return "coeff", coeff_token_table(block_nc(block, counts)), block[2]
+        if stage == "signs":
+            return "bits", sub[2]
+        if stage == "prefix":
+            return ("prefix",)
+        if stage == "suffix":
+            return "bits", suffix_size(sub[5], sub[4])
+        if stage == "zeros":
+            return "zeros", sub[1], block[2], block[0] == "cdc"
+        return "run", sub[2]
+
+    def _after_residual(self, position: tuple, value: object) -> tuple:
+        _, layout, index, counts, sub = position
+        block = residual_layout(*layout)[index]
+        stage = sub[0]
+        if stage == "token":
+            total, ones = value
+            if block[0] == "luma":
+                counts = counts[:block[1]] + (total,) + counts[block[1] + 1:]
+            elif block[0] == "cac":
+                counts = counts[:16 + block[1]] + (total,) + counts[17 + block[1]:]
+            if not total:
+                return self._next_block(layout, index, counts)
+            if ones:
+                return "res", layout, index, counts, ("signs", total, ones)
+            return self._levels(layout, index, counts, total, ones, ones, 1 if total > 10 and ones < 3 else 0)
+        if stage == "signs":
+            total, ones = sub[1], sub[2]
+            return self._levels(layout, index, counts, total, ones, ones, 1 if total > 10 and ones < 3 else 0)
+        if stage == "prefix":
+            _, total, ones, k, suffix_length = sub
+            if suffix_size(value, suffix_length):
+                return "res", layout, index, counts, ("suffix", total, ones, k, suffix_length, value)
+            return self._level_done(layout, index, counts, total, ones, k, suffix_length, value, 0)
+        if stage == "suffix":
+            _, total, ones, k, suffix_length, prefix = sub
+            return self._level_done(layout, index, counts, total, ones, k, suffix_length, prefix, value)
+        if stage == "zeros":
+            total, zeros = sub[1], value
+            if zeros and total > 1:
+                return "res", layout, index, counts, ("run", total - 1, zeros)
+            return self._next_block(layout, index, counts)
+        runs, zeros = sub[1] - 1, sub[2] - value
+        if runs and zeros:
+            return "res", layout, index, counts, ("run", runs, zeros)
+        return self._next_block(layout, index, counts)
+
+    def _levels(self, layout: tuple, index: int, counts: tuple, total: int, ones: int, k: int,
+                suffix_length: int) -> tuple:
+        if k < total:
+            return "res", layout, index, counts, ("prefix", total, ones, k, suffix_length)
+        if total < residual_layout(*layout)[index][2]:
+            return "res", layout, index, counts, ("zeros", total)
+        return self._next_block(layout, index, counts)
+
+    def _level_done(self, layout: tuple, index: int, counts: tuple, total: int, ones: int, k: int,
+                    suffix_length: int, prefix: int, suffix: int) -> tuple:
+        """9.2.2.1: the level's magnitude decides the next suffix length."""
+        code = (min(15, prefix) << suffix_length) + suffix
+        if prefix >= 15 and suffix_length == 0:
+            code += 15
+        if k == ones and ones < 3:
+            code += 2
+        magnitude = (code + 2) >> 1
+        suffix_length = max(suffix_length, 1)
+        if magnitude > 3 << (suffix_length - 1) and suffix_length < 6:
+            suffix_length += 1
+        return self._levels(layout, index, counts, total, ones, k + 1, suffix_length)
+
+    def _next_block(self, layout: tuple, index: int, counts: tuple) -> tuple:
+        if index + 1 < len(residual_layout(*layout)):
+            return "res", layout, index + 1, counts, ("token",)
+        return ("trail",)
+
+
+def suffix_size(prefix: int, suffix_length: int) -> int:
+    """levelSuffixSize (9.2.2.1)."""
+    if prefix == 14 and suffix_length == 0:
+        return 4
+    return prefix - 3 if prefix >= 15 else suffix_length
+
+
+HEADER_ELEMENTS = frozenset({"first", "type", "pps", "frame_num", "idr", "override", "active", "modification",
+                             "marking", "qp", "deblock", "alpha", "beta"})

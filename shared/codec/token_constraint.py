@@ -18,6 +18,10 @@ import numpy as np
 
 from shared.codec.profile import ByteGrammar
 
+# Masks and verdicts kept at most; past it a cache starts over. JPEG's states repeat every restart
+# interval and stay far below it; AVC's macroblock states are mostly new, and memory must stay bounded.
+CACHE_LIMIT = 1 << 18
+
 
 class TokenConstraint:
     def __init__(self, grammar: ByteGrammar, token_bytes: list[bytes], eos_id: int) -> None:
@@ -66,6 +70,8 @@ class TokenConstraint:
                             stack.append((child, after))
                 if self.can_end(state):
                     mask[self.eos_id] = True
+            if len(self._masks) >= CACHE_LIMIT // 64:  # a mask is vocabulary-sized
+                self._masks.clear()
             self._masks[key] = mask
         return mask
 
@@ -85,6 +91,8 @@ class TokenConstraint:
                     if at is None:
                         break
                 verdict = at is not None
+            if len(self._verdicts) >= CACHE_LIMIT:
+                self._verdicts.clear()
             self._verdicts[key] = verdict
         return verdict
 

@@ -1,0 +1,125 @@
+"""Benchmark: what the macroblock-level AVC grammar costs per sampled token, without a model, and
+whether constrained random walks decode.
+
+Real clips encoded by the profile are tokenized with a dataset's tokenizer and replayed token by token
+(teacher forcing), as a sampler would step through them. At each step the constraint answers as
+``train.generate`` asks it (top-k: verdicts in logit order until k allowed tokens are found; the logits
+are random here) and, separately, with the whole vocabulary mask. Prints microseconds per token for
+both, cold (a fresh grammar, first clip) and warm (later clips, caches filled by earlier ones).
+Compare with a model's step: ``bench.generate`` prints tokens/s free and constrained.
+
+With ``--walks N``: N constrained random walks (random logits) per profile, each stream judged by FFmpeg
+and by the strict check (every frame clean, the announced frame count decoded).
+
+    python -m bench.avc_grammar --dataset data/avc-tiny [--clips 4] [--top-k 50]
+    python -m bench.avc_grammar --walks 20 [--profiles avc-128x72-3fps-5s-qp37 avc-64x48-3fps-2s-qp37]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+
+from shared.codec.avc import AvcProfile, ffmpeg_verdict
+from shared.codec.avc_syntax import check_stream
+from shared.codec.token_constraint import TokenConstraint
+from shared.format.dataset import Dataset
+from shared.samples.clips import sample_clip
+
+# single bytes, and multi-byte tokens like a BPE vocabulary's: start codes with NAL headers, zero runs
+WALK_VOCAB = [bytes([value]) for value in range(256)] + [
+    b"\x00\x00\x01", b"\x00\x00\x00\x01", b"\x00\x00\x01\x65\x88", b"\x00\x00\x01\x41", b"\x00\x00",
+    b"\x00\x00\x03", b"\xff\xff", b"\x80", b"\x9a\x21", b"\x42\x21\x0f", b"\x00\x03\x00"]
+WALK_EOS = len(WALK_VOCAB)
+
+
+def walk(profile: AvcProfile, seed: int, stop: float) -> bytes:
+    """A constrained random walk: random logits each step, the best allowed token; EOS, where allowed,
+    with probability ``stop`` (always once the clip is full). Every state must allow something."""
+    rng = np.random.default_rng(seed)
+    constraint = TokenConstraint(profile.grammar(), [*WALK_VOCAB, b""], WALK_EOS)
+    state, out = constraint.start(), bytearray()
+    while True:
+        if constraint.can_end(state) and (rng.random() < stop or constraint.grammar.is_done(state)):
+            return bytes(out)
+        ranked = [int(token) for token in rng.permutation(WALK_EOS)]
+        chosen = constraint.first_allowed(state, ranked, 1)
+        if not chosen:
+            raise AssertionError(f"dead end after {len(out)} bytes")
+        out += WALK_VOCAB[chosen[0]]
+        state = constraint.advance(state, chosen[0])
+
+
+def judge_walks(profile: AvcProfile, seeds: range, stop: float) -> dict[str, int]:
+    """Counts over random walks: streams, frames, and those FFmpeg and the check find clean."""
+    counts = dict(streams=0, frames=0, bytes=0, ffmpeg_clean_streams=0, check_clean_streams=0, ffmpeg_clean_frames=0)
+    for seed in seeds:
+        stream = walk(profile, seed, stop)
+        frames = profile.frame_count(stream)
+        verdict = ffmpeg_verdict(profile.restore(stream), profile.max_frames + 2)
+        check = check_stream(profile.header, stream, profile.max_frames)
+        counts["streams"] += 1
+        counts["frames"] += frames
+        counts["bytes"] += len(stream)
+        counts["ffmpeg_clean_streams"] += verdict.clean(frames)
+        counts["check_clean_streams"] += check.ok and check.clean_frames == frames
+        counts["ffmpeg_clean_frames"] += verdict.frames - verdict.corrupt_frames if not verdict.errors else 0
+    return counts
+
+
+def replay(constraint: TokenConstraint, tokens: np.ndarray, top_k: int, rng: np.random.Generator,
+           full_mask: bool) -> float:
+    """Seconds spent in the constraint over one stream's tokens."""
+    state, spent = constraint.start(), 0.0
+    for token in tokens:
+        ranked = [int(t) for t in rng.permutation(constraint.vocab_size)]
+        started = time.perf_counter()
+        if full_mask:
+            assert constraint.allowed(state)[token]
+        else:
+            constraint.first_allowed(state, ranked, top_k)
+            assert constraint.is_allowed(state, int(token))
+        state = constraint.advance(state, int(token))
+        spent += time.perf_counter() - started
+    assert constraint.can_end(state)
+    return spent
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dataset", help="an AVC dataset (its tokenizer and profile are used)")
+    parser.add_argument("--walks", type=int, default=0, help="random walks per profile instead of replaying clips")
+    parser.add_argument("--profiles", nargs="+", default=["avc-128x72-3fps-5s-qp37", "avc-64x48-3fps-2s-qp37"])
+    parser.add_argument("--stop", type=float, default=0.05, help="EOS probability where a walk may stop")
+    parser.add_argument("--clips", type=int, default=4)
+    parser.add_argument("--top-k", type=int, default=50)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    if args.walks:
+        for name in args.profiles:
+            profile = AvcProfile.from_name(name)
+            counts = judge_walks(profile, range(args.seed, args.seed + args.walks), args.stop)
+            print(f"{name}: {counts}", flush=True)
+        return
+    if not args.dataset:
+        parser.error("--dataset is needed to replay clips (or pass --walks)")
+    dataset = Dataset.open(args.dataset)
+    profile, tokenizer = dataset.profile, dataset.tokenizer
+    streams = [profile.encode(sample_clip(1000 + index)[1]) for index in range(args.clips)]
+    encoded = [tokenizer.encode(stream) for stream in streams]
+    print(f"{profile.name}, vocabulary {tokenizer.vocab_size}, {args.clips} clips of "
+          f"{sum(map(len, encoded)) / len(encoded):,.0f} tokens on average:", flush=True)
+    for full_mask in (False, True):
+        constraint = TokenConstraint(profile.grammar(), tokenizer.token_bytes, tokenizer.eos_id)
+        rng = np.random.default_rng(args.seed)
+        times = [replay(constraint, tokens, args.top_k, rng, full_mask) for tokens in encoded]
+        cold = times[0] / len(encoded[0]) * 1e6
+        warm = sum(times[1:]) / max(1, sum(map(len, encoded[1:]))) * 1e6
+        label = "whole mask" if full_mask else f"top-{args.top_k} verdicts"
+        print(f"  {label:16s} {cold:8.1f} us/token cold (first clip), {warm:8.1f} us/token warm (the others)", flush=True)
+
+
+if __name__ == "__main__":
+    main()
