@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from train.checkpoint import load_for_sampling
-from train.generate import SamplingSettings, sample
+from train.generate import SamplingSettings, avc_clean_shares, sample
 
 
 def main() -> None:
@@ -44,11 +44,13 @@ def main() -> None:
         valid, total = sum(d.valid_units for d in decoded), sum(d.total_units for d in decoded)
         units = f"{valid}/{total} {profile.unit}s valid ({valid / max(1, total):.1%})"
         facts = [d.facts for d in decoded]
-        if all("macroblocks_announced" in f for f in facts):  # AVC: the strict check's counts
-            frames = sum(f["frames_clean"] for f in facts), sum(f["frames_announced"] for f in facts)
-            blocks = sum(f["macroblocks_clean"] for f in facts), sum(f["macroblocks_announced"] for f in facts)
-            units += (f" | frames clean {frames[0]}/{frames[1]} ({frames[0] / max(1, frames[1]):.1%})"
-                      f" | macroblocks clean {blocks[0]}/{blocks[1]} ({blocks[0] / max(1, blocks[1]):.1%})")
+        if all("macroblocks_announced" in f for f in facts):  # AVC: the strict check's shares
+            shares, whole = avc_clean_shares(facts), sum(f["frames_whole"] for f in facts)
+            cut = sum(f["frames_whole"] < f["frames_announced"] for f in facts)
+            units += (f" | frames clean {shares['frames_clean_share']:.1%}, of the {whole} whole frames"
+                      f" {shares['whole_frames_clean_share']:.1%} | macroblocks clean"
+                      f" {shares['macroblocks_clean_share']:.1%}, of those written"
+                      f" {shares['written_macroblocks_clean_share']:.1%} | cut short by the token budget {cut}")
         eos = sum(s.stopped == "eos" for s in samples)
         print(f"  {label:11s} decode cleanly {clean}/{len(samples)} | {units} | stopped by EOS {eos}/{len(samples)}"
               f" | {rates[label]:,.0f} tokens/s")

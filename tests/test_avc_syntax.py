@@ -6,7 +6,7 @@ import pytest
 
 from bench.avc_check import agreement, judge
 from shared.codec.avc import AvcProfile, ffmpeg_verdict, nal_units
-from shared.codec.avc_syntax import check_stream, parse_header
+from shared.codec.avc_syntax import check_stream, parse_header, split_units
 from shared.codec.avc_tables import CHROMA_DC_TOTAL_ZEROS, COEFF_TOKEN, RUN_BEFORE, TOTAL_ZEROS
 from shared.samples.clips import sample_clip
 
@@ -169,3 +169,22 @@ def test_i_pcm_and_emulation_prevention():
     unescaped = stream.replace(b"\x00\x00\x03", b"\x00\x00", 1)
     check = check_stream(TINY.header, unescaped)
     assert not check.ok and "emulation prevention" in check.problems[0]
+
+
+def test_a_stream_cut_inside_a_frame_is_counted_as_unwritten_not_as_garbage(tiny_streams: list[bytes]) -> None:
+    """A sample that runs out of token budget stops inside a frame: at a slice boundary or inside a slice.
+    Its macroblocks so far count as written and clean, the rest as unwritten; what went wrong is not cut."""
+    stream = tiny_streams[0]
+    starts = [offset for offset, _ in split_units(stream)]  # each unit's start code
+    second_frame = starts[TINY.macroblocks]  # one slice per macroblock: frame 1's first slice
+    for end, written in ((starts[TINY.macroblocks + 5], 5), (starts[TINY.macroblocks + 5] - 1, 4)):
+        check = check_stream(TINY.header, stream[:end], TINY.max_frames)
+        assert (check.frames, check.clean_frames, check.whole_frames) == (2, 1, 1) and not check.ok
+        assert check.cut_short and check.unwritten_macroblocks == TINY.macroblocks - written
+        assert check.clean_macroblocks == TINY.macroblocks + written
+    whole = check_stream(TINY.header, stream[:second_frame], TINY.max_frames)
+    assert whole.ok and not whole.cut_short and whole.whole_frames == 1
+    garbled = bytearray(stream[:starts[TINY.macroblocks + 5] - 1])
+    garbled[starts[TINY.macroblocks + 2] + 6] ^= 0xFF  # an error before the cut: not a clean frame cut short
+    check = check_stream(TINY.header, bytes(garbled), TINY.max_frames)
+    assert not check.cut_short and check.whole_frames == check.frames == 2

@@ -218,15 +218,24 @@ def write_outputs(out: Path, profile: CodecProfile, samples: list[Sample], *, or
         "tokens_per_second": sum(s.tokens for s in samples) / seconds if seconds else 0.0,
         f"{profile.unit.lower()}s_valid_share": valid / max(1, total),
     }
-    # AVC: the strict check's counts of every cleanly parsed frame and macroblock (not only leading ones)
+    # AVC: the strict check's counts of every cleanly parsed frame and macroblock (not only leading ones), of
+    # all announced and of those actually written (a sample cut by --max-new-tokens stops inside a frame)
     checked = [r for r in record["samples"] if "macroblocks_announced" in r]
     if checked:
-        record["summary"]["frames_clean_share"] = (sum(r["frames_clean"] for r in checked)
-                                                   / max(1, sum(r["frames_announced"] for r in checked)))
-        record["summary"]["macroblocks_clean_share"] = (sum(r["macroblocks_clean"] for r in checked)
-                                                        / max(1, sum(r["macroblocks_announced"] for r in checked)))
+        record["summary"] |= avc_clean_shares(checked)
     write_json_atomic(out / "samples.json", record)
     return record
+
+
+def avc_clean_shares(facts: list[dict[str, Any]]) -> dict[str, float]:
+    """Clean shares of frames and macroblocks (AVC decode facts): of all the samples announce, and of the
+    whole frames and the macroblocks they actually wrote (what a token budget cut short is left out)."""
+    def share(clean: str, of: str) -> float:
+        return sum(f[clean] for f in facts) / max(1, sum(f[of] for f in facts))
+    return {"frames_clean_share": share("frames_clean", "frames_announced"),
+            "macroblocks_clean_share": share("macroblocks_clean", "macroblocks_announced"),
+            "whole_frames_clean_share": share("frames_clean", "frames_whole"),
+            "written_macroblocks_clean_share": share("macroblocks_clean", "macroblocks_written")}
 
 
 def val_prompts(data: Dataset, count: int) -> list[tuple[str, bytes]]:

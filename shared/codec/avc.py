@@ -141,6 +141,8 @@ class DecodedVideo:
         if self.check is not None:
             facts |= {"frames_clean": self.check.clean_frames, "macroblocks_clean": self.check.clean_macroblocks,
                       "macroblocks_announced": self.check.macroblocks,
+                      "frames_whole": self.check.whole_frames,  # all but a last frame cut short by a token budget
+                      "macroblocks_written": self.check.macroblocks - self.check.unwritten_macroblocks,
                       "first_error": self.check.problems[0] if self.check.problems else None}
         return facts
 

@@ -56,6 +56,10 @@ class SyntaxProblem(Exception):
         self.reason, self.bit = reason, bit
 
 
+class UnitEnded(SyntaxProblem):
+    """The NAL unit ends inside a syntax element: in the last unit of a stream, a sample cut short."""
+
+
 # ---------------------------------------------------------------------------------------------------
 # Bits
 # ---------------------------------------------------------------------------------------------------
@@ -86,7 +90,7 @@ class BitReader:
 
     def bit(self) -> int:
         if self.position >= len(self.bits):
-            raise SyntaxProblem("the NAL unit ends inside a syntax element", self.position)
+            raise UnitEnded("the NAL unit ends inside a syntax element", self.position)
         self.position += 1
         return self.bits[self.position - 1] == "1"
 
@@ -572,6 +576,7 @@ class SliceResult:
     kind: str  # the macroblock's kind ("I_4x4", "P_Skip", ...), "" when it did not parse
     problem: str  # "" when the slice parses cleanly
     problem_offset: int  # byte in the stream where the problem was found (-1 when none)
+    unit_ended: bool = False  # the problem is that the unit ends inside a syntax element
 
 
 @dataclass(frozen=True)
@@ -588,6 +593,9 @@ class AvcCheck:
     clean_macroblocks: int
     problems: tuple[str, ...]  # human-readable, the first error first; empty for a perfect stream
     first_error_offset: int  # byte offset in the stream of the first error, -1 when there is none
+    # Macroblocks of the last frame that were never written: the stream stops inside a frame that was clean
+    # so far (a sample cut by its token budget). 0 when the last frame is whole or went wrong.
+    unwritten_macroblocks: int = 0
 
     @property
     def frames(self) -> int:
@@ -608,6 +616,16 @@ class AvcCheck:
     @property
     def macroblocks(self) -> int:
         return self.frames * self.macroblocks_per_frame
+
+    @property
+    def cut_short(self) -> bool:
+        """The stream stops inside its last frame, which was clean up to there."""
+        return self.unwritten_macroblocks > 0
+
+    @property
+    def whole_frames(self) -> int:
+        """Frames not cut short: the denominator of the clean share of what was actually written."""
+        return self.frames - self.cut_short
 
     @property
     def ok(self) -> bool:
@@ -651,7 +669,7 @@ def parse_slice(params: Params, unit: bytes, offset: int, context: FrameContext)
     except SyntaxProblem as problem:
         byte = (problem.bit if problem.bit >= 0 else reader.position) // 8
         byte += sum(1 for index in removed if index <= byte)  # back to a position in the escaped payload
-        return SliceResult(offset, header, "", problem.reason, offset + 4 + byte)
+        return SliceResult(offset, header, "", problem.reason, offset + 4 + byte, isinstance(problem, UnitEnded))
 
 
 def parse_slice_data(reader: BitReader, params: Params, header: SliceHeader) -> str:
@@ -714,7 +732,7 @@ def check_stream(header: bytes, stream: bytes, max_frames: int | None = None) ->
             references = min(references + 1, max(params.max_num_ref_frames, 1))
             frame_num = (frame_header.frame_num + 1) % (1 << params.log2_max_frame_num)
 
-    for offset, unit in units:
+    for index, (offset, unit) in enumerate(units):
         starts = len(unit) > 1 and unit[0] & 0x1F in (NAL_SLICE, NAL_IDR) and unit[1] & 0x80
         if starts:
             close_frame()
@@ -734,6 +752,8 @@ def check_stream(header: bytes, stream: bytes, max_frames: int | None = None) ->
         result = parse_slice(params, unit, offset, context)
         if result.problem:
             problem(result.problem_offset, f"frame {len(frames) - 1}: {result.problem}")
+            if result.unit_ended and index == len(units) - 1 and frame_ok:
+                continue  # a stream cut inside its last macroblock: counted below as unwritten, not as garbage
             frame_ok = False
             expected_mb = max(expected_mb, (result.header.first_mb if result.header else expected_mb)) + 1
             continue
@@ -758,5 +778,6 @@ def check_stream(header: bytes, stream: bytes, max_frames: int | None = None) ->
             continue
         frame_mbs += 1
         clean_mbs += 1
+    unwritten = macroblocks - expected_mb if frames and frame_ok and expected_mb < macroblocks else 0
     close_frame()
-    return AvcCheck(macroblocks, tuple(frames), clean_mbs, tuple(problems), first_offset)
+    return AvcCheck(macroblocks, tuple(frames), clean_mbs, tuple(problems), first_offset, unwritten)
