@@ -48,9 +48,14 @@ def test_plot_of_a_run_with_a_resumed_log(tmp_path: Path, capsys: pytest.Capture
     per_token = bytes_per_token(Dataset.open(str(data)))
     assert 0.5 < per_token < 2.0
     assert f"-> 5.200 nats/token = {5.2 / math.log(2) / per_token:.2f} bits/byte" in printed
-    assert "(falling)" in printed and "8.0 bits/byte" in printed
+    assert "(falling)" in printed and "8.0 bits/byte" in printed and "last evaluation in metrics.csv" not in printed
     with Image.open(out / "loss.png") as picture:  # a real, non-empty PNG
         assert picture.format == "PNG" and picture.size[0] > 400
+
+    with (resumed / "metrics.csv").open("a") as log:  # training went on, its final evaluation never flushed
+        log.write(metrics_row(step=39, loss=5.0, total_tokens=4000) + "\n")
+    assert main([str(out)]) == 0
+    assert "last evaluation in metrics.csv is at 3,000 of 4,000 tokens" in capsys.readouterr().out
 
     assert main([str(tmp_path / "empty")]) == 2
     assert "logger_name: csv" in capsys.readouterr().err

@@ -115,6 +115,11 @@ def summary(curves: Curves, per_token: float | None) -> str:
              else "falling overall" if curves.val_loss[-1] < curves.val_loss[0] else "NOT falling")
     lines = [f"held-out validation loss: {both(curves.val_loss[0])} -> {both(curves.val_loss[-1])} "
              f"over {len(curves.val_loss)} evaluations ({trend})"]
+    if len(curves.train_tokens) and curves.val_tokens[-1] < curves.train_tokens[-1]:
+        # LitGPT's CSV logger writes every log_interval steps and is not flushed when the run ends
+        lines.append(f"the last evaluation in metrics.csv is at {curves.val_tokens[-1]:,.0f} of "
+                     f"{curves.train_tokens[-1]:,.0f} tokens: a final one logged between two flushes of the CSV "
+                     "(every train.log_interval steps) is not in it")
     if per_token:
         lines.append(f"a uniform guess over byte values scores {UNIFORM_BITS_PER_BYTE:.1f} bits/byte; "
                      f"{per_token:.3f} bytes per token")
