@@ -177,11 +177,17 @@ def test_a_stream_cut_inside_a_frame_is_counted_as_unwritten_not_as_garbage(tiny
     stream = tiny_streams[0]
     starts = [offset for offset, _ in split_units(stream)]  # each unit's start code
     second_frame = starts[TINY.macroblocks]  # one slice per macroblock: frame 1's first slice
-    for end, written in ((starts[TINY.macroblocks + 5], 5), (starts[TINY.macroblocks + 5] - 1, 4)):
+    inside = range(starts[TINY.macroblocks + 4] + 5, starts[TINY.macroblocks + 5])  # every cut inside one slice
+    for end, written in [(starts[TINY.macroblocks + 5], 5), *((end, 4) for end in inside)]:
         check = check_stream(TINY.header, stream[:end], TINY.max_frames)
         assert (check.frames, check.clean_frames, check.whole_frames) == (2, 1, 1) and not check.ok
         assert check.cut_short and check.unwritten_macroblocks == TINY.macroblocks - written
         assert check.clean_macroblocks == TINY.macroblocks + written
+    # a macroblock that ends on a byte boundary, cut before the byte that holds only its stop bit
+    units = split_units(stream)
+    k = next(i for i in range(TINY.macroblocks + 1, len(units) - 1) if units[i][1][-1] == 0x80)
+    check = check_stream(TINY.header, stream[:starts[k + 1] - 1], TINY.max_frames)
+    assert check.cut_short and check.whole_frames == 1 and check.clean_macroblocks == k
     whole = check_stream(TINY.header, stream[:second_frame], TINY.max_frames)
     assert whole.ok and not whole.cut_short and whole.whole_frames == 1
     garbled = bytearray(stream[:starts[TINY.macroblocks + 5] - 1])

@@ -129,7 +129,10 @@ class BitReader:
         return self.bits.rfind("1") > self.position
 
     def trailing_bits(self) -> None:
-        if self.bits.rfind("1") != self.position or self.position >= len(self.bits):
+        stop_bit = self.bits.rfind("1")
+        if stop_bit < self.position:  # nothing, or only zeros, after the macroblock
+            raise UnitEnded("the NAL unit ends before its rbsp_stop_one_bit", self.position)
+        if stop_bit != self.position:
             raise SyntaxProblem("the slice does not end with rbsp_trailing_bits after its macroblock", self.position)
         if len(self.bits) - self.position > 8:
             raise SyntaxProblem("zero bytes after rbsp_trailing_bits", self.position)
