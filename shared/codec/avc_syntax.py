@@ -57,7 +57,8 @@ class SyntaxProblem(Exception):
 
 
 class UnitEnded(SyntaxProblem):
-    """The NAL unit ends inside a syntax element: in the last unit of a stream, a sample cut short."""
+    """The NAL unit ends before its slice does (inside a syntax element, or before the stop bit): in the
+    last unit of a stream, a sample cut short."""
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -579,7 +580,7 @@ class SliceResult:
     kind: str  # the macroblock's kind ("I_4x4", "P_Skip", ...), "" when it did not parse
     problem: str  # "" when the slice parses cleanly
     problem_offset: int  # byte in the stream where the problem was found (-1 when none)
-    unit_ended: bool = False  # the problem is that the unit ends inside a syntax element
+    unit_ended: bool = False  # the problem is that the unit ends before its slice does (UnitEnded)
 
 
 @dataclass(frozen=True)
