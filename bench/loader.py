@@ -2,8 +2,9 @@
 
 1. Loader throughput: tokens/s of ``CodecShards``' train loader (shard reading, sha256 checks, epoch
    order, batching, worker processes) vs. slicing the same arrays already in memory.
-2. Training iteration: the tiny Jpeg-LM's forward + backward + AdamW step fed by our loader vs. fed by
-   an in-memory synthetic loader (ratio near 1.0 means the loader costs the training loop nothing).
+2. Training iteration: the tiny Jpeg-LM's forward + backward + optimizer step (its config's optimizer) fed
+   by our loader vs. fed by an in-memory synthetic loader (ratio near 1.0 means the loader costs the
+   training loop nothing).
 
     python -m bench.loader [--data DIR] [--batches 200] [--steps 30]
 
@@ -21,7 +22,7 @@ import numpy as np
 import torch
 import yaml
 from litgpt import GPT, Config
-from litgpt.utils import CycleIterator, chunked_cross_entropy
+from litgpt.utils import CycleIterator, chunked_cross_entropy, instantiate_torch_optimizer
 
 from preprocess.run import run
 from shared.format.dataset import Dataset
@@ -91,7 +92,7 @@ def main() -> None:
 
         torch.manual_seed(0)
         model = GPT(Config(**settings["model_config"]))
-        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+        optimizer = instantiate_torch_optimizer(settings["optimizer"], model.parameters())  # as litgpt pretrain does
         data = CodecShards(path=path, num_workers=args.workers)
         data.connect(batch_size=batch_size)
         data.setup()
