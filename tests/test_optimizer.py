@@ -76,8 +76,12 @@ def test_it_learns_and_a_restored_state_continues_exactly(tmp_path: Path) -> Non
     restored_model = tiny_model(seed=99)
     restored_model.load_state_dict(saved["model"])
     restored = optimizer_for(restored_model)
+    groups = restored.param_groups  # the list a wrapper (Fabric's) holds
     restored.load_state_dict(saved["optimizer"])
     assert train(restored_model, restored, 3, seed=2) == uninterrupted
+    for group in groups:  # the schedule still reaches both parts after a restore
+        group["lr"] = 2.5e-4
+    assert restored.muon.param_groups[0]["lr"] == restored.adamw.param_groups[0]["lr"] == 2.5e-4
     assert len(restored.muon.state) == len(optimizer.muon.state) > 0  # momentum buffers came back
 
     memorise = train(model, optimizer, 10, seed=3, same_batch=True)

@@ -25,7 +25,10 @@ from train.estimate import GPUS, LayerMemory, estimate, gpu_table, layer_memory
 from train.pretrain import blocks_to_checkpoint, checkpointing_in_litgpt
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = Config(**yaml.safe_load((ROOT / "train" / "jpeg-tiny.yaml").read_text())["model_config"])
+TINY_SETTINGS = yaml.safe_load((ROOT / "train" / "jpeg-tiny.yaml").read_text())
+TINY_LAYERS = TINY_SETTINGS["model_config"]["n_layer"]
+# the tiny config's width with 4 layers of 4 heads, so that every-2 and every-3 choose different blocks
+TINY = Config(**{**TINY_SETTINGS["model_config"], "n_layer": 4, "n_head": 4, "n_query_groups": 4})
 
 
 def test_litgpt_still_builds_what_train_pretrain_swaps() -> None:
@@ -119,7 +122,7 @@ def train(command: list[str], dataset: Path, out: Path, *flags: str, log: str | 
     common = ["--config", "train/jpeg-tiny.yaml", "--data.path", str(dataset), "--out_dir", str(out),
               "--data.num_workers", "0", "--train.micro_batch_size", "2", "--train.global_batch_size", "2",
               "--train.log_interval", "1", "--train.save_interval", "5", "--train.lr_warmup_steps", "0",
-              "--train.min_lr", "0.003", "--precision", "32-true",
+              "--train.min_lr", str(TINY_SETTINGS["optimizer"]["init_args"]["lr"]), "--precision", "32-true",
               "--eval.interval", "1000", "--eval.final_validation", "false"]
     done = subprocess.run([*command, *common, *flags], cwd=ROOT, capture_output=True, text=True,
                           env={**os.environ, "TORCH_COMPILE_DISABLE": "1"})
@@ -133,7 +136,7 @@ def test_checkpointed_training_matches_plain_litgpt_and_resumes_exactly(dataset:
     litgpt = ["litgpt", "pretrain"]
     ours = ["python", "-m", "train.pretrain", "--activation_checkpointing", "full"]
     plain = train(litgpt, dataset, tmp_path / "plain", "--train.max_tokens", str(steps * tokens))
-    wrapped = "activation checkpointing: 4 of 4 transformer blocks"  # the log says checkpointing is on
+    wrapped = f"activation checkpointing: {TINY_LAYERS} of {TINY_LAYERS} transformer blocks"  # the log says it is on
     checkpointed = train(ours, dataset, tmp_path / "full", "--train.max_tokens", str(steps * tokens), log=wrapped)
     assert sorted(plain) == sorted(checkpointed) == list(range(1, steps + 1))
     assert [checkpointed[i] for i in plain] == pytest.approx([plain[i] for i in plain], abs=1e-6)
@@ -192,7 +195,9 @@ def test_estimate_cli_prints_the_table_as_json() -> None:
     done = subprocess.run(["python", "-m", "train.estimate", "--config", "train/jpeg-tiny.yaml", "--json",
                            "--activation_checkpointing", "every-2"], cwd=ROOT, capture_output=True, text=True, check=True)
     printed = json.loads(done.stdout)
-    assert printed["estimate"]["checkpointed_layers"] == 2 and printed["layer_memory"]["checkpointed"] == 2 * TINY.n_embd
+    every_2 = len(range(0, TINY_LAYERS, 2))  # blocks 0, 2, ...
+    assert printed["estimate"]["checkpointed_layers"] == every_2
+    assert printed["layer_memory"]["checkpointed"] == 2 * TINY.n_embd
     assert {row["activation_checkpointing"] for row in printed["gpus"]} == {"none", "full", "every-2"}
     assert len(printed["gpus"]) == 3 * len(GPUS) and all(row["fits"] for row in printed["gpus"])
 

@@ -23,6 +23,7 @@ from shared.format.dataset import Dataset, DatasetError
 from train.data import CodecShards, RankBatches, ResumableLoader
 
 ROOT = Path(__file__).resolve().parents[1]
+TINY_LR = str(yaml.safe_load((ROOT / "train" / "jpeg-tiny.yaml").read_text())["optimizer"]["init_args"]["lr"])
 IN_MEMORY = ["--direct_running_mode", "in_memory", "--direct_num_workers", "1"]
 
 
@@ -190,7 +191,7 @@ def test_tiny_pretrain_trains_and_resumes_exactly(dataset: Path, tmp_path: Path)
     # fp32: as fast on every CPU (bf16-mixed is fast only where the CPU computes in bf16)
     common = ["--data.num_workers", "2", "--train.micro_batch_size", "8", "--train.global_batch_size", "8",
               "--train.log_interval", "1", "--train.save_interval", "5", "--train.lr_warmup_steps", "0",
-              "--train.min_lr", "0.003", "--precision", "32-true",
+              "--train.min_lr", TINY_LR, "--precision", "32-true",
               "--eval.interval", "1000", "--eval.final_validation", "false"]
     per_iter = 8 * 1023
     pretrain("train/jpeg-tiny.yaml", dataset, tmp_path / "full", *common, "--train.max_tokens", str(12 * per_iter))

@@ -78,3 +78,5 @@ class MuonAdamW(torch.optim.Optimizer):
             raise ValueError(f"not a MuonAdamW state (keys {sorted(state_dict)}): was it saved by another optimizer?")
         self.muon.load_state_dict(state_dict["muon"])
         self.adamw.load_state_dict(state_dict["adamw"])
+        # loading gives the parts new group dicts; refill the same list, which wrappers (Fabric's) share
+        self.param_groups[:] = self.muon.param_groups + self.adamw.param_groups
