@@ -41,9 +41,10 @@ class MuonAdamW(torch.optim.Optimizer):
         momentum: float = 0.95,
     ) -> None:
         params = [p for p in params if p.requires_grad]
-        hidden = [p for p in params if p.ndim == 2 and p.shape[0] != vocab_size]
-        rest = [p for p in params if not (p.ndim == 2 and p.shape[0] != vocab_size)]
-        if not any(p.ndim == 2 and p.shape[0] == vocab_size for p in params):
+        is_vocabulary_matrix = [p.ndim == 2 and p.shape[0] == vocab_size for p in params]
+        hidden = [p for p, vocab in zip(params, is_vocabulary_matrix) if p.ndim == 2 and not vocab]
+        rest = [p for p, vocab in zip(params, is_vocabulary_matrix) if p.ndim != 2 or vocab]
+        if not any(is_vocabulary_matrix):
             shapes = sorted({tuple(p.shape) for p in params})
             raise ValueError(
                 f"MuonAdamW found no matrix with vocab_size={vocab_size} rows (the embedding and the output "
