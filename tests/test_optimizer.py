@@ -26,11 +26,11 @@ def optimizer_for(model: GPT) -> MuonAdamW:
 
 def train(model: GPT, optimizer: MuonAdamW, steps: int, seed: int, same_batch: bool = False) -> list[float]:
     generator = torch.Generator().manual_seed(seed)
-    batch = torch.randint(0, 320, (2, 65), generator=generator)
+    draws = 1 if same_batch else steps
+    batches = [torch.randint(0, 320, (2, 65), generator=generator) for _ in range(draws)]
     losses = []
-    for _ in range(steps):
-        if not same_batch:
-            batch = torch.randint(0, 320, (2, 65), generator=generator)
+    for step in range(steps):
+        batch = batches[step % draws]
         loss = torch.nn.functional.cross_entropy(model(batch[:, :-1]).flatten(0, 1), batch[:, 1:].flatten())
         loss.backward()
         optimizer.step()

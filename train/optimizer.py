@@ -58,8 +58,12 @@ class MuonAdamW(torch.optim.Optimizer):
         )
         self.adamw = torch.optim.AdamW(rest, lr=lr, weight_decay=weight_decay, betas=betas)
         super().__init__(params, {"lr": lr})
-        # the parts' own group dicts: whatever sets a group's lr (LitGPT's schedule) sets it for the part
-        self.param_groups = self.muon.param_groups + self.adamw.param_groups
+        self._use_the_parts_groups()
+
+    def _use_the_parts_groups(self) -> None:
+        # the parts' own group dicts, so whatever sets a group's lr (LitGPT's schedule) sets it for the part;
+        # filled into the same list object, which wrappers (Fabric's) copied a reference to
+        self.param_groups[:] = self.muon.param_groups + self.adamw.param_groups
 
     @torch.no_grad()
     def step(self, closure: Any = None) -> Any:
@@ -79,5 +83,4 @@ class MuonAdamW(torch.optim.Optimizer):
             raise ValueError(f"not a MuonAdamW state (keys {sorted(state_dict)}): was it saved by another optimizer?")
         self.muon.load_state_dict(state_dict["muon"])
         self.adamw.load_state_dict(state_dict["adamw"])
-        # loading gives the parts new group dicts; refill the same list, which wrappers (Fabric's) share
-        self.param_groups[:] = self.muon.param_groups + self.adamw.param_groups
+        self._use_the_parts_groups()  # loading gave the parts new group dicts
