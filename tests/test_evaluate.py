@@ -24,7 +24,7 @@ from PIL import Image
 
 from shared.codec.jpeg import JpegProfile
 from shared.samples.photos import sample_crops
-from train.evaluate import EvaluationError, Settings, evaluate, load_arrays, unpack_bytes
+from train.evaluate import EvaluationError, Settings, evaluate, load_arrays, main, unpack_bytes
 from train.fid import INCEPTION_ENV, INCEPTION_URL, FeatureExtractor, FidError, fid, frechet_distance, statistics
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -254,7 +254,7 @@ def test_overwritten_weights_and_odd_grid_sizes(tiny_run: Path, image_folder: Pa
 def run_cli(out: Path, checkpoint: Path, images: Path, features: Path, *extra: str) -> subprocess.Popen:
     command = [sys.executable, "-m", "train.evaluate", "--checkpoint", str(checkpoint), "--images", str(images),
                "--num-images", "4", "--prompt-ratios", "0.25", "0.5", "--seeds", "1", "--batch-size", "2",
-               "--inception-weights", str(features), "--out", str(out), *extra]
+               "--inception-weights", str(features), "--max-new-tokens", "64", "--out", str(out), *extra]
     return subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, "TORCH_COMPILE_DISABLE": "1"})
 
@@ -289,9 +289,11 @@ def test_a_killed_evaluation_continues_where_it_stopped(checkpoint: Path, image_
     assert refused.returncode != 0 and "top_k: 50 then, 10 now" in stderr and "another --out" in stderr
 
 
-def test_cli_help_and_bad_flags() -> None:
-    done = subprocess.run([sys.executable, "-m", "train.evaluate", "--help"], cwd=ROOT, capture_output=True, text=True)
-    assert done.returncode == 0 and "--prompt-ratios" in done.stdout and "inception-2015-12-05.pt" in done.stdout
-    bad = subprocess.run([sys.executable, "-m", "train.evaluate", "--checkpoint", "x", "--images", "y", "--out", "z",
-                          "--prompt-ratios", "1.5"], cwd=ROOT, capture_output=True, text=True)
-    assert bad.returncode != 0 and "prompt ratios must be in [0, 1)" in bad.stderr
+def test_cli_help_and_bad_flags(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as done:
+        main(["--help"])
+    shown = capsys.readouterr().out
+    assert done.value.code == 0 and "--prompt-ratios" in shown and "inception-2015-12-05.pt" in shown
+    with pytest.raises(SystemExit) as bad:
+        main(["--checkpoint", "x", "--images", "y", "--out", "z", "--prompt-ratios", "1.5"])
+    assert "prompt ratios must be in [0, 1)" in str(bad.value.code)  # SystemExit("error: …"): printed, exit 1

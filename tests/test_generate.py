@@ -6,7 +6,6 @@ import dataclasses
 import io
 import json
 import random
-import subprocess
 from pathlib import Path
 
 import av
@@ -23,9 +22,8 @@ from shared.codec.token_constraint import TokenConstraint
 from shared.samples.clips import sample_clip
 from shared.samples.photos import sample_crops
 from train.checkpoint import load_for_sampling
-from train.generate import GenerateSettings, SamplingSettings, generate, sample_rows
+from train.generate import GenerateSettings, SamplingSettings, generate, main, sample_rows
 
-ROOT = Path(__file__).resolve().parents[1]
 SMALL = JpegProfile.from_name("jpeg-64-q25")
 # Byte tokens plus merges that make the constraint's life hard: FF inside tokens, stuffing, markers
 # split over two tokens or glued to data, and a BOS/EOS pair standing for no bytes.
@@ -81,7 +79,8 @@ def test_a_marker_split_across_tokens_is_followed() -> None:
         constraint.feed(constraint.start(), stream[:cut] + b"\xff\xd3")
 
 
-@pytest.mark.parametrize("name", ["jpeg-64-q25", "jpeg-64-q25-ri3", "jpeg-64-q50-444-ri0", "jpeg-128-q25-422"])
+# jpeg-80-q25-422: 4:2:2 with a partial MCU column at the right edge (80 = 5 x 16)
+@pytest.mark.parametrize("name", ["jpeg-64-q25", "jpeg-64-q25-ri3", "jpeg-64-q50-444-ri0", "jpeg-80-q25-422"])
 def test_random_constrained_walks_always_entropy_decode(name: str) -> None:
     profile = JpegProfile.from_name(name)
     constraint = TokenConstraint(JpegGrammar(profile.layout), TOKENS, EOS)
@@ -160,15 +159,13 @@ def test_unconstrained_generation_reports_and_never_crashes(checkpoint: Path, tm
             image.load()  # the tolerant decoder's repaired stream is a valid file
 
 
-def test_generate_cli(checkpoint: Path, tmp_path: Path) -> None:
-    done = subprocess.run(["python", "-m", "train.generate", "--checkpoint", str(checkpoint), "--unconditional",
-                           "--num-samples", "2", "--max-new-tokens", "50", "--no-constrained", "--out", str(tmp_path)],
-                          cwd=ROOT, capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr
-    assert "sheet:" in done.stdout
-    refused = subprocess.run(["python", "-m", "train.generate", "--checkpoint", str(checkpoint), "--out", str(tmp_path)],
-                             cwd=ROOT, capture_output=True, text=True)
-    assert refused.returncode == 2 and "--unconditional" in refused.stderr
+def test_generate_cli(checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    main(["--checkpoint", str(checkpoint), "--unconditional", "--num-samples", "2", "--max-new-tokens", "50",
+          "--no-constrained", "--out", str(tmp_path)])
+    assert "sheet:" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as refused:
+        main(["--checkpoint", str(checkpoint), "--out", str(tmp_path)])
+    assert refused.value.code == 2 and "--unconditional" in capsys.readouterr().err
 
 
 def test_a_row_samples_the_same_alone_or_batched_with_other_prompt_lengths(checkpoint: Path) -> None:

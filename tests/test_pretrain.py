@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 import subprocess
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import litgpt.pretrain as litgpt_pretrain
@@ -101,8 +102,9 @@ def test_print_config_is_litgpts_plus_the_choice() -> None:
                               text=True, check=True)
         return yaml.safe_load(done.stdout)
 
-    theirs = printed("litgpt", "pretrain")
-    ours = printed("python", "-m", "train.pretrain", "--activation_checkpointing", "every-2")
+    with ThreadPoolExecutor(2) as pool:
+        theirs, ours = pool.map(lambda command: printed(*command), [
+            ["litgpt", "pretrain"], ["python", "-m", "train.pretrain", "--activation_checkpointing", "every-2"]])
     assert ours.pop("activation_checkpointing") == "every-2" and ours == theirs
 
 
@@ -135,9 +137,12 @@ def test_checkpointed_training_matches_plain_litgpt_and_resumes_exactly(dataset:
     steps, tokens = 10, 2 * 1023
     litgpt = ["litgpt", "pretrain"]
     ours = ["python", "-m", "train.pretrain", "--activation_checkpointing", "full"]
-    plain = train(litgpt, dataset, tmp_path / "plain", "--train.max_tokens", str(steps * tokens))
     wrapped = f"activation checkpointing: {TINY_LAYERS} of {TINY_LAYERS} transformer blocks"  # the log says it is on
-    checkpointed = train(ours, dataset, tmp_path / "full", "--train.max_tokens", str(steps * tokens), log=wrapped)
+    with ThreadPoolExecutor(2) as pool:  # independent runs
+        plain_run = pool.submit(train, litgpt, dataset, tmp_path / "plain", "--train.max_tokens", str(steps * tokens))
+        checkpointed_run = pool.submit(train, ours, dataset, tmp_path / "full", "--train.max_tokens",
+                                       str(steps * tokens), log=wrapped)
+        plain, checkpointed = plain_run.result(), checkpointed_run.result()
     assert sorted(plain) == sorted(checkpointed) == list(range(1, steps + 1))
     assert [checkpointed[i] for i in plain] == pytest.approx([plain[i] for i in plain], abs=1e-6)
     hyperparameters = yaml.safe_load((tmp_path / "full" / "final" / "hyperparameters.yaml").read_text())

@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 import subprocess
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import lightning as L
@@ -194,8 +195,11 @@ def test_tiny_pretrain_trains_and_resumes_exactly(dataset: Path, tmp_path: Path)
               "--train.min_lr", TINY_LR, "--precision", "32-true",
               "--eval.interval", "1000", "--eval.final_validation", "false"]
     per_iter = 8 * 1023
-    pretrain("train/jpeg-tiny.yaml", dataset, tmp_path / "full", *common, "--train.max_tokens", str(12 * per_iter))
-    pretrain("train/jpeg-tiny.yaml", dataset, tmp_path / "cut", *common, "--train.max_tokens", str(5 * per_iter))
+    with ThreadPoolExecutor(2) as pool:  # the uninterrupted run and the one to resume are independent
+        runs = [pool.submit(pretrain, "train/jpeg-tiny.yaml", dataset, tmp_path / out, *common, "--train.max_tokens",
+                            str(steps * per_iter)) for out, steps in (("full", 12), ("cut", 5))]
+        for done in runs:
+            done.result()
     pretrain("train/jpeg-tiny.yaml", dataset, tmp_path / "cut", *common, "--train.max_tokens", str(12 * per_iter),
              "--resume", "auto")
     full, resumed = losses(tmp_path / "full"), losses(tmp_path / "cut")
