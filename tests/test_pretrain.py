@@ -97,14 +97,14 @@ def test_bad_choices_are_refused() -> None:
 def test_print_config_is_litgpts_plus_the_choice() -> None:
     config = "train/avc7b.yaml"
 
-    def printed(*command: str) -> dict:
+    def printed(command: list[str]) -> dict:
         done = subprocess.run([*command, "--config", config, "--print_config"], cwd=ROOT, capture_output=True,
                               text=True, check=True)
         return yaml.safe_load(done.stdout)
 
-    with ThreadPoolExecutor(2) as pool:
-        theirs, ours = pool.map(lambda command: printed(*command), [
-            ["litgpt", "pretrain"], ["python", "-m", "train.pretrain", "--activation_checkpointing", "every-2"]])
+    with ThreadPoolExecutor(2) as pool:  # two independent CLI start-ups
+        theirs, ours = pool.map(printed, [["litgpt", "pretrain"],
+                                          ["python", "-m", "train.pretrain", "--activation_checkpointing", "every-2"]])
     assert ours.pop("activation_checkpointing") == "every-2" and ours == theirs
 
 
