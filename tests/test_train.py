@@ -21,7 +21,7 @@ from litgpt.utils import CycleIterator
 from litgpt_metrics import losses
 from preprocess.run import run
 from shared.format.dataset import Dataset, DatasetError
-from train.data import CodecShards, RankBatches, ResumableLoader
+from train.data import CodecShards, ResumableLoader, StreamBatches
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_LR = str(yaml.safe_load((ROOT / "train" / "jpeg-tiny.yaml").read_text())["optimizer"]["init_args"]["lr"])
@@ -64,20 +64,64 @@ def take(loader, count: int) -> list[torch.Tensor]:
     return [next(iterator) for _ in range(count)]
 
 
+def rows_of(batches: list[torch.Tensor]) -> list[str]:
+    return [fingerprint(row) for batch in batches for row in batch]
+
+
 def test_batches_shape_and_epochs(dataset: Path) -> None:
     loader = module(dataset).train_dataloader()
-    per_epoch = len(loader)
-    batches = take(loader, 2 * per_epoch)
-    assert all(b.dtype == torch.int64 and b.shape[1] == 1024 for b in batches)
-    first, second = batches[:per_epoch], batches[per_epoch:]
+    examples = loader.dataset.examples
+    batches = take(loader, -(-2 * examples // 4))
+    assert all(b.dtype == torch.int64 and b.shape == (4, 1024) for b in batches)  # full batches, also across epochs
+    rows = rows_of(batches)
     expected = sorted(stored_windows(dataset, 1023))
-    for epoch in (first, second):
-        assert sorted(fingerprint(row) for batch in epoch for row in batch) == expected  # each exactly once
-    assert [fingerprint(r) for r in first[0]] != [fingerprint(r) for r in second[0]]  # reshuffled per epoch
-    again = take(module(dataset).train_dataloader(), per_epoch)
-    assert all(torch.equal(a, b) for a, b in zip(again, first))  # same seed, same order
+    first, second = rows[:examples], rows[examples:2 * examples]
+    assert sorted(first) == sorted(second) == expected  # each exactly once per epoch, nothing dropped
+    assert first != second  # reshuffled per epoch
+    again = take(module(dataset).train_dataloader(), len(batches))
+    assert rows_of(again) == rows  # same seed, same order
     other = take(module(dataset, seed=7).train_dataloader(), 1)
-    assert not torch.equal(other[0], first[0])
+    assert not torch.equal(other[0], batches[0])
+
+
+def stream(dataset: Path, iterations: int, *, world: int, batch_size: int, taken: int = 0,
+           state: dict | None = None) -> list[list[str]]:
+    """What ``world`` ranks take in ``iterations`` iterations (rows in rank order per iteration), from a state."""
+    data = module(dataset, batch_size=batch_size, workers=0)
+    loaders = []
+    for rank in range(world):
+        loader = ResumableLoader(StreamBatches(data.reader("train", shuffle=True), batch_size=batch_size, rank=rank,
+                                               world=world), num_workers=0)
+        if state is not None:
+            loader.load_state_dict(state)
+        loaders.append(take(loader, iterations))
+    return [[row for rank in range(world) for row in rows_of([loaders[rank][i]])] for i in range(iterations)]
+
+
+def test_the_order_is_the_same_on_any_number_of_ranks(dataset: Path) -> None:
+    """Each optimizer step (global batch 8) trains on the same 8 sequences on 1, 2 or 4 ranks."""
+    one = sum(stream(dataset, 12, world=1, batch_size=8), [])
+    two = sum(stream(dataset, 12, world=2, batch_size=4), [])
+    four = sum(stream(dataset, 24, world=4, batch_size=1), [])  # micro-batch 1: 2 accumulation iterations a step
+    assert one == two == four and len(one) == 96  # read front to back, across the epoch boundary
+
+
+@pytest.mark.parametrize("before, after", [(2, 1), (1, 2), (2, 4)])
+def test_resume_on_another_world_size_continues_exactly(dataset: Path, before: int, after: int) -> None:
+    """A checkpoint after 7 steps of global batch 4 (past the first epoch's end), resumed on another number of
+    ranks: counted by sequence, nothing is seen twice or skipped."""
+    reference = sum(stream(dataset, 20, world=1, batch_size=4), [])
+    interrupted = module(dataset, batch_size=4 // before, workers=0)
+    loader = ResumableLoader(StreamBatches(interrupted.reader("train", shuffle=True), batch_size=4 // before, rank=0,
+                                           world=before), num_workers=0)
+    seen = sum(stream(dataset, 7, world=before, batch_size=4 // before), [])
+    take(loader, 7)
+    state = loader.state_dict()
+    assert state["consumed"] == 28
+    resumed = sum(stream(dataset, 13, world=after, batch_size=4 // after, state=state), [])
+    assert seen + resumed == reference
+    examples = loader.dataset.examples
+    assert sorted((seen + resumed)[:examples]) == sorted(stored_windows(dataset, 1023))  # epoch 1 exactly once
 
 
 @pytest.mark.parametrize("cut", ["mid-epoch", "epoch-end", "next-epoch"])
@@ -92,9 +136,12 @@ def test_loader_resumes_at_exactly_the_next_batch(dataset: Path, cut: str) -> No
     resumed.load_state_dict(state)
     following = take(resumed, per_epoch + 3)
     assert all(torch.equal(a, b) for a, b in zip(following, reference[taken:]))
-    changed = module(dataset, batch_size=3).train_dataloader()
-    with pytest.raises(ValueError, match="batch_size 4 -> 3"):
-        changed.load_state_dict(state)
+    odd = module(dataset, batch_size=3).train_dataloader()
+    if state["consumed"] % 3:
+        with pytest.raises(ValueError, match="no whole number of iterations"):
+            odd.load_state_dict(state)
+    with pytest.raises(ValueError, match="seed 42 -> 7"):
+        module(dataset, seed=7).train_dataloader().load_state_dict(state)
 
 
 def fabric_rank(fabric: L.Fabric, path: str, out: str) -> None:
@@ -107,43 +154,28 @@ def fabric_rank(fabric: L.Fabric, path: str, out: str) -> None:
     Path(out, f"rank{fabric.global_rank}.json").write_text(json.dumps({"rows": rows, "val": val}))
 
 
-def test_two_ranks_two_workers_see_every_sequence_once(dataset: Path, tmp_path: Path) -> None:
+def test_two_ranks_two_workers_read_the_global_order(dataset: Path, tmp_path: Path) -> None:
     """A real 2-process gloo group launched by Lightning Fabric (as litgpt pretrain does), 2 workers per rank."""
     fabric = L.Fabric(accelerator="cpu", devices=2, strategy="ddp_spawn")
     fabric.launch(fabric_rank, str(dataset), str(tmp_path))
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
-    union = ranks[0]["rows"] + ranks[1]["rows"]
-    assert sorted(union) == sorted(stored_windows(dataset, 1023))  # all of them, none twice
-    assert abs(len(ranks[0]["rows"]) - len(ranks[1]["rows"])) <= 1
+    assert len(ranks[0]["rows"]) == len(ranks[1]["rows"])  # every rank takes as many batches
+    interleaved = [row for i in range(0, len(ranks[0]["rows"]), 3) for r in (0, 1) for row in ranks[r]["rows"][i:i + 3]]
+    assert interleaved == sum(stream(dataset, len(ranks[0]["rows"]) // 3, world=1, batch_size=6), [])
+    assert sorted(set(interleaved)) == sorted(set(stored_windows(dataset, 1023)))  # an epoch, all of it
     data = Dataset.open(str(dataset))
     val = [fingerprint(torch.from_numpy(seq.astype(np.int64))) for shard in data.shards("val")
            for seq in data.read_windows(shard)]
-    assert sorted(ranks[0]["val"] + ranks[1]["val"]) == sorted(val)
-
-
-def test_resume_is_exact_on_every_rank_with_uneven_epochs(dataset: Path) -> None:
-    """FSDP checkpoints carry rank 0's loader state; a rank whose epoch is a batch shorter must still resume exactly."""
-    layout = module(dataset).layout("train")
-
-    def loader(rank: int) -> ResumableLoader:
-        return ResumableLoader(RankBatches(str(dataset), layout, batch_size=1, seed=42, shuffle=True, rank=rank, world=2,
-                                                verify_checksums=True), num_workers=0)
-
-    assert len(loader(0)) != len(loader(1))  # 47 sequences over 2 ranks
-    saved = loader(0)
-    take(saved, 30)  # past the end of both ranks' first epochs
-    for rank in (0, 1):
-        reference = take(loader(rank), 40)
-        resumed = loader(rank)
-        resumed.load_state_dict(saved.state_dict())
-        assert all(torch.equal(a, b) for a, b in zip(take(resumed, 10), reference[30:]))
+    assert len(ranks[0]["val"]) == len(ranks[1]["val"])  # as many validation batches: sharded forwards stay in step
+    assert ranks[0]["val"] + ranks[1]["val"] == val[:len(val) // 2 * 2]
 
 
 def test_shorter_context_cuts_windows(dataset: Path) -> None:
     loader = module(dataset, batch_size=5, context=255, workers=0).train_dataloader()
-    rows = [fingerprint(row) for batch in take(loader, len(loader)) for row in batch]
+    examples = 4 * sum(s["sequences"] for s in Dataset.open(str(dataset)).shards("train"))
+    assert loader.dataset.examples == examples
+    rows = [fingerprint(row) for batch in take(loader, len(loader)) for row in batch][:examples]
     assert sorted(rows) == sorted(stored_windows(dataset, 255))
-    assert len(rows) == 4 * sum(s["sequences"] for s in Dataset.open(str(dataset)).shards("train"))
     with pytest.raises(ValueError, match="longer than the dataset's sequences"):
         module(dataset, context=2048)
 
@@ -209,8 +241,8 @@ def test_tiny_pretrain_trains_and_resumes_exactly(dataset: Path, tmp_path: Path)
     # iterations 6-12 ran after the restart (crossing an epoch: 6 batches of 8 per epoch)
     assert [resumed[i] for i in range(6, 13)] == pytest.approx([full[i] for i in range(6, 13)], abs=1e-6)
     state = torch.load(tmp_path / "cut" / "step-00000010" / "lit_model.pth", weights_only=False)["train_dataloader"]
-    per_epoch = len(module(dataset, batch_size=8).train_dataloader())
-    assert state["taken"] == 10 and 10 > per_epoch  # the loop's position, one epoch and a bit in
+    examples = module(dataset, batch_size=8).train_dataloader().dataset.examples
+    assert state["consumed"] == 10 * 8 and 80 > examples  # the loop's position, one epoch and a bit in
 
 
 @pytest.mark.parametrize("config, parameters", [("train/jpeg7b.yaml", 6_478_893_056), ("train/avc7b.yaml", 6_484_660_224)])

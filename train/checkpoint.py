@@ -1,8 +1,26 @@
-"""Reading a `litgpt pretrain` checkpoint folder: the model config, its weights, its training dataset, and
-everything sampling from it needs (``load_for_sampling``)."""
+"""Checkpoint folders: what `python -m train.pretrain` (and `litgpt pretrain`) write, and reading them back:
+the model config, its weights, its training dataset, and everything sampling from it needs
+(``load_for_sampling``).
+
+A folder (``out_dir/step-NNNNNNNN/``, ``out_dir/final/``) holds:
+
+    lit_model.pth          the training state in one file (one process), or the consolidated model weights
+                           (``final/`` of a sharded run; ``python -m train.consolidate`` for any other)
+    sharded/               the training state as torch.distributed.checkpoint shards (several processes):
+                           one ``__R_0.distcp`` per rank, ``.metadata``, and Lightning's ``meta.pt``
+    model_config.yaml, hyperparameters.yaml     as LitGPT writes them
+    dataset/               the training dataset's manifest (without its shard list) and tokenizer.json:
+                           the codec profile with its header and the tokenizer, so the folder samples,
+                           evaluates and exports wherever it is moved (``train.pretrain`` only)
+    checkpoint.json        written last, atomically: the files above with their sizes, the step and the
+                           batch layout. Without it (or with a file missing or of another size) the
+                           checkpoint's writing was interrupted, and ``--resume auto`` skips it.
+"""
 
 from __future__ import annotations
 
+import json
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,7 +33,96 @@ from litgpt.utils import lazy_load
 from shared.codec.profile import CodecProfile
 from shared.codec.token_constraint import TokenConstraint
 from shared.format.dataset import Dataset, DatasetError
+from shared.format.files import open_atomic, read_bytes, write_json_atomic
+from shared.format.shards import MANIFEST, TOKENIZER
 from shared.format.tokenizer import ByteTokenizer
+
+MARKER = "checkpoint.json"
+MARKER_FORMAT = "codec-lm-checkpoint/1"
+SHARDED = "sharded"  # the torch.distributed.checkpoint folder inside a checkpoint folder
+WEIGHTS = "lit_model.pth"
+DATASET = "dataset"  # the training dataset's description inside a checkpoint folder
+
+
+class CheckpointError(Exception):
+    """A checkpoint folder that cannot be read, or does not fit the run that reads it."""
+
+
+# ---- writing: the completion marker and the dataset description ------------------------------------
+def listed_files(folder: Path) -> dict[str, int]:
+    """Every file of a checkpoint folder (but the marker) with its size, by relative path."""
+    return {str(path.relative_to(folder)): path.stat().st_size for path in sorted(folder.rglob("*"))
+            if path.is_file() and path.name != MARKER and ".tmp-" not in path.name}
+
+
+def mark_complete(folder: Path, **facts: Any) -> None:
+    """Write checkpoint.json last: the folder is now a checkpoint ``--resume auto`` may pick."""
+    write_json_atomic(folder / MARKER, {"format": MARKER_FORMAT, **facts, "files": listed_files(folder)})
+
+
+def unmark(folder: Path, keep: str) -> None:
+    """Before a folder is written again (``final/`` of an earlier run, a torn ``step-*``): incomplete until
+    marked anew, and without the other kind of state (``keep`` is the kind about to be written)."""
+    (folder / MARKER).unlink(missing_ok=True)
+    stale = folder / (WEIGHTS if keep == SHARDED else SHARDED)
+    if stale.is_dir():
+        shutil.rmtree(stale)
+    elif stale.exists():
+        stale.unlink()
+
+
+def read_marker(folder: Path) -> dict[str, Any] | None:
+    try:
+        marker = json.loads((folder / MARKER).read_text())
+    except (OSError, ValueError):
+        return None
+    return marker if isinstance(marker, dict) and marker.get("format") == MARKER_FORMAT else None
+
+
+def incomplete_because(folder: Path) -> str | None:
+    """Why a checkpoint folder is not a whole checkpoint (None: it is)."""
+    marker = read_marker(folder)
+    if marker is None:
+        if (folder / WEIGHTS).is_file() and (folder / "model_config.yaml").is_file() and not (folder / SHARDED).exists():
+            return None  # written by plain `litgpt pretrain`, which writes model_config.yaml after the weights
+        return f"no {MARKER}: its writing did not finish"
+    for name, expected in marker.get("files", {}).items():
+        path = folder / name
+        if not path.is_file():
+            return f"{name} is missing"
+        if path.stat().st_size != expected:
+            return f"{name} is {path.stat().st_size} bytes, {MARKER} says {expected}"
+    return None
+
+
+def newest_complete(out_dir: Path) -> tuple[Path | None, list[tuple[Path, str]]]:
+    """The newest whole ``step-*`` checkpoint folder under ``out_dir``, and the newer ones skipped, with why."""
+    folders = sorted((p for p in out_dir.glob("step-*") if p.is_dir() and p.name[5:].isdigit()),
+                     key=lambda p: int(p.name[5:]), reverse=True)
+    skipped = []
+    for folder in folders:
+        reason = incomplete_because(folder)
+        if reason is None:
+            return folder, skipped
+        skipped.append((folder, reason))
+    return None, skipped
+
+
+def state_path(folder: Path) -> Path:
+    """What ``fabric.load`` reads to resume from a checkpoint folder."""
+    return folder / SHARDED if (folder / SHARDED).is_dir() else folder / WEIGHTS
+
+
+def copy_dataset_description(dataset: Dataset, folder: Path) -> None:
+    """The dataset's manifest without its shard list, and its tokenizer, into ``folder/dataset/``."""
+    target = folder / DATASET
+    target.mkdir(parents=True, exist_ok=True)
+    manifest = {**dataset.manifest, "shards": [], "source": dataset.root}
+    tokenizer = read_bytes(dataset.path(dataset.manifest["tokenizer"]["path"]))
+    with open_atomic(target / TOKENIZER) as handle:
+        handle.write(tokenizer)
+    manifest["tokenizer"] = {**manifest["tokenizer"], "path": TOKENIZER}
+    write_json_atomic(target / MANIFEST, manifest)
 
 
 def load_model_config(checkpoint: Path) -> Config:
@@ -36,32 +143,106 @@ def read_hyperparameters(checkpoint: Path) -> dict[str, Any]:
     return yaml.safe_load(path.read_text()) or {}
 
 
+def weights_files(checkpoint: Path) -> list[Path]:
+    """The files that hold a checkpoint's weights: lit_model.pth, else the shards (empty: not a checkpoint)."""
+    if (checkpoint / WEIGHTS).is_file():
+        return [checkpoint / WEIGHTS]
+    return sorted((checkpoint / SHARDED).glob("*.distcp")) if (checkpoint / SHARDED / ".metadata").is_file() else []
+
+
 def load_lit_weights(checkpoint: Path) -> dict[str, Any]:
-    """The model's weights, lazily: step checkpoints keep the whole training state, the model under "model"."""
-    state = lazy_load(checkpoint / "lit_model.pth")
+    """The model's weights: from lit_model.pth (lazily; step checkpoints keep the whole training state, the
+    model under "model"), else gathered from the sharded checkpoint's model shards (not the optimizer's)."""
+    if not (checkpoint / WEIGHTS).is_file() and (checkpoint / SHARDED).is_dir():
+        return sharded_weights(checkpoint / SHARDED)
+    state = lazy_load(checkpoint / WEIGHTS)
     weights = state.get("model", state)
     if not isinstance(weights, dict) or "transformer.wte.weight" not in weights:
-        raise SystemExit(f"{checkpoint / 'lit_model.pth'} holds no LitGPT model weights "
+        raise SystemExit(f"{checkpoint / WEIGHTS} holds no LitGPT model weights "
                          f"(keys: {', '.join(list(state)[:6])})")
     return weights
 
 
+def sharded_weights(folder: Path) -> dict[str, torch.Tensor]:
+    """The whole model from a torch.distributed.checkpoint folder, in one process (no process group)."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.metadata import TensorStorageMetadata
+
+    reader = dcp.FileSystemReader(str(folder))
+    try:
+        entries = reader.read_metadata().state_dict_metadata
+    except (OSError, ValueError, EOFError) as error:
+        raise SystemExit(f"{folder} is not a readable sharded checkpoint ({error})") from None
+    weights = {name: torch.empty(entry.size, dtype=entry.properties.dtype) for name, entry in entries.items()
+               if name.startswith("model.") and isinstance(entry, TensorStorageMetadata)}
+    if "model.transformer.wte.weight" not in weights:
+        raise SystemExit(f"{folder} holds no LitGPT model weights")
+    dcp.load(weights, storage_reader=reader, no_dist=True)  # this process alone, also inside a process group
+    return {name.removeprefix("model."): tensor for name, tensor in weights.items()}
+
+
+def single_process_state(folder: Path, target: Path) -> Path:
+    """A sharded training state (``sharded/``) as one file that a one-process run resumes from.
+
+    Model weights are whole tensors; the optimizer state, which torch.distributed.checkpoint keys by
+    parameter name, is keyed by position in its groups again, as ``Optimizer.load_state_dict`` wants.
+    Everything is held in this process's memory at once (one process is what resumes).
+    """
+    from lightning.fabric.utilities.load import _load_distributed_checkpoint
+
+    state = _load_distributed_checkpoint(folder)
+    optimizer = state.get("optimizer")
+    if isinstance(optimizer, dict) and "param_groups" in optimizer:
+        names = [name for group in optimizer["param_groups"] for name in group["params"]]
+        index = {name: position for position, name in enumerate(names)}
+        state["optimizer"] = {
+            **{k: v for k, v in optimizer.items() if k not in ("state", "param_groups")},
+            "state": {index[name]: value for name, value in optimizer.get("state", {}).items()},
+            "param_groups": [{**group, "params": [index[name] for name in group["params"]]}
+                             for group in optimizer["param_groups"]],
+        }
+    with open_atomic(target) as handle:
+        torch.save(state, handle)
+    return target
+
+
+def consolidate(checkpoint: Path) -> Path:
+    """Write ``checkpoint/lit_model.pth`` (the model weights, as LitGPT's tools read them) from its shards."""
+    if not (checkpoint / SHARDED).is_dir():
+        raise SystemExit(f"{checkpoint} has no {SHARDED}/ folder: nothing to consolidate")
+    weights = sharded_weights(checkpoint / SHARDED)
+    with open_atomic(checkpoint / WEIGHTS) as handle:
+        torch.save(weights, handle)
+    return checkpoint / WEIGHTS
+
+
 def open_dataset(checkpoint: Path, dataset: str | None) -> Dataset:
-    """The training dataset: --dataset, else the path hyperparameters.yaml recorded."""
-    if dataset is None:
+    """The training dataset: --dataset; else the path hyperparameters.yaml recorded, if it is there and has the
+    tokenizer the checkpoint carries; else the checkpoint's own description of it (profile and tokenizer:
+    everything sampling needs, but no documents)."""
+    own = checkpoint / DATASET
+    if dataset is not None:
+        where = "given with --dataset"
+    else:
         recorded = read_hyperparameters(checkpoint).get("data") or {}
         dataset = (recorded.get("init_args") or {}).get("path")
+        where = f"recorded in {checkpoint / 'hyperparameters.yaml'}"
+        if (own / MANIFEST).is_file():
+            carried = Dataset.open(str(own))
+            try:
+                found = Dataset.open(str(dataset)) if dataset is not None else None
+            except DatasetError:
+                found = None
+            same = found is not None and found.manifest["tokenizer"].get("sha256") == carried.manifest["tokenizer"].get("sha256")
+            return found if same else carried
         if dataset is None:
             raise SystemExit(f"{checkpoint / 'hyperparameters.yaml'} records no dataset (data.init_args.path); "
                              "pass --dataset DIR")
-        where = f"recorded in {checkpoint / 'hyperparameters.yaml'}"
-    else:
-        where = "given with --dataset"
     try:
         return Dataset.open(str(dataset))
     except DatasetError as error:
         raise SystemExit(f"cannot read the training dataset {dataset} ({where}): {error}; "
-                         "the export needs its manifest.json and tokenizer.json (--dataset DIR)") from None
+                         "the checkpoint needs its manifest.json and tokenizer.json (--dataset DIR)") from None
 
 
 def load_model(checkpoint: Path, device: torch.device) -> GPT:

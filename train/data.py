@@ -1,4 +1,4 @@
-"""A LitGPT data module over codec-LM shards: seeded, distributed, exactly resumable epochs.
+"""A LitGPT data module over codec-LM shards: seeded epochs, one global order on any number of ranks, exact elastic resume.
 
     data:
       class_path: train.data.CodecShards
@@ -11,21 +11,31 @@ token, so every stored target is predicted once); the last ``seq_len % L`` token
 longer context than the shards' is an error.
 
 **One epoch.** The shard order is a permutation seeded by ``(seed, epoch)``; within each shard the
-examples are permuted by ``(seed, epoch, shard)``. That global order is cut into contiguous,
-balanced ranges, one per rank (sizes differ by at most one example), so every example is seen exactly
-once per epoch across all nodes and ranks, and a rank reads only the shards its range overlaps. A rank
-cuts its range into batches of ``batch_size``; the last one may be smaller (nothing is dropped). Batch
-``i`` of a rank is fetched by dataloader worker ``i % num_workers`` (each worker keeps the shard it
-is reading in memory), and the DataLoader returns batches in index order, whatever the number of
-workers. Ranks may differ by one batch per epoch; LitGPT's loop counts iterations, not epochs, so no
-rank waits for another.
+examples are permuted by ``(seed, epoch, shard)``. The epochs, one after another, make one global
+stream of examples, and training reads it front to back whatever the number of ranks: iteration ``i``
+of the training loop takes positions ``[i * W * m, (i + 1) * W * m)`` of the stream (``W`` ranks,
+micro-batch ``m``), rank ``r`` the ``r``-th ``m`` of them. An optimizer step of ``G`` sequences
+(LitGPT's ``global_batch_size``: ``G / (W * m)`` iterations of gradient accumulation) therefore
+trains on positions ``[s * G, (s + 1) * G)`` on 1 GPU or 256: the same sequences, so the same
+gradient. Every example is seen exactly once per epoch; a step may straddle two epochs; nothing is
+dropped. Batch ``i`` of a rank is fetched by dataloader worker ``i % num_workers`` (each worker keeps
+the shard it is reading in memory), and the DataLoader returns batches in index order, whatever the
+number of workers. A rank reads whole shards (sha256-checked) and uses its ``1 / W`` of each: every
+rank reads the whole dataset once per epoch (at the paper's scale ~230 GB per rank per epoch, a few
+MB/s over a week of training).
 
-**Exact resume.** The train loader is stateful: ``state_dict()`` holds the epoch and the number of
-batches the training loop has taken (counted where batches leave the loader, not where workers
-prefetch them). ``litgpt pretrain --resume auto`` saves it with each checkpoint (the loader is in
-LitGPT's checkpoint state); after a restart the loader starts exactly at the next batch, also when
-LitGPT's ``CycleIterator`` wraps a fresh iterator around it, and across epoch boundaries, with any
-number of dataloader workers.
+Validation: rank ``r`` reads a contiguous ``1 / W`` of the val split in order (the last ``val % W``
+sequences are left out when ``W`` does not divide it), so every rank runs the same number of batches:
+sharded models gather their weights in every forward, all ranks together.
+
+**Exact, elastic resume.** The train loader is stateful: ``state_dict()`` holds how many sequences of
+the global stream the training loop has consumed (counted where batches leave the loader, not where
+workers prefetch them). ``--resume auto`` saves it with each checkpoint (the loader is in LitGPT's
+checkpoint state); after a restart, on the same or another number of ranks and micro-batch size, the
+loader starts exactly at the next position, also when LitGPT's ``CycleIterator`` wraps a fresh
+iterator around it, and across epoch boundaries, with any number of dataloader workers. (LitGPT takes
+one more batch before it stops, so ``final/`` is one batch ahead; ``--resume auto`` uses the
+``step-*`` checkpoints, which are exact.)
 """
 
 from __future__ import annotations
@@ -63,11 +73,6 @@ class Layout:
         return sum(self.examples_per_shard)
 
 
-def slot_range(total: int, slot: int, slots: int) -> tuple[int, int]:
-    """Contiguous, balanced share ``slot`` of ``total`` (sizes differ by at most one)."""
-    return total * slot // slots, total * (slot + 1) // slots
-
-
 def epoch_order(layout: Layout, *, seed: int, epoch: int, shuffle: bool, start: int, stop: int) -> np.ndarray:
     """``(shard, example)`` rows at global positions ``start:stop`` of the epoch's order (an int64 array)."""
     shard_order = (np.random.default_rng([seed, epoch]).permutation(len(layout.shard_paths)) if shuffle
@@ -86,34 +91,34 @@ def epoch_order(layout: Layout, *, seed: int, epoch: int, shuffle: bool, start: 
 
 
 # ---- what the DataLoader reads ---------------------------------------------------------------------
-class RankBatches(TorchDataset):
-    """Batch ``(epoch, i)`` of one rank's range (map-style, so any worker can fetch any batch of any epoch;
-    the epoch travels with the index, so workers can live across epochs)."""
+class ShardReader:
+    """Rows of the epoch order as token arrays, keeping the shard being read (examples come grouped by shard)."""
 
-    def __init__(self, root: str, layout: Layout, *, batch_size: int, seed: int, shuffle: bool, rank: int, world: int,
-                 verify_checksums: bool) -> None:
-        self.root, self.layout, self.batch_size, self.seed, self.shuffle = root, layout, batch_size, seed, shuffle
-        self.rank, self.world, self.verify_checksums = rank, world, verify_checksums
-        self.start, self.stop = slot_range(layout.total, rank, world)
-        self._plan: tuple[int, np.ndarray] | None = None  # (epoch, order), made once per epoch per worker
-        self._loaded: tuple[int, np.ndarray] | None = None  # the shard this worker is reading
+    def __init__(self, root: str, layout: Layout, *, seed: int, shuffle: bool, verify_checksums: bool) -> None:
+        self.root, self.layout, self.seed, self.shuffle = root, layout, seed, shuffle
+        self.verify_checksums = verify_checksums
+        self._plans: dict[tuple[int, int, int], np.ndarray] = {}  # (epoch, start, stop) -> rows, the last two kept
+        self._loaded: tuple[int, np.ndarray] | None = None
 
-    def __len__(self) -> int:
-        return -(-(self.stop - self.start) // self.batch_size)
+    def rows(self, epoch: int, start: int, stop: int) -> list[np.ndarray]:
+        """Token windows at positions ``start:stop`` of epoch ``epoch``'s order."""
+        key = (epoch, start, stop)
+        if key not in self._plans:
+            if len(self._plans) >= 2:
+                self._plans.pop(next(iter(self._plans)))
+            self._plans[key] = epoch_order(self.layout, seed=self.seed, epoch=epoch, shuffle=self.shuffle,
+                                           start=start, stop=stop)
+        return self.window_rows(self._plans[key])
 
-    def __getitem__(self, key: tuple[int, int]) -> torch.Tensor:
-        epoch, index = key
-        if self._plan is None or self._plan[0] != epoch:
-            self._plan = (epoch, epoch_order(self.layout, seed=self.seed, epoch=epoch, shuffle=self.shuffle,
-                                                start=self.start, stop=self.stop))
+    def window_rows(self, plan: np.ndarray) -> list[np.ndarray]:
         rows = []
-        for shard, example in self._plan[1][index * self.batch_size:(index + 1) * self.batch_size].tolist():
+        for shard, example in plan.tolist():
             if self._loaded is None or self._loaded[0] != shard:
-                self._loaded = (shard, self.read_shard(shard))  # examples come grouped by shard: keep one
+                self._loaded = (shard, self.read_shard(shard))
             sequence, window = divmod(example, self.layout.windows_per_sequence)
             begin = window * self.layout.context
             rows.append(self._loaded[1][sequence, begin:begin + self.layout.context + 1])
-        return torch.from_numpy(np.stack(rows).astype(np.int64))
+        return rows
 
     def read_shard(self, shard: int) -> np.ndarray:
         path = f"{self.root}/{self.layout.shard_paths[shard]}"
@@ -124,40 +129,85 @@ class RankBatches(TorchDataset):
         return load_shard(io.BytesIO(data))
 
 
+class StreamBatches(TorchDataset):
+    """Micro-batch ``i`` of one rank in the global training stream (map-style, so any worker can fetch any
+    batch): positions ``[i * world * m + rank * m, … + m)``, epochs following each other."""
+
+    def __init__(self, reader: ShardReader, *, batch_size: int, rank: int, world: int) -> None:
+        self.reader, self.batch_size, self.rank, self.world = reader, batch_size, rank, world
+
+    @property
+    def examples(self) -> int:
+        return self.reader.layout.total
+
+    @property
+    def sequences_per_iteration(self) -> int:
+        """Sequences all ranks together take in one iteration of the training loop."""
+        return self.world * self.batch_size
+
+    def __len__(self) -> int:
+        """Iterations per epoch (rounded up: an iteration may straddle two epochs)."""
+        return -(-self.examples // self.sequences_per_iteration)
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        first = index * self.sequences_per_iteration + self.rank * self.batch_size
+        rows: list[np.ndarray] = []
+        position = first
+        while position < first + self.batch_size:
+            epoch, start = divmod(position, self.examples)
+            stop = min(self.examples, start + first + self.batch_size - position)
+            rows += self.reader.rows(epoch, start, stop)
+            position += stop - start
+        return torch.from_numpy(np.stack(rows).astype(np.int64))
+
+
+class SliceBatches(TorchDataset):
+    """Batches of positions ``start:stop`` of one epoch's order, in order (validation)."""
+
+    def __init__(self, reader: ShardReader, *, batch_size: int, start: int, stop: int) -> None:
+        self.reader, self.batch_size, self.start, self.stop = reader, batch_size, start, stop
+
+    def __len__(self) -> int:
+        return -(-(self.stop - self.start) // self.batch_size)
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        start = self.start + index * self.batch_size
+        return torch.from_numpy(np.stack(self.reader.rows(0, start, min(self.stop, start + self.batch_size)))
+                                .astype(np.int64))
+
+
 class FromBatch(DistributedSampler):
-    """Batches ``(epoch, start)``, ``(epoch, start + 1)``, … of an epoch: where a resumed run picks up.
+    """Batch indices ``start``, ``start + 1``, … ``start + len(dataset) - 1``: where a (resumed) pass begins.
 
     It is a DistributedSampler only so that Fabric's ``setup_dataloaders`` keeps it: the rank's share is
-    already chosen by ``RankBatches``, and Fabric must neither wrap it nor rebuild the loader.
+    already chosen by the dataset, and Fabric must neither wrap it nor rebuild the loader.
     """
 
-    def __init__(self, dataset: RankBatches) -> None:  # noqa: the parent's init would split by rank again
+    def __init__(self, dataset: TorchDataset) -> None:  # noqa: the parent's init would split by rank again
         self.dataset = dataset
         self.epoch = 0
         self.start = 0
 
     def set_epoch(self, epoch: int) -> None:
-        """Ignored: the loader keeps its own epoch (Fabric may call this)."""
+        """Ignored: the loader keeps its own position (Fabric may call this)."""
 
     def __iter__(self):
-        return ((self.epoch, index) for index in range(self.start, len(self.dataset)))
+        return iter(range(self.start, self.start + len(self.dataset)))
 
     def __len__(self) -> int:
-        return len(self.dataset) - self.start
+        return len(self.dataset)
 
 
 class ResumableLoader(DataLoader):
-    """A DataLoader that knows its position, saved and restored with checkpoints.
+    """The training loader: it knows its position in the global stream, saved and restored with checkpoints.
 
-    The position is ``taken``: batches handed to the training loop since the start. LitGPT's loop takes
-    one batch per iteration on every rank, so ``taken`` is the same on all ranks even when their epochs
-    differ in length by a batch; that matters because FSDP checkpoints hold rank 0's copy of this state
-    and every rank loads it. Each rank derives its own epoch and batch from it. (LitGPT takes one more
-    batch before it stops, so ``final/`` is one batch ahead; ``--resume auto`` uses the ``step-*``
-    checkpoints, which are exact.)
+    The position is ``consumed``: sequences of the global stream that the training loop has taken, all
+    ranks together (``taken`` iterations x ranks x micro-batch). It is the same on every rank, so rank 0's
+    copy (what a sharded checkpoint keeps) restores every rank, and it means the same on any number of
+    ranks: a run resumed on another world size or micro-batch continues at the same position.
     """
 
-    def __init__(self, dataset: RankBatches, num_workers: int) -> None:
+    def __init__(self, dataset: StreamBatches, num_workers: int) -> None:
         super().__init__(dataset, batch_size=None, sampler=FromBatch(dataset), num_workers=num_workers,
                          persistent_workers=num_workers > 0, pin_memory=torch.cuda.is_available())
         self.taken = 0
@@ -166,27 +216,39 @@ class ResumableLoader(DataLoader):
         return len(self.dataset)
 
     @property
+    def consumed(self) -> int:
+        return self.taken * self.dataset.sequences_per_iteration
+
+    @property
     def epoch(self) -> int:
-        return self.taken // len(self.dataset)
+        return self.consumed // self.dataset.examples
 
     def __iter__(self):
-        self.sampler.epoch, self.sampler.start = divmod(self.taken, len(self.dataset))
+        self.sampler.start = self.taken
         for batch in super().__iter__():
             self.taken += 1
             yield batch
 
     def state_dict(self) -> dict[str, Any]:
-        return {"taken": self.taken, "seed": self.dataset.seed, "world": self.dataset.world,
-                "batch_size": self.dataset.batch_size, "examples": self.dataset.layout.total}
+        return {"consumed": self.consumed, "seed": self.dataset.reader.seed, "examples": self.dataset.examples,
+                "world": self.dataset.world, "batch_size": self.dataset.batch_size}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         expected = self.state_dict()
-        changed = [k for k in ("seed", "world", "batch_size", "examples") if state.get(k) != expected[k]]
+        if "consumed" not in state:
+            raise ValueError("the checkpoint's data position was saved by an older trainer (per-rank order); "
+                             "it cannot be continued exactly: start a new run")
+        changed = [k for k in ("seed", "examples") if state.get(k) != expected[k]]
         if changed:
             raise ValueError("cannot resume the data exactly: "
                              + ", ".join(f"{k} {state.get(k)} -> {expected[k]}" for k in changed)
-                             + " changed since the checkpoint was written; resume with the same settings")
-        self.taken = state["taken"]
+                             + " changed since the checkpoint was written; resume with the same dataset and seed")
+        taken, left = divmod(state["consumed"], self.dataset.sequences_per_iteration)
+        if left:
+            raise ValueError(f"the checkpoint stopped after {state['consumed']} sequences, which is no whole number "
+                             f"of iterations of {self.dataset.world} ranks x micro-batch {self.dataset.batch_size}: "
+                             "resume with a world size and micro-batch whose product divides the global batch")
+        self.taken = taken
 
 
 # ---- the LitGPT data module --------------------------------------------------------------------------
@@ -224,13 +286,7 @@ class CodecShards(DataModule):
         if config is not None and config.padded_vocab_size < dataset.manifest["vocab_size"]:
             raise ValueError(f"the dataset's vocabulary ({dataset.manifest['vocab_size']} ids) is larger than the "
                              f"model's ({config.padded_vocab_size}); set model_config.padded_vocab_size and vocab_size")
-        world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
-        windows = seq_len // self.max_seq_length
-        for split in ("train", "val"):
-            examples = windows * sum(s["sequences"] for s in dataset.shards(split))
-            if examples < world:  # a rank without data would stop early or fail while the others wait
-                raise ValueError(f"{self.path} has {examples} {split} sequences for {world} ranks; every rank needs "
-                                 "one: preprocess with more data, a larger --val-fraction or a shorter --seq-len")
+        self.check_world(rank_and_world()[1], batch_size)
         for shard in dataset.shards():
             path = dataset.path(shard["path"])
             try:
@@ -241,24 +297,45 @@ class CodecShards(DataModule):
                 raise DatasetError(f"{path} is {found} bytes, the manifest says {shard['bytes']}: "
                                    "the shard is truncated or was replaced (run `codec-shards verify`)")
 
+    def check_world(self, world: int, micro_batch: int) -> None:
+        """Every rank needs a micro-batch of training sequences and a validation sequence."""
+        dataset = getattr(self, "dataset", None) or Dataset.open(str(self.path))
+        windows = dataset.manifest["seq_len"] // (self.max_seq_length if self.max_seq_length > 0 else dataset.manifest["seq_len"])
+        for split, needed in (("train", world * micro_batch), ("val", world)):
+            examples = windows * sum(s["sequences"] for s in dataset.shards(split))
+            if examples < needed:  # a rank without data would stop early or fail while the others wait
+                raise ValueError(f"{self.path} has {examples} {split} sequences for {world} processes x micro-batch "
+                                 f"{micro_batch}: {split} needs {needed}; preprocess with more data, a larger "
+                                 "--val-fraction or a shorter --seq-len, or train on fewer processes")
+
     def layout(self, split: str) -> Layout:
         shards = self.dataset.shards(split)
         windows = self.dataset.manifest["seq_len"] // self.max_seq_length
         return Layout(tuple(s["path"] for s in shards), tuple(s["sha256"] for s in shards),
                       tuple(s["sequences"] * windows for s in shards), windows, self.max_seq_length)
 
-    def batches(self, split: str, shuffle: bool) -> RankBatches:
-        rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_available() and dist.is_initialized() else (0, 1)
-        return RankBatches(self.dataset.root, self.layout(split), batch_size=self.batch_size, seed=self.seed,
-                           shuffle=shuffle, rank=rank, world=world, verify_checksums=self.verify_checksums)
+    def reader(self, split: str, shuffle: bool) -> ShardReader:
+        return ShardReader(self.dataset.root, self.layout(split), seed=self.seed, shuffle=shuffle,
+                           verify_checksums=self.verify_checksums)
 
     def train_dataloader(self) -> ResumableLoader:
-        return ResumableLoader(self.batches("train", shuffle=True), self.num_workers)
+        rank, world = rank_and_world()
+        batches = StreamBatches(self.reader("train", shuffle=True), batch_size=self.batch_size, rank=rank, world=world)
+        return ResumableLoader(batches, self.num_workers)
 
     def val_dataloader(self) -> DataLoader:
-        batches = self.batches("val", shuffle=False)
+        rank, world = rank_and_world()
+        share = self.layout("val").total // world  # the same on every rank: see the module's docstring
+        batches = SliceBatches(self.reader("val", shuffle=False), batch_size=self.batch_size, start=rank * share,
+                               stop=(rank + 1) * share)
         return DataLoader(batches, batch_size=None, sampler=FromBatch(batches), num_workers=self.num_workers,
                           persistent_workers=self.num_workers > 0)
+
+
+def rank_and_world() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
 
 
 def _model_config_of_caller() -> Any:

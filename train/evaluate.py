@@ -48,7 +48,7 @@ from shared.format.files import exists, join, matching, read_bytes, safe_file_na
 from shared.format.shards import MANIFEST
 from shared.format.tokenizer import ByteTokenizer
 from shared.tools.contact_sheet import save_contact_sheet
-from train.checkpoint import Sampler, load_for_sampling, open_dataset
+from train.checkpoint import Sampler, load_for_sampling, open_dataset, weights_files
 from train.fid import INCEPTION_ENV, INCEPTION_URL, FeatureExtractor, FidError, fid
 from train.generate import SamplingSettings, add_sampling_arguments, sample_rows
 
@@ -250,18 +250,19 @@ def checkpoint_tag(checkpoint: str) -> str:
 
 def check_fingerprint(checkpoint: str, path: str) -> None:
     """Refuse to mix completions of different weights saved under the same checkpoint path."""
-    weights = Path(checkpoint) / "lit_model.pth"
+    files = weights_files(Path(checkpoint))
     digest = hashlib.sha256()
-    with open(weights, "rb") as handle:  # the first and last 64 MB: every tensor changes with training
-        digest.update(handle.read(1 << 26))
-        handle.seek(max(0, weights.stat().st_size - (1 << 26)))
-        digest.update(handle.read())
-    fingerprint = {"size": weights.stat().st_size, "sha256_head_tail": digest.hexdigest()}
+    for weights in files:  # the first and last 64 MB of each: every tensor changes with training
+        with open(weights, "rb") as handle:
+            digest.update(handle.read(1 << 26))
+            handle.seek(max(0, weights.stat().st_size - (1 << 26)))
+            digest.update(handle.read())
+    fingerprint = {"size": sum(f.stat().st_size for f in files), "sha256_head_tail": digest.hexdigest()}
     if not exists(path):
         write_json_atomic(path, fingerprint)
     elif json.loads(read_bytes(path)) != fingerprint:
-        raise EvaluationError(f"{weights} is not the file this evaluation's finished completions came from "
-                              "(retrained or overwritten?): use another --out")
+        raise EvaluationError(f"the weights of {checkpoint} are not those this evaluation's finished completions came "
+                              "from (retrained or overwritten?): use another --out")
 
 
 def row_seed(base: int, seed_index: int, task: float, row: int) -> int:

@@ -2,10 +2,12 @@
 
     python -m train.export --checkpoint out/jpeg-tiny/final --out hf/jpeg-tiny [--dataset DIR] [--overwrite]
 
-CHECKPOINT is a folder LitGPT wrote: ``lit_model.pth`` (the model state dict, or the whole training
-state with the model under ``"model"``, as in ``step-*/`` and ``final/``), ``model_config.yaml`` and
-``hyperparameters.yaml``. The tokenizer and the codec profile come from the dataset the model was
-trained on: ``data.init_args.path`` in ``hyperparameters.yaml``, unless ``--dataset`` names it.
+CHECKPOINT is a folder LitGPT or ``python -m train.pretrain`` wrote: ``lit_model.pth`` (the model state
+dict, or the whole training state with the model under ``"model"``, as in ``step-*/`` and ``final/``) or
+``sharded/`` (a sharded run's shards, gathered here), ``model_config.yaml`` and ``hyperparameters.yaml``.
+The tokenizer and the codec profile are the ones the checkpoint carries (``dataset/``, written by
+``train.pretrain``), else those of the dataset it records (``data.init_args.path``), unless ``--dataset``
+names one.
 
 The output folder loads with ``transformers`` alone (this script does not need it):
 
@@ -40,7 +42,7 @@ from safetensors.torch import save_file
 from shared.codec.registry import CODECS
 from shared.format.files import read_bytes
 from shared.format.tokenizer import BOS, BYTE_BASE, EOS
-from train.checkpoint import load_lit_weights, load_model_config, open_dataset
+from train.checkpoint import load_lit_weights, load_model_config, open_dataset, weights_files
 
 FORMAT = "codec-lm-export/1"
 # Sampling as the paper's evaluation (top-k 50 at temperature 1).
@@ -222,8 +224,8 @@ open("out" + profile.file_suffix, "wb").write(profile.restore(stream))
 def export(checkpoint: Path, out: Path, dataset: str | None = None, overwrite: bool = False) -> Path:
     """Write the HF folder for ``checkpoint`` at ``out``; returns ``out``."""
     checkpoint, out = Path(checkpoint), Path(out)
-    if not (checkpoint / "lit_model.pth").is_file():
-        raise SystemExit(f"no checkpoint at {checkpoint}: expected {checkpoint / 'lit_model.pth'} "
+    if not weights_files(checkpoint):
+        raise SystemExit(f"no checkpoint at {checkpoint}: expected {checkpoint / 'lit_model.pth'} or sharded/ "
                          "(a folder `litgpt pretrain` wrote, e.g. out/jpeg-tiny/final)")
     if out.exists() and not overwrite:
         raise SystemExit(f"{out} already exists; pass --overwrite to replace it")

@@ -1,41 +1,53 @@
-"""`litgpt pretrain` with activation checkpointing: the paper's 7B configs on 80 GB GPUs.
+"""`litgpt pretrain` with FSDP2 on several processes, activation checkpointing, self-contained sharded
+checkpoints and elastic resume: the paper's 7B configs on any number of GPUs (or CPU processes).
 
-    python -m train.pretrain --config train/jpeg7b.yaml --activation_checkpointing full --devices 8 --num_nodes 4
+    python -m train.pretrain --config train/jpeg7b.yaml --activation_checkpointing every-3 --devices 8 --num_nodes 4
+    python -m train.pretrain --config train/jpeg-tiny.yaml --devices 2      # no GPU: 2 CPU processes, gloo
     python -m train.pretrain --config train/avc7b.yaml --activation_checkpointing full --print_config
 
-The command line and YAML are exactly `litgpt pretrain`'s (every flag, ``--resume auto``,
-``--data.path``, ``--print_config``) plus ``--activation_checkpointing``:
+The command line and YAML are exactly `litgpt pretrain`'s (every flag, ``--resume auto``, ``--data.path``,
+``--print_config``) plus ``--activation_checkpointing none|full|every-N`` (which blocks keep only their input
+and run their forward again in the backward pass; ``python -m train.estimate`` says which fits). Without
+a GPU, ``--devices N`` starts N CPU processes. What it does beyond `litgpt pretrain`:
 
-- ``none``: what `litgpt pretrain` does (every activation kept for the backward pass);
-- ``full``: every transformer block is checkpointed: only its input is kept, and its forward runs again
-  during the backward pass (~1/3 more compute per step for several times less activation memory);
-- ``every-N``: every N-th block (block 0, N, 2N, …) is checkpointed, the others keep their activations:
-  a middle ground when ``full`` fits with room to spare.
+- **FSDP2 whenever devices x nodes > 1** (``train.parallel``): activation checkpointing, torch.compile and
+  ``fully_shard`` per block, then the root; sharded within a node, replicated across nodes; mixed
+  precision from ``--precision``. It runs on GPUs (NCCL) and CPU processes (gloo), so the test suite trains
+  it. (`litgpt pretrain` builds FSDP1, which needs GPUs.) One process trains unsharded, as LitGPT does.
+- **The same model on any number of processes**: initial weights are a function of ``(seed, parameter
+  name)``, the data order a function of the global step (``train.data``), so 1, 2 or 256 processes at the
+  same global batch train the same model, up to floating-point summation order.
+- **Sharded checkpoints**: each rank writes its own shards (torch.distributed.checkpoint), nothing gathers
+  the training state on one rank; ``final/`` also gets a consolidated ``lit_model.pth`` for LitGPT's tools.
+  Every checkpoint folder carries the dataset's profile and tokenizer (``train.checkpoint``) and is marked
+  complete last.
+- **Elastic resume**: ``--resume auto`` takes the newest complete ``step-*`` checkpoint (it says which
+  newer ones it skipped, and why), on the same or another number of processes at the same global batch:
+  model and optimizer state reshard on load, and the data continues at the exact next sequence.
+- **Checks before any work**: a world size or micro-batch that does not divide the global batch, more
+  processes than the data has sequences, a checkpoint of another model or another global batch.
 
-``python -m train.estimate --config CONFIG`` says which one fits which GPU, and at what cost.
+How: this runs LitGPT's own ``litgpt.pretrain.setup`` (Fabric, the training loop, evaluation, logging:
+nothing is copied here) with names of the ``litgpt.pretrain`` module swapped while it runs. These are the
+LitGPT 0.5.13 lines it depends on (``tests/test_pretrain.py`` checks they are still there, so an upgrade
+that moves them fails loudly):
 
-How: this runs LitGPT's own ``litgpt.pretrain.setup`` (strategy, Fabric, model, optimizer, data, fit,
-checkpoints: nothing is copied here) with three names of the ``litgpt.pretrain`` module swapped for the
-duration of the call. These are the LitGPT 0.5.13 lines it depends on:
+- ``FSDPStrategy(auto_wrap_policy={Block}, …)`` (built when devices x nodes > 1) -> ``train.parallel``'s
+  FSDP2 strategy (a class, because ``initialize_weights`` asks ``isinstance(fabric.strategy, FSDPStrategy)``
+  to defer initialisation until the model is sharded);
+- ``GPT`` -> a builder that, on one device, wraps the chosen blocks in ``checkpoint_wrapper`` (models on
+  the meta device, the FLOP count behind the reported MFU, stay unwrapped);
+- ``initialize_weights`` -> LitGPT's, then ``train.parallel.init_weights`` on one device (several: after
+  sharding, in the strategy);
+- ``find_resume_path`` -> the newest complete checkpoint, checked against this run;
+- ``fit`` -> LitGPT's, after converting a resumed iteration counter to this run's gradient accumulation;
+- ``save_checkpoint`` -> LitGPT's (sharded into ``sharded/`` under FSDP2), then the dataset description,
+  the consolidated weights in ``final/`` and the completion marker;
+- ``setup`` (``save_hyperparameters(setup, …)`` re-reads the command line with the signature of ``setup``
+  for each checkpoint's hyperparameters.yaml) -> this module's ``setup``, which has the extra flags.
 
-- ``FSDPStrategy`` (pretrain.py:143, ``FSDPStrategy(auto_wrap_policy={Block}, state_dict_type="full",
-  sharding_strategy="HYBRID_SHARD")`` when devices x nodes > 1) becomes a subclass that also passes
-  ``activation_checkpointing_policy``: Lightning then wraps the chosen blocks in torch's
-  ``checkpoint_wrapper`` inside FSDP, as LitGPT's finetuning scripts do (a subclass, so the
-  ``isinstance(fabric.strategy, FSDPStrategy)`` of pretrain.py:495 still holds);
-- ``GPT`` (pretrain.py:201, ``model = GPT(config)`` under ``fabric.init_module``) becomes a function that
-  builds the model and, when no FSDP strategy was made (one device), wraps the chosen blocks with the
-  same ``checkpoint_wrapper``. Models on the meta device (pretrain.py:313, the FLOP count behind the
-  reported MFU) stay unwrapped, so recomputation is not counted as useful work;
-- ``setup`` (pretrain.py:505, ``save_hyperparameters(setup, …)`` re-reads the command line with the
-  signature of ``setup`` to write each checkpoint's hyperparameters.yaml) becomes this module's
-  ``setup``, whose command line has the extra flag; hyperparameters.yaml records the choice.
-
-``checkpoint_wrapper`` keeps parameter names in state dicts, so checkpoints are the same files with and
-without checkpointing: resume, ``train.generate`` and ``train.export`` read them alike, and a run may
-switch the option between restarts. (hyperparameters.yaml then records ``activation_checkpointing``: feed
-it back to ``python -m train.pretrain --config``, not to ``litgpt pretrain``.) ``tests/test_pretrain.py`` checks the three names are still looked
-up there, so a LitGPT upgrade that moves them fails loudly.
+``checkpoint_wrapper`` keeps parameter names in state dicts, so checkpoints are the same with and without
+checkpointing, and a run may switch the option between restarts.
 """
 
 from __future__ import annotations
@@ -45,22 +57,43 @@ import re
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import asdict
+from pathlib import Path
 from typing import Any
 
 import litgpt.pretrain as litgpt_pretrain
 import torch
+import yaml
 from jsonargparse import CLI, set_parsing_settings
-from lightning.fabric.strategies import FSDPStrategy
 from litgpt.model import GPT, Block, Config
+from litgpt.utils import parse_devices
 from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import (
     CheckpointWrapper,
     apply_activation_checkpointing,
     checkpoint_wrapper,
 )
-from torch.distributed.fsdp.wrap import CustomPolicy
+
+from shared.format.dataset import DatasetError
+from train.checkpoint import (
+    SHARDED,
+    WEIGHTS,
+    CheckpointError,
+    consolidate,
+    copy_dataset_description,
+    mark_complete,
+    newest_complete,
+    read_hyperparameters,
+    read_marker,
+    single_process_state,
+    state_path,
+    unmark,
+)
+from train.data import CodecShards
+from train.parallel import FSDP2Strategy, init_weights
 
 CHOICES = "none, full or every-N (N >= 1: every N-th block)"
 LITGPT_SETUP = litgpt_pretrain.setup
+SWAPPED = ("setup", "FSDPStrategy", "GPT", "initialize_weights", "find_resume_path", "fit", "save_checkpoint")
 
 
 def blocks_to_checkpoint(choice: str | None) -> Callable[[torch.nn.Module], bool] | None:
@@ -75,7 +108,7 @@ def blocks_to_checkpoint(choice: str | None) -> Callable[[torch.nn.Module], bool
 
 
 def checkpoint_blocks(model: torch.nn.Module, checkpointed: Callable[[torch.nn.Module], bool]) -> torch.nn.Module:
-    """Wrap the chosen blocks of ``model`` in place (one device; FSDP does the same through Lightning)."""
+    """Wrap the chosen blocks of ``model`` in place (one device; FSDP2 does the same in train.parallel)."""
     apply_activation_checkpointing(model, checkpoint_wrapper_fn=checkpoint_wrapper, check_fn=checkpointed)
     return model
 
@@ -87,52 +120,158 @@ def describe(model: torch.nn.Module) -> str:
     return f"activation checkpointing: {len(wrapped)} of {len(blocks)} transformer blocks"
 
 
+# ---- what this run is, for the checks --------------------------------------------------------------
+def run_layout(devices: int | str, num_nodes: int, train: Any) -> dict[str, int]:
+    """World size, micro-batch and global batch of a run; refuses a layout that does not divide the batch."""
+    world = parse_devices(devices) * num_nodes
+    per_iteration = world * train.micro_batch_size
+    if train.global_batch_size % per_iteration:
+        raise CheckpointError(f"--train.global_batch_size {train.global_batch_size} is not a multiple of "
+                              f"{world} processes x --train.micro_batch_size {train.micro_batch_size}: every "
+                              "optimizer step must be whole iterations of every process (choose a micro-batch "
+                              "or a number of devices that divides it)")
+    return {"world_size": world, "micro_batch_size": train.micro_batch_size,
+            "global_batch_size": train.global_batch_size}
+
+
+def check_resumable(folder: Path, config: Config, layout: dict[str, int]) -> None:
+    """A checkpoint of another model or another global batch cannot continue this run."""
+    saved = read_hyperparameters(folder)
+    theirs = saved.get("model_config") if isinstance(saved.get("model_config"), dict) else None
+    if (folder / "model_config.yaml").is_file():
+        theirs = yaml.safe_load((folder / "model_config.yaml").read_text())
+    if theirs is not None:
+        ours = asdict(config)
+        differ = [k for k in sorted(set(theirs) & set(ours)) if theirs[k] != ours[k] and k != "hf_config"]
+        if differ:
+            raise CheckpointError(f"{folder} is a checkpoint of another model: "
+                                  + ", ".join(f"{k} {theirs[k]!r} there, {ours[k]!r} here" for k in differ[:6])
+                                  + "; resume with its config, or give this run another --out_dir")
+    recorded = (read_marker(folder) or {}).get("global_batch_size") or (saved.get("train") or {}).get("global_batch_size")
+    if recorded is not None and recorded != layout["global_batch_size"]:
+        raise CheckpointError(f"{folder} was trained with --train.global_batch_size {recorded}, this run has "
+                              f"{layout['global_batch_size']}: the data position and the learning-rate schedule "
+                              "count optimizer steps of that size; resume with the same global batch (any number "
+                              "of processes and micro-batch that divide it)")
+
+
+def check_data(data: Any, world: int, micro_batch: int) -> None:
+    """More processes than the data has sequences: refused before any process starts."""
+    if isinstance(data, CodecShards):
+        data.check_world(world, micro_batch)
+
+
+# ---- the swaps -----------------------------------------------------------------------------------
 @contextmanager
-def checkpointing_in_litgpt(checkpointed: Callable[[torch.nn.Module], bool] | None) -> Iterator[None]:
-    """While open, ``litgpt.pretrain`` checkpoints the blocks ``checkpointed`` chooses (None: none) and
-    records this module's command line in its checkpoints."""
-    fsdp_made = False
+def swapped_into_litgpt(*, checkpointed: Callable[[torch.nn.Module], bool] | None, seed: int, precision: str,
+                        config: Config, layout: dict[str, int], data: Any) -> Iterator[None]:
+    """While open, ``litgpt.pretrain`` trains as this module's docstring says."""
+    made: list[FSDP2Strategy] = []
+    cleanup: list[Path] = []
 
-    class CheckpointingFSDPStrategy(FSDPStrategy):
-        def __init__(self, *args: Any, **kwargs: Any) -> None:
-            nonlocal fsdp_made
-            fsdp_made = True
-            super().__init__(*args, activation_checkpointing_policy=CustomPolicy(checkpointed), **kwargs)
+    class Strategy(FSDP2Strategy):
+        def __init__(self, **_fsdp1_arguments: Any) -> None:  # LitGPT's FSDP1 settings do not apply
+            super().__init__(checkpointed=checkpointed, compile_blocks=True, precision=precision, seed=seed)
+            made.append(self)
 
-        def setup_module(self, module: torch.nn.Module) -> torch.nn.Module:
-            module = super().setup_module(module)  # FSDP wraps, then Lightning checkpoints the chosen blocks
-            if self.global_rank == 0:
-                print(describe(module))
-            return module
-
-    def checkpointed_gpt(config: Config) -> GPT:
+    def build_gpt(config: Config) -> GPT:
         model = GPT(config)
         on_meta = any(parameter.is_meta for parameter in model.parameters())
-        if fsdp_made or on_meta:
+        if made or on_meta or checkpointed is None:
             return model
         checkpoint_blocks(model, checkpointed)
         print(describe(model))
         return model
 
-    names = ("setup", "FSDPStrategy", "GPT")
-    originals = [getattr(litgpt_pretrain, name) for name in names]
-    swapped = [setup] + ([CheckpointingFSDPStrategy, checkpointed_gpt] if checkpointed else originals[1:])
-    for name, value in zip(names, swapped):
+    def initialize_weights(fabric: Any, model: GPT, n_layer: int, n_embd: int) -> None:
+        ORIGINALS["initialize_weights"](fabric, model, n_layer, n_embd)
+        if not made:  # one device: the model is here now (several: the strategy draws after sharding)
+            init_weights(model, seed)
+
+    def find_resume_path(resume: Any, out_dir: Path) -> Path | None:
+        if not resume or isinstance(resume, Path):
+            if isinstance(resume, Path):
+                folder = resume if resume.is_dir() else resume.parent
+                check_resumable(folder, config, layout)
+                return loadable(state_path(folder) if resume.is_dir() else resume)
+            return None
+        folder, skipped = newest_complete(out_dir)
+        for path, reason in skipped:
+            if is_rank_zero():
+                print(f"--resume {resume}: skipping {path} ({reason})")
+        if folder is None:
+            if resume is True:
+                raise CheckpointError(f"--resume true, but {out_dir} holds no complete step-* checkpoint")
+            return None
+        check_resumable(folder, config, layout)
+        return loadable(state_path(folder))
+
+    def loadable(path: Path) -> Path:
+        """One process cannot read shards with Fabric's single-device load: it gets them as one file."""
+        if made or not path.is_dir():
+            return path
+        converted = single_process_state(path, path.parent.parent / f".resume-{path.parent.name}.pth")
+        print(f"{path} converted for one process: {converted} (deleted once loaded)")
+        cleanup.append(converted)
+        return converted
+
+    def fit(fabric: Any, devices: int, state: dict, *args: Any, train: Any, num_nodes: int = 1, **kwargs: Any) -> None:
+        accumulation = train.gradient_accumulation_iters(devices, num_nodes)
+        if state["iter_num"] != state["step_count"] * accumulation:  # resumed from another layout
+            fabric.print(f"resumed at step {state['step_count']}: iteration {state['iter_num']} of the checkpoint's "
+                         f"layout is iteration {state['step_count'] * accumulation} of this one")
+            state["iter_num"] = state["step_count"] * accumulation
+        for path in cleanup:
+            path.unlink(missing_ok=True)
+        ORIGINALS["fit"](fabric, devices, state, *args, train=train, num_nodes=num_nodes, **kwargs)
+
+    def save_checkpoint(fabric: Any, state: dict, tokenizer_dir: Path | None, checkpoint_file: Path) -> None:
+        folder = checkpoint_file.parent
+        if fabric.global_rank == 0:
+            unmark(folder, keep=SHARDED if made else WEIGHTS)  # an earlier run's final/, a torn step-*: incomplete now
+        fabric.barrier()
+        ORIGINALS["save_checkpoint"](fabric, state, tokenizer_dir, folder / SHARDED if made else checkpoint_file)
+        if fabric.global_rank == 0:
+            if isinstance(data, CodecShards) and hasattr(data, "dataset"):
+                copy_dataset_description(data.dataset, folder)
+            if made and folder.name == "final":
+                consolidate(folder)
+            mark_complete(folder, step=state["step_count"], iter_num=state["iter_num"], **layout,
+                          state=SHARDED if made else WEIGHTS)
+        fabric.barrier()
+
+    ORIGINALS = {name: getattr(litgpt_pretrain, name) for name in SWAPPED}
+    values = {"setup": setup, "FSDPStrategy": Strategy, "GPT": build_gpt, "initialize_weights": initialize_weights,
+              "find_resume_path": find_resume_path, "fit": fit, "save_checkpoint": save_checkpoint}
+    for name, value in values.items():
         setattr(litgpt_pretrain, name, value)
     try:
         yield
     finally:
-        for name, value in zip(names, originals):
+        for name, value in ORIGINALS.items():
             setattr(litgpt_pretrain, name, value)
+
+
+def is_rank_zero() -> bool:
+    return not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0
 
 
 def setup(activation_checkpointing: str | None = "none", **litgpt_arguments: Any) -> None:
     try:
         checkpointed = blocks_to_checkpoint(activation_checkpointing)
-    except ValueError as error:
+        train = litgpt_arguments["train"]
+        layout = run_layout(litgpt_arguments.get("devices", "auto"), litgpt_arguments.get("num_nodes", 1), train)
+        check_data(litgpt_arguments.get("data"), layout["world_size"], train.micro_batch_size)
+    except (ValueError, CheckpointError, DatasetError) as error:
         raise SystemExit(f"python -m train.pretrain: error: {error}") from None
-    with checkpointing_in_litgpt(checkpointed):
-        LITGPT_SETUP(**litgpt_arguments)
+    config = litgpt_arguments.get("model_config") or Config.from_name(litgpt_arguments["model_name"])
+    precision = litgpt_arguments.get("precision") or litgpt_pretrain.get_default_supported_precision(training=True)
+    with swapped_into_litgpt(checkpointed=checkpointed, seed=litgpt_arguments.get("seed", 42), precision=precision,
+                             config=config, layout=layout, data=litgpt_arguments.get("data")):
+        try:
+            LITGPT_SETUP(**litgpt_arguments)
+        except CheckpointError as error:
+            raise SystemExit(f"python -m train.pretrain: error: {error}") from None
 
 
 # The command line is litgpt pretrain's: its parameters (and their documentation), then ours.

@@ -1,0 +1,258 @@
+"""`python -m train.pretrain` on several CPU processes: FSDP2 over gloo, sharded checkpoints, elastic resume.
+
+Every run here is a real `python -m train.pretrain` command (LitGPT's loop, Lightning's launcher, torch's
+FSDP2 and torch.distributed.checkpoint) training the tiny config (Muon + AdamW) at one global batch of 4
+sequences for 6 steps. What they take on the 2-core CI machine: ~20 s for a 1-process run, ~30 s for 2
+processes (most of it starting Python, torch and the process group); ~4 minutes for the file.
+
+Measured tolerance: after 6 steps, the final weights of 1 and 2 processes (and of resumed runs) differ by
+~1.5e-3 relative L2 (measured: 1 vs 2 processes 1.5e-3, 2 -> 1 resumed 1.5e-3, 1 -> 2
+resumed 0.7e-3, 2 nodes 1.5e-3); the same run on another data order (another --data.seed) is 0.27 away. The difference
+is Muon's bf16 Newton-Schulz iteration amplifying the last bits of gradients summed in another order
+(AdamW runs agree to ~4e-7). The tests allow 0.01.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from litgpt_metrics import losses
+from preprocess.run import run
+from train.checkpoint import MARKER, SHARDED, WEIGHTS, load_lit_weights, newest_complete, sharded_weights
+from train.export import export
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = yaml.safe_load((ROOT / "train" / "jpeg-tiny.yaml").read_text())
+STEPS, GLOBAL_BATCH = 6, 4
+TOLERANCE = 0.01  # relative L2 between final weights; measured <= 1.5e-3 (module docstring)
+RUN_LIMIT = 240  # seconds for one training command, then every process it started is killed
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """34 train and 6 val sequences of 1023 tokens: enough for 2 processes x micro-batch 2."""
+    output = tmp_path_factory.mktemp("sharded") / "jpeg-tiny"
+    run(["--output", str(output), "--profile", "jpeg-64-q25", "--seq-len", "1023", "--sample-size", "100",
+         "--val-fraction", "0.2", "--direct_running_mode", "in_memory", "--direct_num_workers", "1"])
+    return output
+
+
+def command(dataset: Path, out: Path, devices: int, *flags: str) -> list[str]:
+    # constant LR (min_lr = lr), so that a run stopped early saw the schedule of an uninterrupted one; fp32
+    return [sys.executable, "-m", "train.pretrain", "--config", "train/jpeg-tiny.yaml", "--data.path", str(dataset),
+            "--out_dir", str(out), "--devices", str(devices), "--data.num_workers", "0",
+            "--train.global_batch_size", str(GLOBAL_BATCH), "--train.micro_batch_size", str(GLOBAL_BATCH // devices),
+            "--train.max_tokens", str(STEPS * GLOBAL_BATCH * 1023), "--train.save_interval", "3",
+            "--train.log_interval", "1", "--train.lr_warmup_steps", "0",
+            "--train.min_lr", str(TINY["optimizer"]["init_args"]["lr"]), "--precision", "32-true",
+            "--eval.interval", "1000", "--eval.final_validation", "false", *flags]
+
+
+def start(argv: list[str], log: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
+    """A training command in its own process group (so that it and every rank it starts can be killed)."""
+    return subprocess.Popen(argv, cwd=ROOT, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True,
+                            env={**os.environ, "TORCH_COMPILE_DISABLE": "1", **(env or {})})
+
+
+def finish(process: subprocess.Popen, log: Path, *, ok: bool = True) -> str:
+    try:
+        process.wait(timeout=RUN_LIMIT)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+        pytest.fail(f"training ran past {RUN_LIMIT} s: {log.read_text()[-3000:]}")
+    output = log.read_text()
+    assert (process.returncode == 0) == ok, output[-4000:]
+    return output
+
+
+def train(dataset: Path, out: Path, devices: int, *flags: str, ok: bool = True) -> str:
+    log = out.parent / f"{out.name}-{time.monotonic_ns()}.log"
+    return finish(start(command(dataset, out, devices, *flags), log), log, ok=ok)
+
+
+def kill_after_checkpoint(dataset: Path, out: Path, devices: int, step: int) -> None:
+    """Start a run and SIGKILL all its processes as soon as its step checkpoint is complete."""
+    log = out.parent / f"{out.name}-killed.log"
+    process = start(command(dataset, out, devices), log)
+    marker = out / f"step-{step:08d}" / MARKER
+    deadline = time.monotonic() + RUN_LIMIT
+    try:
+        while not marker.is_file():
+            assert process.poll() is None, f"the run ended before step {step}: {log.read_text()[-3000:]}"
+            assert time.monotonic() < deadline, "no checkpoint in time"
+            time.sleep(0.05)
+    finally:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+    assert not (out / "final").exists()  # killed before the end
+
+
+def weights(checkpoint: Path) -> dict[str, torch.Tensor]:
+    loaded = load_lit_weights(checkpoint)
+    return {k: (v._load_tensor() if hasattr(v, "_load_tensor") else v).float() for k, v in loaded.items()}
+
+
+def distance(a: Path, b: Path) -> float:
+    """Relative L2 distance between two checkpoints' weights."""
+    first, second = weights(a), weights(b)
+    assert sorted(first) == sorted(second)
+    difference = sum(((first[k] - second[k]) ** 2).sum() for k in first)
+    return float((difference / sum((first[k] ** 2).sum() for k in first)).sqrt())
+
+
+@pytest.fixture(scope="module")
+def one_process(dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("one") / "out"
+    train(dataset, out, 1)
+    return out
+
+
+@pytest.fixture(scope="module")
+def two_processes(dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("two") / "out"
+    output = train(dataset, out, 2)
+    assert "FSDP2: 2 blocks and the root sharded over a (1, 2) mesh" in output
+    return out
+
+
+def test_two_processes_train_the_same_model_as_one(one_process: Path, two_processes: Path) -> None:
+    assert distance(one_process / "final", two_processes / "final") < TOLERANCE
+    ones, twos = losses(one_process), losses(two_processes)
+    assert sorted(ones) == sorted(twos) == list(range(1, STEPS + 1))
+    # each rank writes its own shard; nothing wrote the training state whole
+    step = two_processes / "step-00000003"
+    assert sorted(p.name for p in (step / SHARDED).glob("*.distcp")) == ["__0_0.distcp", "__1_0.distcp"]
+    assert not (step / WEIGHTS).exists()
+    marker = json.loads((step / MARKER).read_text())
+    assert (marker["step"], marker["world_size"], marker["global_batch_size"], marker["state"]) == (3, 2, 4, SHARDED)
+    # final/ also holds the model consolidated for LitGPT's tools: the shards' weights, whole
+    consolidated = torch.load(two_processes / "final" / WEIGHTS, weights_only=True)
+    assert consolidated["transformer.h.0.attn.qkv.weight"].shape == (3 * 128, 128)
+    shards = sharded_weights(two_processes / "final" / SHARDED)
+    assert all(torch.equal(consolidated[name], shards[name]) for name in shards) and set(shards) == set(consolidated)
+
+
+def test_a_run_on_other_data_is_far_away(dataset: Path, one_process: Path, tmp_path: Path) -> None:
+    """What the tolerance is measured against: the same run on another data order."""
+    train(dataset, tmp_path / "other", 1, "--data.seed", "7")
+    assert distance(one_process / "final", tmp_path / "other" / "final") > 20 * TOLERANCE
+
+
+@pytest.mark.parametrize("before, after", [(2, 1), (1, 2)])
+def test_killed_run_resumes_on_another_number_of_processes(dataset: Path, one_process: Path, tmp_path: Path,
+                                                           before: int, after: int) -> None:
+    out = tmp_path / "out"
+    kill_after_checkpoint(dataset, out, before, step=3)
+    if before == 2:  # and a newer checkpoint whose writing was cut short: a shard of step 6 is truncated
+        torn = out / "step-00000006"
+        shutil.copytree(out / "step-00000003", torn)
+        shard = torn / SHARDED / "__1_0.distcp"
+        shard.write_bytes(shard.read_bytes()[:1000])
+    output = train(dataset, out, after, "--resume", "auto")
+    assert re.search(r"Resuming training from \S*step-00000003", output), output[-3000:]
+    if before == 2:
+        assert f"--resume auto: skipping {out / 'step-00000006'} ({SHARDED}/__1_0.distcp is 1000 bytes" in output
+    assert distance(one_process / "final", out / "final") < TOLERANCE
+    assert [line for line in output.splitlines() if line.startswith("Epoch")][0].split("|")[1].strip() == "iter 4 step 4"
+    state = (torch.load(out / "step-00000006" / WEIGHTS, weights_only=False)["train_dataloader"] if after == 1
+             else torch.load(out / "step-00000006" / SHARDED / "meta.pt", weights_only=False)["train_dataloader"])
+    assert state["consumed"] == STEPS * GLOBAL_BATCH and state["world"] == after  # the data position, counted
+
+
+def test_two_nodes_on_localhost(dataset: Path, one_process: Path, tmp_path: Path) -> None:
+    """2 nodes x 1 process, started as the README's no-launcher runbook starts them: MASTER_ADDR, MASTER_PORT,
+    NODE_RANK on each node. The mesh replicates across nodes and shards within one (HSDP)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    out = tmp_path / "out"
+    nodes = []
+    for node in (0, 1):
+        log = tmp_path / f"node{node}.log"
+        argv = command(dataset, out, 1, "--num_nodes", "2", "--train.micro_batch_size", str(GLOBAL_BATCH // 2))
+        nodes.append((start(argv, log, {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "NODE_RANK": str(node)}),
+                      log))
+    outputs = [finish(process, log) for process, log in nodes]
+    assert "FSDP2: 2 blocks and the root sharded over a (2, 1) mesh (nodes x devices per node)" in outputs[0]
+    assert distance(one_process / "final", out / "final") < TOLERANCE
+
+
+def test_a_sharded_checkpoint_generates_and_exports_wherever_it_is_moved(two_processes: Path, dataset: Path,
+                                                                        tmp_path: Path) -> None:
+    """A step checkpoint (shards only) moved away from its dataset: sampling and export read its shards and
+    the profile and tokenizer it carries."""
+    moved = tmp_path / "elsewhere" / "step-00000006"
+    shutil.copytree(two_processes / "step-00000006", moved)
+    hidden = dataset.with_name("hidden")
+    dataset.rename(hidden)  # the recorded dataset path no longer exists
+    try:
+        done = subprocess.run([sys.executable, "-m", "train.generate", "--checkpoint", str(moved), "--unconditional",
+                               "--num-samples", "2", "--max-new-tokens", "40", "--device", "cpu", "--out",
+                               str(tmp_path / "samples")], cwd=tmp_path, capture_output=True, text=True, timeout=RUN_LIMIT)
+        assert done.returncode == 0, done.stderr[-3000:]
+        samples = json.loads((tmp_path / "samples" / "unconditional" / "samples.json").read_text())
+        assert samples["settings"]["profile"] == "jpeg-64-q25"
+        hf = export(moved, tmp_path / "hf")
+    finally:
+        hidden.rename(dataset)
+    assert (hf / "model.safetensors").is_file()
+    assert (hf / "tokenizer.json").read_bytes() == (dataset / "tokenizer.json").read_bytes()
+    from safetensors.torch import load_file
+
+    exported = load_file(hf / "model.safetensors")
+    assert torch.equal(exported["model.embed_tokens.weight"], weights(moved)["transformer.wte.weight"])
+    # python -m train.consolidate writes lit_model.pth for LitGPT's tools
+    done = subprocess.run([sys.executable, "-m", "train.consolidate", str(moved)], capture_output=True, text=True,
+                          cwd=ROOT, timeout=RUN_LIMIT)
+    assert done.returncode == 0, done.stderr
+    assert set(torch.load(moved / WEIGHTS, weights_only=True)) == set(weights(two_processes / "final"))
+
+
+def test_newest_complete_skips_torn_checkpoints(two_processes: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    for step in ("step-00000003", "step-00000006"):
+        shutil.copytree(two_processes / step, out / step)
+    assert newest_complete(out) == (out / "step-00000006", [])
+    (out / "step-00000006" / SHARDED / ".metadata").unlink()  # killed before the coordinator finished
+    folder, skipped = newest_complete(out)
+    assert folder == out / "step-00000003" and skipped == [(out / "step-00000006", f"{SHARDED}/.metadata is missing")]
+    (out / "step-00000006" / MARKER).unlink()  # killed before the marker
+    assert newest_complete(out)[1] == [(out / "step-00000006", f"no {MARKER}: its writing did not finish")]
+
+
+# ---- bad input: a clear error before any work, nothing overwritten ---------------------------------
+def test_bad_layouts_and_data_are_refused_before_any_process_starts(dataset: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    uneven = train(dataset, out, 3, ok=False)  # 3 processes x micro-batch 1 do not divide 4
+    assert "error: --train.global_batch_size 4 is not a multiple of 3 processes x --train.micro_batch_size 1" in uneven
+    crowded = train(dataset, out, 4, "--train.global_batch_size", "40", "--train.micro_batch_size", "10", ok=False)
+    assert "has 34 train sequences for 4 processes x micro-batch 10: train needs 40" in crowded
+    assert "Traceback" not in uneven + crowded and not out.exists()
+
+
+def test_a_checkpoint_of_another_model_or_global_batch_is_refused(dataset: Path, one_process: Path,
+                                                                  tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    shutil.copytree(one_process / "step-00000003", out / "step-00000003")
+    before = sorted((p.relative_to(out), p.stat().st_size) for p in out.rglob("*") if p.is_file())
+    other_batch = train(dataset, out, 1, "--resume", "auto", "--train.global_batch_size", "8",
+                        "--train.micro_batch_size", "8", ok=False)
+    assert "was trained with --train.global_batch_size 4, this run has 8" in other_batch
+    other_model = train(dataset, out, 1, "--resume", "auto", "--model_config.n_layer", "3", ok=False)
+    assert "is a checkpoint of another model: n_layer 2 there, 3 here" in other_model
+    after = sorted((p.relative_to(out), p.stat().st_size) for p in out.rglob("*") if p.is_file() and "logs" not in p.parts)
+    assert after == before  # nothing overwritten
