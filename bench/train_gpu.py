@@ -13,8 +13,16 @@ model on ``--gpus-per-node`` GPUs (8 bytes per parameter / GPUs), as each GPU ho
 HYBRID_SHARD. FSDP's own buffers (two gathered blocks, communication) come on top.
 Prints a table and writes it as JSON. Needs CUDA; about 3 minutes on one H100 or H200.
 
+``--sharding`` runs the same steps with the model wrapped as the trainers wrap it, in a process group of
+this one GPU: ``fsdp2`` is ``python -m train.pretrain``'s path (``train.parallel.parallelize``:
+checkpointing, per-block compile and ``fully_shard`` per block and on the root, bf16 gathers and fp32
+gradient reduction), ``fsdp1`` is ``litgpt pretrain``'s (``FullyShardedDataParallel`` per block, then
+Lightning's checkpoint wrappers inside it). One GPU has no one to shard with, so the rows compare the
+wrappers' own cost in memory and time (buffers, copies, hooks), not communication. FSDP1 needs CUDA.
+
     python -m bench.train_gpu [--config train/jpeg7b.yaml] [--blocks 2 4] [--steps 3] [--out train_gpu.json]
     python -m bench.train_gpu --config train/avc7b.yaml --modes none full
+    python -m bench.train_gpu --sharding fsdp1 fsdp2 --modes every-2 --compile off     # FSDP1 against FSDP2
 
 Anchors for the MFU it prints: published Llama-2/3 7-8B FSDP training reaches ~46-58% MFU on H100/H200 at
 4K context (torchtitan, fms-fsdp, KempnerForge).
@@ -25,6 +33,7 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import os
 import sys
 import time
 from dataclasses import replace
@@ -36,7 +45,10 @@ from litgpt import GPT, Config
 from litgpt.utils import chunked_cross_entropy
 
 from train.estimate import count_parameters, flops_per_token
+from train.parallel import MIXED_PRECISION, parallelize
 from train.pretrain import blocks_to_checkpoint, checkpoint_blocks
+
+SHARDINGS = ("none", "fsdp1", "fsdp2")
 
 # Dense bf16 peaks by device-name fragment, most specific first (sparse figures are twice these).
 DENSE_BF16_TFLOPS = {"H100 PCIe": 756.0, "H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0}
@@ -51,8 +63,32 @@ def peak_tflops(device: torch.device, given: float | None) -> float | None:
     return next((tflops for key, tflops in DENSE_BF16_TFLOPS.items() if key in name), None)
 
 
+def wrap(model: GPT, *, sharding: str, checkpointing: str, compiled: bool, device: torch.device) -> torch.nn.Module:
+    """The model as one process of each trainer holds it: plain (one GPU), FSDP1 or FSDP2."""
+    checkpointed = blocks_to_checkpoint(checkpointing)
+    if sharding == "fsdp2":
+        from torch.distributed.device_mesh import init_device_mesh
+
+        mesh = init_device_mesh(device.type, (1,))
+        policy = MIXED_PRECISION["bf16-true"] if device.type == "cuda" else None
+        return parallelize(model, mesh, checkpointed=checkpointed, compile_blocks=compiled, mp_policy=policy)
+    if sharding == "fsdp1":  # as Lightning's FSDPStrategy does for litgpt pretrain
+        from torch.distributed.fsdp import FullyShardedDataParallel, ShardingStrategy
+        from torch.distributed.fsdp.wrap import ModuleWrapPolicy
+        from litgpt.model import Block
+
+        wrapped = FullyShardedDataParallel(model, auto_wrap_policy=ModuleWrapPolicy({Block}), device_id=device,
+                                           sharding_strategy=ShardingStrategy.HYBRID_SHARD, use_orig_params=True)
+        if checkpointed is not None:
+            checkpoint_blocks(wrapped, checkpointed)
+        return torch.compile(wrapped) if compiled else wrapped
+    if checkpointed is not None:
+        checkpoint_blocks(model, checkpointed)
+    return torch.compile(model) if compiled else model
+
+
 def run(config: Config, *, blocks: int, checkpointing: str, compiled: bool, steps: int,
-        device: torch.device) -> dict:
+        device: torch.device, sharding: str = "none") -> dict:
     """Seconds per step of ``steps`` AdamW steps (after one warm-up step), and the memory of the last: the
     state held between steps (weights, AdamW moments) and the most a step added to it (activations,
     gradients, logits)."""
@@ -65,11 +101,8 @@ def run(config: Config, *, blocks: int, checkpointing: str, compiled: bool, step
     torch.manual_seed(0)
     with device:
         model = GPT(small).to(dtype)
-    checkpointed = blocks_to_checkpoint(checkpointing)
-    if checkpointed is not None:
-        checkpoint_blocks(model, checkpointed)
-    step_model = torch.compile(model) if compiled else model
-    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-4, fused=device.type == "cuda")
+    step_model = wrap(model, sharding=sharding, checkpointing=checkpointing, compiled=compiled, device=device)
+    optimizer = torch.optim.AdamW(step_model.parameters(), lr=3e-4, fused=device.type == "cuda")
     tokens = torch.randint(0, config.vocab_size, (1, config.block_size + 1), device=device)
     inputs, targets = tokens[:, :-1], tokens[:, 1:]
 
@@ -112,6 +145,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="two block counts to measure (default 2 4); results are extrapolated to the config's")
     parser.add_argument("--modes", nargs="+", default=["none", "full"], help="--activation_checkpointing values")
     parser.add_argument("--compile", choices=["both", "on", "off"], default="both", help="torch.compile runs")
+    parser.add_argument("--sharding", nargs="+", choices=SHARDINGS, default=["none"],
+                        help="none (a plain model), fsdp1 (litgpt pretrain), fsdp2 (python -m train.pretrain)")
     parser.add_argument("--steps", type=int, default=3, help="timed optimizer steps per run (after one warm-up)")
     parser.add_argument("--gpus-per-node", type=int, default=8, help="FSDP shards the model state across these")
     parser.add_argument("--peak-tflops", type=float, help="the GPU's dense bf16 peak (default: from its name)")
@@ -123,6 +158,12 @@ def main(argv: list[str] | None = None) -> int:
         print("bench.train_gpu needs a CUDA GPU (none is visible to torch here): it measures bf16 memory and speed "
               "of the 7B configs on the GPU they will train on. Run it on an H100/H200/A100.", file=sys.stderr)
         return 2
+    if "fsdp1" in args.sharding and device.type != "cuda":
+        parser.error("--sharding fsdp1 needs a CUDA GPU (FSDP1 refuses CPU devices); fsdp2 runs on the CPU too")
+    if set(args.sharding) - {"none"}:  # a process group of this one device, as a trainer's rank has
+        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+        os.environ.setdefault("MASTER_PORT", "29531")
+        torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo", rank=0, world_size=1)
     settings = yaml.safe_load(args.config.read_text())
     config = Config(**settings["model_config"])
     parameters = count_parameters(config)
@@ -143,34 +184,36 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     print(f"{config.name} at {config.block_size:,} tokens on {name} ({peak or '?'} TFLOP/s dense bf16): "
           f"{k1} and {k2} of {config.n_layer} blocks, extrapolated to {config.n_layer}")
-    for mode in args.modes:
-        for compiled in compiles:
-            first, second = (run(config, blocks=k, checkpointing=mode, compiled=compiled, steps=args.steps,
-                                 device=device) for k in (k1, k2))
-            per_block = (second["seconds_per_step"] - first["seconds_per_step"]) / (k2 - k1)
-            if per_block <= 0:  # timings too noisy to separate the blocks from the rest: scale in proportion
-                per_block = second["seconds_per_step"] / k2
-            seconds = first["seconds_per_step"] + (config.n_layer - k1) * per_block
-            # activations (and logits) of a step: a fixed part and a part per block, extrapolated to all blocks;
-            # the state is FSDP's share of the whole model's
-            activations_per_block = (second["activation_bytes"] - first["activation_bytes"]) / (k2 - k1)
-            fixed = first["activation_bytes"] - k1 * activations_per_block
-            gb_per_gpu = state_gb + (fixed + config.n_layer * activations_per_block) / 1e9
-            tokens_per_second = config.block_size / seconds
-            row = {"activation_checkpointing": mode, "compile": compiled, "runs": [first, second],
-                   "seconds_per_step": seconds, "tokens_per_second": tokens_per_second,
-                   "mfu": tokens_per_second * flops / (peak * 1e12) if peak else None,
-                   "peak_gb_measured": second["peak_bytes"] / 1e9, "activation_gb_per_block": activations_per_block / 1e9,
-                   "gb_per_gpu_fsdp": gb_per_gpu}
-            rows.append(row)
-            print(f"  checkpointing {mode:8s} compile {'on ' if compiled else 'off'}: {tokens_per_second:8,.0f} tokens/s"
-                  f"  MFU {row['mfu'] or 0:5.1%}  peak {row['peak_gb_measured']:6.1f} GB with {k2} blocks, "
-                  f"{row['activation_gb_per_block']:5.2f} GB activations per block -> ~{gb_per_gpu:5.1f} GB per GPU "
-                  f"at {config.n_layer} blocks (FSDP over {args.gpus_per_node})  [warm-up {second['warmup_seconds']:.0f} s]")
+    for mode, compiled, sharding in ((m, c, s) for s in args.sharding for m in args.modes for c in compiles):
+        first, second = (run(config, blocks=k, checkpointing=mode, compiled=compiled, steps=args.steps,
+                             device=device, sharding=sharding) for k in (k1, k2))
+        per_block = (second["seconds_per_step"] - first["seconds_per_step"]) / (k2 - k1)
+        if per_block <= 0:  # timings too noisy to separate the blocks from the rest: scale in proportion
+            per_block = second["seconds_per_step"] / k2
+        seconds = first["seconds_per_step"] + (config.n_layer - k1) * per_block
+        # activations (and logits) of a step: a fixed part and a part per block, extrapolated to all blocks;
+        # the state is FSDP's share of the whole model's
+        activations_per_block = (second["activation_bytes"] - first["activation_bytes"]) / (k2 - k1)
+        fixed = first["activation_bytes"] - k1 * activations_per_block
+        gb_per_gpu = state_gb + (fixed + config.n_layer * activations_per_block) / 1e9
+        tokens_per_second = config.block_size / seconds
+        row = {"activation_checkpointing": mode, "compile": compiled, "sharding": sharding, "runs": [first, second],
+               "seconds_per_step": seconds, "tokens_per_second": tokens_per_second,
+               "mfu": tokens_per_second * flops / (peak * 1e12) if peak else None,
+               "peak_gb_measured": second["peak_bytes"] / 1e9, "activation_gb_per_block": activations_per_block / 1e9,
+               "gb_per_gpu_fsdp": gb_per_gpu}
+        rows.append(row)
+        print(f"  {sharding:5s} checkpointing {mode:8s} compile {'on ' if compiled else 'off'}: "
+              f"{tokens_per_second:8,.0f} tokens/s"
+              f"  MFU {row['mfu'] or 0:5.1%}  peak {row['peak_gb_measured']:6.1f} GB with {k2} blocks, "
+              f"{row['activation_gb_per_block']:5.2f} GB activations per block -> ~{gb_per_gpu:5.1f} GB per GPU "
+              f"at {config.n_layer} blocks (FSDP over {args.gpus_per_node})  [warm-up {second['warmup_seconds']:.0f} s]")
     result = {"config": str(args.config), "device": name, "peak_tflops": peak, "parameters": parameters,
               "model_flops_per_token": flops, "context": config.block_size, "blocks": [k1, k2], "rows": rows}
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {args.out}")
+    if torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
     return 0
 
 

@@ -247,7 +247,7 @@ def test_overwritten_weights_and_odd_grid_sizes(tiny_run: Path, image_folder: Pa
     assert evaluate(settings(0))["checkpoints"][0]["grids"] == {}  # no pictures asked for, none kept
     assert evaluate(settings(5))["checkpoints"][0]["grids"]  # more than kept: the grid shows what there is
     shutil.copy(tiny_run / "step-00000003" / "lit_model.pth", copy / "lit_model.pth")  # "retrained" in place
-    with pytest.raises(EvaluationError, match="not the file this evaluation"):
+    with pytest.raises(EvaluationError, match="are not those this evaluation"):
         evaluate(settings(0))
 
 

@@ -14,8 +14,6 @@ import litgpt.pretrain as litgpt_pretrain
 import pytest
 import torch
 import yaml
-from lightning.fabric.strategies import FSDPStrategy
-from lightning.fabric.strategies.fsdp import _setup_activation_checkpointing
 from litgpt import GPT, Config
 from litgpt.model import Block
 from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import CheckpointWrapper
@@ -23,7 +21,8 @@ from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import Checkpoi
 from litgpt_metrics import losses
 from preprocess.run import run
 from train.estimate import GPUS, LayerMemory, estimate, gpu_table, layer_memory
-from train.pretrain import blocks_to_checkpoint, checkpointing_in_litgpt
+from train.parallel import FSDP2Strategy, init_weights
+from train.pretrain import SWAPPED, blocks_to_checkpoint, checkpoint_blocks, swapped_into_litgpt
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_SETTINGS = yaml.safe_load((ROOT / "train" / "jpeg-tiny.yaml").read_text())
@@ -32,28 +31,53 @@ TINY_LAYERS = TINY_SETTINGS["model_config"]["n_layer"]
 TINY = Config(**{**TINY_SETTINGS["model_config"], "n_layer": 4, "n_head": 4, "n_query_groups": 4})
 
 
+def swapped(checkpointed=None):
+    return swapped_into_litgpt(checkpointed=checkpointed, seed=42, precision="32-true", config=TINY,
+                               layout={"world_size": 1, "micro_batch_size": 4, "global_batch_size": 4}, data=None)
+
+
 def test_litgpt_still_builds_what_train_pretrain_swaps() -> None:
-    """The three names train.pretrain swaps are module globals that litgpt.pretrain looks up where it did."""
+    """The names train.pretrain swaps are module globals that litgpt.pretrain looks up where it did."""
     source = inspect.getsource(litgpt_pretrain)
     assert 'FSDPStrategy(auto_wrap_policy={Block}, state_dict_type="full", sharding_strategy="HYBRID_SHARD")' in source
-    assert "model = GPT(config)" in inspect.getsource(litgpt_pretrain.main)
+    main = inspect.getsource(litgpt_pretrain.main)
+    for line in ("model = GPT(config)", "initialize_weights(fabric, model, n_layer=config.n_layer, n_embd=config.n_embd)",
+                 "resume = find_resume_path(resume, out_dir)", "fabric.load(resume, state)", "fit(",
+                 'save_checkpoint(fabric, state, tokenizer_dir, out_dir / "final" / "lit_model.pth")'):
+        assert line in main, line
     assert "save_hyperparameters(setup, checkpoint_file.parent)" in inspect.getsource(litgpt_pretrain.save_checkpoint)
-    with checkpointing_in_litgpt(blocks_to_checkpoint("full")):
-        assert litgpt_pretrain.GPT is not GPT and litgpt_pretrain.setup.__module__ == "train.pretrain"
-    assert litgpt_pretrain.GPT is GPT and litgpt_pretrain.setup.__module__ == "litgpt.pretrain"  # put back
+    # the std train.parallel.init_weights reads from LitGPT's init
+    assert "partial(init_weights, mod, std=" in inspect.getsource(litgpt_pretrain.initialize_weights)
+    originals = {name: getattr(litgpt_pretrain, name) for name in SWAPPED}
+    with swapped(blocks_to_checkpoint("full")):
+        assert all(getattr(litgpt_pretrain, name) is not originals[name] for name in SWAPPED)
+        assert litgpt_pretrain.setup.__module__ == "train.pretrain"
+        strategy = litgpt_pretrain.FSDPStrategy(auto_wrap_policy={Block}, state_dict_type="full",
+                                                sharding_strategy="HYBRID_SHARD")
+        assert isinstance(strategy, litgpt_pretrain.FSDPStrategy) and isinstance(strategy, FSDP2Strategy)
+    assert all(getattr(litgpt_pretrain, name) is originals[name] for name in SWAPPED)  # put back
     assert "isinstance(fabric.strategy, FSDPStrategy)" in inspect.getsource(litgpt_pretrain.initialize_weights)
 
 
-@pytest.mark.parametrize("choice, wrapped", [("full", list(range(4))), ("every-3", [0, 3])])
-def test_the_fsdp_strategy_checkpoints_the_chosen_blocks(choice: str, wrapped: list[int]) -> None:
-    """What Lightning does with the strategy litgpt.pretrain builds for several GPUs (FSDP itself needs them)."""
-    with checkpointing_in_litgpt(blocks_to_checkpoint(choice)):
-        strategy = litgpt_pretrain.FSDPStrategy(auto_wrap_policy={Block}, state_dict_type="full",
-                                                sharding_strategy="HYBRID_SHARD")
-        model = litgpt_pretrain.GPT(TINY)  # under FSDP the model is built plain: Lightning wraps it
-    assert isinstance(strategy, FSDPStrategy) and not any(isinstance(m, CheckpointWrapper) for m in model.modules())
-    _setup_activation_checkpointing(model, strategy._activation_checkpointing_kwargs)
-    assert [i for i, block in enumerate(model.transformer.h) if isinstance(block, CheckpointWrapper)] == wrapped
+def test_initial_weights_do_not_depend_on_the_layout() -> None:
+    """Drawn per parameter name with LitGPT's distributions: the same with or without checkpoint wrappers."""
+    models = []
+    for choice in (None, blocks_to_checkpoint("full")):
+        torch.manual_seed(len(models))  # the global RNG does not matter
+        model = GPT(TINY)
+        if choice:
+            checkpoint_blocks(model, choice)
+        litgpt_pretrain.initialize_weights(type("F", (), {"strategy": None})(), model, TINY.n_layer, TINY.n_embd)
+        init_weights(model, seed=42)
+        models.append(model)
+    plain, wrapped = (dict(m.state_dict()) for m in models)
+    assert list(plain) == list(wrapped) and all(torch.equal(plain[k], wrapped[k]) for k in plain)
+    std = plain["transformer.h.0.mlp.fc_1.weight"].std().item()
+    assert std == pytest.approx((2 / 5 / TINY.n_embd) ** 0.5, rel=0.05)  # GPT-NeoX's init, as LitGPT's
+    assert plain["transformer.h.0.mlp.proj.weight"].std().item() == pytest.approx(
+        1 / TINY.n_embd ** 0.5 / TINY.n_layer, rel=0.05)
+    assert torch.equal(plain["transformer.ln_f.weight"], torch.ones(TINY.n_embd))
+    assert not torch.equal(plain["transformer.h.0.attn.qkv.weight"], plain["transformer.h.1.attn.qkv.weight"])
 
 
 @pytest.mark.parametrize("choice, wrapped", [("none", []), ("full", [0, 1, 2, 3]), ("every-2", [0, 2]),
@@ -61,7 +85,7 @@ def test_the_fsdp_strategy_checkpoints_the_chosen_blocks(choice: str, wrapped: l
 def test_checkpointed_blocks_recompute_and_keep_gradients_and_names(choice: str, wrapped: list[int],
                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     torch.manual_seed(0)
-    with checkpointing_in_litgpt(blocks_to_checkpoint(choice)):
+    with swapped(blocks_to_checkpoint(choice)):
         model = litgpt_pretrain.GPT(TINY)  # what litgpt.pretrain's main builds on one device
     torch.manual_seed(0)
     plain = GPT(TINY)
@@ -133,9 +157,9 @@ def train(command: list[str], dataset: Path, out: Path, *flags: str, log: str | 
     return losses(out)
 
 
-def test_checkpointed_training_matches_plain_litgpt_and_resumes_exactly(dataset: Path, tmp_path: Path) -> None:
+def test_checkpointed_training_matches_plain_training_and_resumes_exactly(dataset: Path, tmp_path: Path) -> None:
     steps, tokens = 10, 2 * 1023
-    litgpt = ["litgpt", "pretrain"]
+    litgpt = ["python", "-m", "train.pretrain", "--activation_checkpointing", "none"]
     ours = ["python", "-m", "train.pretrain", "--activation_checkpointing", "full"]
     wrapped = f"activation checkpointing: {TINY_LAYERS} of {TINY_LAYERS} transformer blocks"  # the log says it is on
     with ThreadPoolExecutor(2) as pool:  # independent runs
@@ -213,9 +237,10 @@ def test_gpu_benchmark_says_it_needs_cuda_and_runs_its_steps_on_a_small_config(t
         assert done.returncode == 2 and "needs a CUDA GPU" in done.stderr
     out = tmp_path / "train_gpu.json"
     done = subprocess.run(["python", "-m", "bench.train_gpu", "--config", "train/jpeg-tiny.yaml", "--device", "cpu",
-                           "--blocks", "1", "2", "--steps", "1", "--compile", "off", "--out", str(out)],
-                          cwd=ROOT, capture_output=True, text=True)
+                           "--blocks", "1", "2", "--steps", "1", "--compile", "off", "--sharding", "none", "fsdp2",
+                           "--out", str(out)], cwd=ROOT, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]
     rows = json.loads(out.read_text())["rows"]
-    assert [row["activation_checkpointing"] for row in rows] == ["none", "full"]
+    assert [(row["sharding"], row["activation_checkpointing"]) for row in rows] == [
+        ("none", "none"), ("none", "full"), ("fsdp2", "none"), ("fsdp2", "full")]
     assert all(row["tokens_per_second"] > 0 and len(row["runs"]) == 2 for row in rows)

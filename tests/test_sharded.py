@@ -31,8 +31,17 @@ import yaml
 
 from litgpt_metrics import losses
 from preprocess.run import run
-from train.checkpoint import MARKER, SHARDED, WEIGHTS, load_lit_weights, newest_complete, sharded_weights
+from train.checkpoint import (
+    MARKER,
+    SHARDED,
+    WEIGHTS,
+    load_lit_weights,
+    newest_complete,
+    recorded_dataset,
+    sharded_weights,
+)
 from train.export import export
+from train.pretrain import main as pretrain_main
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = yaml.safe_load((ROOT / "train" / "jpeg-tiny.yaml").read_text())
@@ -235,13 +244,22 @@ def test_newest_complete_skips_torn_checkpoints(two_processes: Path, tmp_path: P
 
 
 # ---- bad input: a clear error before any work, nothing overwritten ---------------------------------
-def test_bad_layouts_and_data_are_refused_before_any_process_starts(dataset: Path, tmp_path: Path) -> None:
+def test_bad_layouts_and_data_are_refused_before_any_process_starts(dataset: Path, tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch,
+                                                                    capsys: pytest.CaptureFixture) -> None:
     out = tmp_path / "out"
-    uneven = train(dataset, out, 3, ok=False)  # 3 processes x micro-batch 1 do not divide 4
+
+    def refused(devices: int, *flags: str) -> str:  # the CLI in this process: it stops before launching any
+        monkeypatch.setattr(sys, "argv", command(dataset, out, devices, *flags)[2:])
+        with pytest.raises(SystemExit) as stopped:
+            pretrain_main()
+        return str(stopped.value)
+
+    uneven = refused(3)  # 3 processes x micro-batch 1 do not divide 4
     assert "error: --train.global_batch_size 4 is not a multiple of 3 processes x --train.micro_batch_size 1" in uneven
-    crowded = train(dataset, out, 4, "--train.global_batch_size", "40", "--train.micro_batch_size", "10", ok=False)
+    crowded = refused(4, "--train.global_batch_size", "40", "--train.micro_batch_size", "10")
     assert "has 34 train sequences for 4 processes x micro-batch 10: train needs 40" in crowded
-    assert "Traceback" not in uneven + crowded and not out.exists()
+    assert not out.exists() and "Traceback" not in capsys.readouterr().err
 
 
 def test_a_checkpoint_of_another_model_or_global_batch_is_refused(dataset: Path, one_process: Path,
@@ -256,3 +274,16 @@ def test_a_checkpoint_of_another_model_or_global_batch_is_refused(dataset: Path,
     assert "is a checkpoint of another model: n_layer 2 there, 3 here" in other_model
     after = sorted((p.relative_to(out), p.stat().st_size) for p in out.rglob("*") if p.is_file() and "logs" not in p.parts)
     assert after == before  # nothing overwritten
+
+
+def test_a_relative_dataset_path_is_found_from_any_working_directory(tmp_path: Path) -> None:
+    """`litgpt pretrain` records paths as typed (``data/jpeg-tiny``); the checkpoint's place says where training ran."""
+    ran_in = tmp_path / "project"
+    checkpoint = ran_in / "out" / "jpeg-tiny" / "final"
+    checkpoint.mkdir(parents=True)
+    (checkpoint / "hyperparameters.yaml").write_text(yaml.safe_dump(
+        {"out_dir": "out/jpeg-tiny", "data": {"init_args": {"path": "data/jpeg-tiny"}}}))
+    assert recorded_dataset(checkpoint) == "data/jpeg-tiny"  # no dataset there: as typed
+    (ran_in / "data" / "jpeg-tiny").mkdir(parents=True)
+    (ran_in / "data" / "jpeg-tiny" / "manifest.json").write_text("{}")
+    assert recorded_dataset(checkpoint) == str(ran_in / "data" / "jpeg-tiny")

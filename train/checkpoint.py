@@ -216,6 +216,25 @@ def consolidate(checkpoint: Path) -> Path:
     return checkpoint / WEIGHTS
 
 
+def recorded_dataset(checkpoint: Path) -> str | None:
+    """The dataset path hyperparameters.yaml records, as seen from here.
+
+    LitGPT records paths as they were typed. A relative dataset path is relative to the folder training ran
+    in, which the checkpoint's own place tells when out_dir was relative too: ``out/jpeg-tiny/final`` lies
+    two folders below it. So ``data/jpeg-tiny`` is found from any working directory.
+    """
+    hyperparameters = read_hyperparameters(checkpoint)
+    dataset = ((hyperparameters.get("data") or {}).get("init_args") or {}).get("path")
+    out_dir = hyperparameters.get("out_dir")
+    if dataset is None or "://" in str(dataset) or Path(dataset).is_absolute() or not out_dir:
+        return dataset
+    depth, parents = len(Path(out_dir).parts), checkpoint.resolve().parents
+    if Path(out_dir).is_absolute() or ".." in Path(out_dir).parts or depth >= len(parents):
+        return dataset
+    found = parents[depth] / dataset
+    return str(found) if (found / MANIFEST).is_file() else dataset  # else as typed (the folder was moved)
+
+
 def open_dataset(checkpoint: Path, dataset: str | None) -> Dataset:
     """The training dataset: --dataset; else the path hyperparameters.yaml recorded, if it is there and has the
     tokenizer the checkpoint carries; else the checkpoint's own description of it (profile and tokenizer:
@@ -224,8 +243,7 @@ def open_dataset(checkpoint: Path, dataset: str | None) -> Dataset:
     if dataset is not None:
         where = "given with --dataset"
     else:
-        recorded = read_hyperparameters(checkpoint).get("data") or {}
-        dataset = (recorded.get("init_args") or {}).get("path")
+        dataset = recorded_dataset(checkpoint)
         where = f"recorded in {checkpoint / 'hyperparameters.yaml'}"
         if (own / MANIFEST).is_file():
             carried = Dataset.open(str(own))

@@ -57,7 +57,7 @@ from shared.format.files import read_bytes, size
 from shared.format.shards import load_shard, sha256_hex
 
 
-# ---- the plan of an epoch: pure functions of (manifest, seed, epoch, rank, world) ------------------
+# ---- the order of an epoch: a function of (manifest, seed, epoch) alone ---------------------------
 @dataclass(frozen=True)
 class Layout:
     """What the plan needs about the data: examples per shard and how examples map to sequences."""
@@ -73,21 +73,42 @@ class Layout:
         return sum(self.examples_per_shard)
 
 
+class EpochOrder:
+    """One epoch's order: the shards permuted by ``(seed, epoch)``, each shard's examples by
+    ``(seed, epoch, shard)``; made once per epoch, each shard's permutation when first needed."""
+
+    def __init__(self, layout: Layout, *, seed: int, epoch: int, shuffle: bool) -> None:
+        self.seed, self.epoch, self.shuffle = seed, epoch, shuffle
+        self.shards = (np.random.default_rng([seed, epoch]).permutation(len(layout.shard_paths)) if shuffle
+                       else np.arange(len(layout.shard_paths)))
+        self.counts = np.array(layout.examples_per_shard, dtype=np.int64)[self.shards]
+        self.ends = np.cumsum(self.counts)
+        self._examples: dict[int, np.ndarray] = {}  # the permutations of the last shards read
+
+    def examples(self, shard: int, count: int) -> np.ndarray:
+        if shard not in self._examples:
+            if len(self._examples) >= 4:
+                self._examples.pop(next(iter(self._examples)))
+            self._examples[shard] = (np.random.default_rng([self.seed, self.epoch, shard]).permutation(count)
+                                     if self.shuffle else np.arange(count))
+        return self._examples[shard]
+
+    def rows(self, start: int, stop: int) -> np.ndarray:
+        """``(shard, example)`` rows at positions ``start:stop`` of the epoch (an int64 array)."""
+        parts = [np.zeros((0, 2), np.int64)]
+        position = int(np.searchsorted(self.ends, start, side="right"))
+        while position < len(self.shards) and self.ends[position] - self.counts[position] < stop:
+            first, last = int(self.ends[position] - self.counts[position]), int(self.ends[position])
+            shard = int(self.shards[position])
+            examples = self.examples(shard, last - first)[max(start, first) - first:min(stop, last) - first]
+            parts.append(np.stack([np.full(len(examples), shard, np.int64), examples.astype(np.int64)], axis=1))
+            position += 1
+        return np.concatenate(parts)
+
+
 def epoch_order(layout: Layout, *, seed: int, epoch: int, shuffle: bool, start: int, stop: int) -> np.ndarray:
-    """``(shard, example)`` rows at global positions ``start:stop`` of the epoch's order (an int64 array)."""
-    shard_order = (np.random.default_rng([seed, epoch]).permutation(len(layout.shard_paths)) if shuffle
-                   else np.arange(len(layout.shard_paths)))
-    counts = np.array(layout.examples_per_shard, dtype=np.int64)[shard_order]
-    ends = np.cumsum(counts)
-    parts = [np.zeros((0, 2), np.int64)]
-    for position, shard in enumerate(shard_order):
-        first, last = int(ends[position] - counts[position]), int(ends[position])
-        if last <= start or first >= stop:
-            continue
-        examples = (np.random.default_rng([seed, epoch, int(shard)]).permutation(last - first) if shuffle
-                    else np.arange(last - first))[max(start, first) - first:min(stop, last) - first]
-        parts.append(np.stack([np.full(len(examples), shard, np.int64), examples.astype(np.int64)], axis=1))
-    return np.concatenate(parts)
+    """``(shard, example)`` rows at positions ``start:stop`` of epoch ``epoch``'s order."""
+    return EpochOrder(layout, seed=seed, epoch=epoch, shuffle=shuffle).rows(start, stop)
 
 
 # ---- what the DataLoader reads ---------------------------------------------------------------------
@@ -97,18 +118,16 @@ class ShardReader:
     def __init__(self, root: str, layout: Layout, *, seed: int, shuffle: bool, verify_checksums: bool) -> None:
         self.root, self.layout, self.seed, self.shuffle = root, layout, seed, shuffle
         self.verify_checksums = verify_checksums
-        self._plans: dict[tuple[int, int, int], np.ndarray] = {}  # (epoch, start, stop) -> rows, the last two kept
+        self._orders: dict[int, EpochOrder] = {}  # the last two epochs (a batch may straddle them)
         self._loaded: tuple[int, np.ndarray] | None = None
 
     def rows(self, epoch: int, start: int, stop: int) -> list[np.ndarray]:
         """Token windows at positions ``start:stop`` of epoch ``epoch``'s order."""
-        key = (epoch, start, stop)
-        if key not in self._plans:
-            if len(self._plans) >= 2:
-                self._plans.pop(next(iter(self._plans)))
-            self._plans[key] = epoch_order(self.layout, seed=self.seed, epoch=epoch, shuffle=self.shuffle,
-                                           start=start, stop=stop)
-        return self.window_rows(self._plans[key])
+        if epoch not in self._orders:
+            if len(self._orders) >= 2:
+                self._orders.pop(min(self._orders))
+            self._orders[epoch] = EpochOrder(self.layout, seed=self.seed, epoch=epoch, shuffle=self.shuffle)
+        return self.window_rows(self._orders[epoch].rows(start, stop))
 
     def window_rows(self, plan: np.ndarray) -> list[np.ndarray]:
         rows = []

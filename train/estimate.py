@@ -2,10 +2,14 @@
 without activation checkpointing, and which GPUs it fits.
 
     python -m train.estimate --config train/jpeg7b.yaml [--activation_checkpointing full] [--gpus-per-node 8]
-        [--hfu 0.4] [--json]
+        [--strategy fsdp2|fsdp1] [--hfu 0.4] [--json]
 
-Memory follows LitGPT pretrain's setup: ``bf16-true`` keeps weights, gradients and both AdamW moments in
-bf16 (8 bytes per parameter), and FSDP ``HYBRID_SHARD`` shards them across the GPUs of one node. What
+Memory follows the config's ``precision``: ``bf16-true`` keeps weights, gradients and both AdamW moments in
+bf16 (8 bytes per parameter), ``bf16-mixed`` / ``32-true`` in fp32 (16 bytes), sharded across the GPUs of
+one node (FSDP2 in ``python -m train.pretrain``, HSDP across nodes; FSDP1 ``HYBRID_SHARD`` in ``litgpt
+pretrain``). Beside the shards, each GPU holds two blocks' gathered weights (the one computing and the one
+prefetched) and, with ``--strategy fsdp2``, one block's unsharded gradients in fp32 while they are reduced
+(``train.parallel`` reduces in fp32, as torchtitan does; FSDP1 reduces in bf16). What
 each layer keeps for its backward pass is *measured*, not guessed: one and two full-width layers run
 forward in bf16 on a short sequence, every tensor autograd saves (``saved_tensors_hooks``) and every
 input a checkpointed block holds for its recomputation is counted once by storage, and the difference
@@ -151,8 +155,13 @@ def peak_bytes_per_token(is_checkpointed: list[bool], layers: LayerMemory) -> fl
     return max([sum(kept), *recomputing])
 
 
+STATE_BYTES = {"bf16-true": 8, "bf16-mixed": 16, "32-true": 16}  # weights, gradients, 2 AdamW moments
+STRATEGIES = ("fsdp2", "fsdp1")
+
+
 def estimate(config: Config, *, micro_batch: int, global_batch: int, gpus_per_node: int,
-             activation_checkpointing: str = "none", layers: LayerMemory | None = None) -> Estimate:
+             activation_checkpointing: str = "none", layers: LayerMemory | None = None, strategy: str = "fsdp2",
+             precision: str = "bf16-true") -> Estimate:
     layers = layers or layer_memory(config)
     checkpointed = blocks_to_checkpoint(activation_checkpointing)
     with torch.device("meta"):
@@ -161,34 +170,41 @@ def estimate(config: Config, *, micro_batch: int, global_batch: int, gpus_per_no
     chosen = sum(is_checkpointed)
     parameters = count_parameters(config)
     tokens = config.block_size * micro_batch
-    state = 8 * parameters / gpus_per_node / 1e9
+    if strategy not in STRATEGIES or precision not in STATE_BYTES:
+        raise ValueError(f"strategy must be one of {STRATEGIES} and precision one of {tuple(STATE_BYTES)}")
+    state = STATE_BYTES[precision] * parameters / gpus_per_node / 1e9
     activations = tokens * peak_bytes_per_token(is_checkpointed, layers) / 1e9
     logits = tokens * config.padded_vocab_size * 4 * 2 / 1e9  # fp32 logits and their gradient
-    block = 2 * 2 * parameters / config.n_layer / 1e9  # two gathered blocks (FSDP prefetch), bf16
+    gathered = 2 if precision != "32-true" else 4  # FSDP2's mixed precision gathers bf16 copies of fp32 weights
+    block = 2 * gathered * parameters / config.n_layer / 1e9  # two gathered blocks (FSDP prefetch)
+    if strategy == "fsdp2":
+        block += 4 * parameters / config.n_layer / 1e9  # one block's gradients, reduced in fp32
     model_flops, hardware_flops = flops_per_token(config, chosen)
     return Estimate(activation_checkpointing or "none", chosen, parameters, config.block_size * global_batch, state,
                     activations, state + activations + logits + block, model_flops, hardware_flops)
 
 
 def largest_micro_batch(config: Config, *, gpu: Gpu, gpus_per_node: int, activation_checkpointing: str,
-                        layers: LayerMemory) -> int:
+                        layers: LayerMemory, **settings: str) -> int:
     """The most sequences per micro-batch that fit ``gpu`` (0: not even one): memory grows linearly with it."""
     one, two = (estimate(config, micro_batch=m, global_batch=m, gpus_per_node=gpus_per_node,
-                         activation_checkpointing=activation_checkpointing, layers=layers).total_gb for m in (1, 2))
+                         activation_checkpointing=activation_checkpointing, layers=layers, **settings).total_gb
+                for m in (1, 2))
     return max(0, math.floor((MEMORY_MARGIN * gpu.memory_gb - (2 * one - two)) / (two - one)))
 
 
 def gpu_table(config: Config, *, gpus_per_node: int, hfu: float, layers: LayerMemory,
-              choices: tuple[str, ...] = ("none", "full")) -> list[dict]:
+              choices: tuple[str, ...] = ("none", "full"), **settings: str) -> list[dict]:
     rows = []
     for choice in choices:
         one = estimate(config, micro_batch=1, global_batch=1, gpus_per_node=gpus_per_node,
-                       activation_checkpointing=choice, layers=layers)
+                       activation_checkpointing=choice, layers=layers, **settings)
         for gpu in GPUS.values():
             rows.append({"gpu": gpu.name, "activation_checkpointing": choice, "memory_gb": round(one.total_gb, 1),
                          "fits": one.fits(gpu),
                          "largest_micro_batch": largest_micro_batch(config, gpu=gpu, gpus_per_node=gpus_per_node,
-                                                                    activation_checkpointing=choice, layers=layers),
+                                                                    activation_checkpointing=choice, layers=layers,
+                                                                    **settings),
                          "tokens_per_second": round(one.tokens_per_second(gpu, hfu)), "mfu": round(one.mfu(hfu), 3)})
     return rows
 
@@ -201,6 +217,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--gpus-per-node", type=int, default=8, help="FSDP shards the state across these")
     parser.add_argument("--hfu", type=float, default=0.4,
                         help="share of the GPU's dense bf16 peak the step runs at, recompute included (default 0.4)")
+    parser.add_argument("--strategy", choices=STRATEGIES, default="fsdp2",
+                        help="fsdp2: python -m train.pretrain (default); fsdp1: litgpt pretrain")
     parser.add_argument("--json", action="store_true", help="print everything as JSON")
     args = parser.parse_args(argv)
     try:
@@ -211,20 +229,26 @@ def main(argv: list[str] | None = None) -> None:
     config = Config(**settings["model_config"])
     train = settings["train"]
     layers = layer_memory(config)
+    precision = settings.get("precision") or "bf16-true"
+    if precision not in STATE_BYTES:
+        parser.error(f"{args.config}: precision {precision!r} is not one of {', '.join(STATE_BYTES)}")
     result = estimate(config, micro_batch=train["micro_batch_size"], global_batch=train["global_batch_size"],
                       gpus_per_node=args.gpus_per_node, activation_checkpointing=args.activation_checkpointing,
-                      layers=layers)
+                      layers=layers, strategy=args.strategy, precision=precision)
     choices = tuple(dict.fromkeys(("none", "full", args.activation_checkpointing)))
-    table = gpu_table(config, gpus_per_node=args.gpus_per_node, hfu=args.hfu, layers=layers, choices=choices)
+    table = gpu_table(config, gpus_per_node=args.gpus_per_node, hfu=args.hfu, layers=layers, choices=choices,
+                      strategy=args.strategy, precision=precision)
     if args.json:
-        print(json.dumps({"config": str(args.config), "estimate": asdict(result), "layer_memory": asdict(layers),
+        print(json.dumps({"config": str(args.config), "strategy": args.strategy, "precision": precision,
+                          "estimate": asdict(result), "layer_memory": asdict(layers),
                           "gpus": table}, indent=2))
         return
     print(f"{config.name}: {result.parameters:,} parameters, {result.tokens_per_step:,} tokens per optimizer step, "
           f"context {config.block_size:,}")
     print(f"  kept per layer and token (bf16, measured): {layers.plain / 1e3:,.1f} KB, checkpointed "
           f"{layers.checkpointed / 1e3:,.1f} KB ({layers.factor:.1f}x less)")
-    print(f"  per GPU ({args.gpus_per_node} per node, HYBRID_SHARD, bf16-true, micro-batch {train['micro_batch_size']}, "
+    sharding = "FSDP2, HSDP across nodes" if args.strategy == "fsdp2" else "FSDP1 HYBRID_SHARD"
+    print(f"  per GPU ({args.gpus_per_node} per node, {sharding}, {precision}, micro-batch {train['micro_batch_size']}, "
           f"checkpointing {result.activation_checkpointing}: {result.checkpointed_layers} of {config.n_layer} blocks): "
           f"sharded state {result.sharded_state_gb:.1f} GB + activations {result.activations_gb:.1f} GB = "
           f"{result.total_gb:.1f} GB")

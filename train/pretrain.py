@@ -89,7 +89,7 @@ from train.checkpoint import (
     unmark,
 )
 from train.data import CodecShards
-from train.parallel import FSDP2Strategy, init_weights
+from train.parallel import MIXED_PRECISION, FSDP2Strategy, init_weights
 
 CHOICES = "none, full or every-N (N >= 1: every N-th block)"
 LITGPT_SETUP = litgpt_pretrain.setup
@@ -262,10 +262,12 @@ def setup(activation_checkpointing: str | None = "none", **litgpt_arguments: Any
         train = litgpt_arguments["train"]
         layout = run_layout(litgpt_arguments.get("devices", "auto"), litgpt_arguments.get("num_nodes", 1), train)
         check_data(litgpt_arguments.get("data"), layout["world_size"], train.micro_batch_size)
+        precision = litgpt_arguments.get("precision") or litgpt_pretrain.get_default_supported_precision(training=True)
+        if layout["world_size"] > 1 and precision not in MIXED_PRECISION:
+            raise ValueError(f"--precision {precision} is not supported sharded; choose {', '.join(MIXED_PRECISION)}")
     except (ValueError, CheckpointError, DatasetError) as error:
         raise SystemExit(f"python -m train.pretrain: error: {error}") from None
     config = litgpt_arguments.get("model_config") or Config.from_name(litgpt_arguments["model_name"])
-    precision = litgpt_arguments.get("precision") or litgpt_pretrain.get_default_supported_precision(training=True)
     with swapped_into_litgpt(checkpointed=checkpointed, seed=litgpt_arguments.get("seed", 42), precision=precision,
                              config=config, layout=layout, data=litgpt_arguments.get("data")):
         try:
