@@ -77,8 +77,9 @@ def wrap(model: GPT, *, sharding: str, checkpointing: str, compiled: bool, devic
         from torch.distributed.fsdp.wrap import ModuleWrapPolicy
         from litgpt.model import Block
 
+        # FULL_SHARD: on one GPU it is what HYBRID_SHARD does within a node (one shard group, nothing to replicate)
         wrapped = FullyShardedDataParallel(model, auto_wrap_policy=ModuleWrapPolicy({Block}), device_id=device,
-                                           sharding_strategy=ShardingStrategy.HYBRID_SHARD, use_orig_params=True)
+                                           sharding_strategy=ShardingStrategy.FULL_SHARD, use_orig_params=True)
         if checkpointed is not None:
             checkpoint_blocks(wrapped, checkpointed)
         return torch.compile(wrapped) if compiled else wrapped

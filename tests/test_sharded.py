@@ -40,6 +40,7 @@ from train.checkpoint import (
     recorded_dataset,
     sharded_weights,
 )
+from train.evaluate import EvaluationError, check_fingerprint
 from train.export import export
 from train.pretrain import main as pretrain_main
 
@@ -224,6 +225,15 @@ def test_a_sharded_checkpoint_generates_and_exports_wherever_it_is_moved(two_pro
 
     exported = load_file(hf / "model.safetensors")
     assert torch.equal(exported["model.embed_tokens.weight"], weights(moved)["transformer.wte.weight"])
+    # train.evaluate fingerprints the weights it samples from: the shards, here
+    check_fingerprint(str(moved), str(tmp_path / "fingerprint.json"))
+    check_fingerprint(str(moved), str(tmp_path / "fingerprint.json"))  # the same weights: accepted
+    shard = moved / SHARDED / "__0_0.distcp"
+    shard.write_bytes(shard.read_bytes()[::-1])
+    with pytest.raises(EvaluationError, match="are not those this evaluation"):
+        check_fingerprint(str(moved), str(tmp_path / "fingerprint.json"))
+    shutil.rmtree(moved)
+    shutil.copytree(two_processes / "step-00000006", moved)
     # python -m train.consolidate writes lit_model.pth for LitGPT's tools
     done = subprocess.run([sys.executable, "-m", "train.consolidate", str(moved)], capture_output=True, text=True,
                           cwd=ROOT, timeout=RUN_LIMIT)
