@@ -53,10 +53,12 @@ def blocks(model: torch.nn.Module) -> list[torch.nn.Module]:
     return list(model.transformer.h)
 
 
-def apply_ac(model: GPT, checkpointed: Callable[[torch.nn.Module], bool] | None) -> None:
-    """Wrap the chosen blocks in torch's checkpoint_wrapper (parameter names do not change in state dicts)."""
+def apply_ac(model: torch.nn.Module, checkpointed: Callable[[torch.nn.Module], bool] | None) -> torch.nn.Module:
+    """Wrap the chosen blocks in torch's checkpoint_wrapper, in place (parameter names do not change in state
+    dicts, so checkpoints are the same files with and without it)."""
     if checkpointed is not None:
         apply_activation_checkpointing(model, checkpoint_wrapper_fn=checkpoint_wrapper, check_fn=checkpointed)
+    return model
 
 
 def apply_compile(model: GPT) -> None:

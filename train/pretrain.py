@@ -67,11 +67,7 @@ import yaml
 from jsonargparse import CLI, set_parsing_settings
 from litgpt.model import GPT, Block, Config
 from litgpt.utils import parse_devices
-from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import (
-    CheckpointWrapper,
-    apply_activation_checkpointing,
-    checkpoint_wrapper,
-)
+from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import CheckpointWrapper
 
 from shared.format.dataset import DatasetError
 from train.checkpoint import (
@@ -90,6 +86,7 @@ from train.checkpoint import (
 )
 from train.data import CodecShards
 from train.parallel import MIXED_PRECISION, FSDP2Strategy, init_weights
+from train.parallel import apply_ac as checkpoint_blocks  # one device: the same wrappers FSDP2 applies
 
 CHOICES = "none, full or every-N (N >= 1: every N-th block)"
 LITGPT_SETUP = litgpt_pretrain.setup
@@ -105,12 +102,6 @@ def blocks_to_checkpoint(choice: str | None) -> Callable[[torch.nn.Module], bool
         raise ValueError(f"--activation_checkpointing must be {CHOICES}, not {choice!r}")
     # a Block knows its index through its attention layer (LitGPT's Block(config, block_idx) passes it there)
     return lambda module: isinstance(module, Block) and module.attn.block_idx % every == 0
-
-
-def checkpoint_blocks(model: torch.nn.Module, checkpointed: Callable[[torch.nn.Module], bool]) -> torch.nn.Module:
-    """Wrap the chosen blocks of ``model`` in place (one device; FSDP2 does the same in train.parallel)."""
-    apply_activation_checkpointing(model, checkpoint_wrapper_fn=checkpoint_wrapper, check_fn=checkpointed)
-    return model
 
 
 def describe(model: torch.nn.Module) -> str:
