@@ -208,7 +208,8 @@ def main(argv: list[str] | None = None) -> int:
               f"{tokens_per_second:8,.0f} tokens/s"
               f"  MFU {row['mfu'] or 0:5.1%}  peak {row['peak_gb_measured']:6.1f} GB with {k2} blocks, "
               f"{row['activation_gb_per_block']:5.2f} GB activations per block -> ~{gb_per_gpu:5.1f} GB per GPU "
-              f"at {config.n_layer} blocks (FSDP over {args.gpus_per_node})  [warm-up {second['warmup_seconds']:.0f} s]")
+              f"at {config.n_layer} blocks (FSDP over {args.gpus_per_node})  "
+              f"[warm-up {second['warmup_seconds']:.0f} s]")
     result = {"config": str(args.config), "device": name, "peak_tflops": peak, "parameters": parameters,
               "model_flops_per_token": flops, "context": config.block_size, "blocks": [k1, k2], "rows": rows}
     args.out.write_text(json.dumps(result, indent=2) + "\n")

@@ -41,7 +41,8 @@ def test_litgpt_still_builds_what_train_pretrain_swaps() -> None:
     source = inspect.getsource(litgpt_pretrain)
     assert 'FSDPStrategy(auto_wrap_policy={Block}, state_dict_type="full", sharding_strategy="HYBRID_SHARD")' in source
     main = inspect.getsource(litgpt_pretrain.main)
-    for line in ("model = GPT(config)", "initialize_weights(fabric, model, n_layer=config.n_layer, n_embd=config.n_embd)",
+    for line in ("model = GPT(config)",
+                 "initialize_weights(fabric, model, n_layer=config.n_layer, n_embd=config.n_embd)",
                  "resume = find_resume_path(resume, out_dir)", "fabric.load(resume, state)", "fit(",
                  'save_checkpoint(fabric, state, tokenizer_dir, out_dir / "final" / "lit_model.pth")'):
         assert line in main, line

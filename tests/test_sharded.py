@@ -177,7 +177,8 @@ def test_killed_run_resumes_on_another_number_of_processes(dataset: Path, one_pr
     if before == 2:
         assert f"--resume auto: skipping {out / 'step-00000006'} ({SHARDED}/__1_0.distcp is 1000 bytes" in output
     assert distance(one_process / "final", out / "final") < TOLERANCE
-    assert [line for line in output.splitlines() if line.startswith("Epoch")][0].split("|")[1].strip() == "iter 4 step 4"
+    first_logged = next(line for line in output.splitlines() if line.startswith("Epoch"))
+    assert first_logged.split("|")[1].strip() == "iter 4 step 4"  # this run trained steps 4-6
     state = (torch.load(out / "step-00000006" / WEIGHTS, weights_only=False)["train_dataloader"] if after == 1
              else torch.load(out / "step-00000006" / SHARDED / "meta.pt", weights_only=False)["train_dataloader"])
     assert state["consumed"] == STEPS * GLOBAL_BATCH and state["world"] == after  # the data position, counted
@@ -212,7 +213,8 @@ def test_a_sharded_checkpoint_generates_and_exports_wherever_it_is_moved(two_pro
     try:
         done = subprocess.run([sys.executable, "-m", "train.generate", "--checkpoint", str(moved), "--unconditional",
                                "--num-samples", "2", "--max-new-tokens", "40", "--device", "cpu", "--out",
-                               str(tmp_path / "samples")], cwd=tmp_path, capture_output=True, text=True, timeout=RUN_LIMIT)
+                               str(tmp_path / "samples")], cwd=tmp_path, capture_output=True, text=True,
+                              timeout=RUN_LIMIT)
         assert done.returncode == 0, done.stderr[-3000:]
         samples = json.loads((tmp_path / "samples" / "unconditional" / "samples.json").read_text())
         assert samples["settings"]["profile"] == "jpeg-64-q25"
@@ -282,7 +284,8 @@ def test_a_checkpoint_of_another_model_or_global_batch_is_refused(dataset: Path,
     assert "was trained with --train.global_batch_size 4, this run has 8" in other_batch
     other_model = train(dataset, out, 1, "--resume", "auto", "--model_config.n_layer", "3", ok=False)
     assert "is a checkpoint of another model: n_layer 2 there, 3 here" in other_model
-    after = sorted((p.relative_to(out), p.stat().st_size) for p in out.rglob("*") if p.is_file() and "logs" not in p.parts)
+    after = sorted((p.relative_to(out), p.stat().st_size) for p in out.rglob("*")
+                   if p.is_file() and "logs" not in p.parts)
     assert after == before  # nothing overwritten
 
 

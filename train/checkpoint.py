@@ -83,7 +83,8 @@ def incomplete_because(folder: Path) -> str | None:
     """Why a checkpoint folder is not a whole checkpoint (None: it is)."""
     marker = read_marker(folder)
     if marker is None:
-        if (folder / WEIGHTS).is_file() and (folder / "model_config.yaml").is_file() and not (folder / SHARDED).exists():
+        litgpt_wrote = (folder / WEIGHTS).is_file() and (folder / "model_config.yaml").is_file()
+        if litgpt_wrote and not (folder / SHARDED).exists():
             return None  # written by plain `litgpt pretrain`, which writes model_config.yaml after the weights
         return f"no {MARKER}: its writing did not finish"
     for name, expected in marker.get("files", {}).items():
@@ -251,8 +252,8 @@ def open_dataset(checkpoint: Path, dataset: str | None) -> Dataset:
                 found = Dataset.open(str(dataset)) if dataset is not None else None
             except DatasetError:
                 found = None
-            same = found is not None and found.manifest["tokenizer"].get("sha256") == carried.manifest["tokenizer"].get("sha256")
-            return found if same else carried
+            sha256 = carried.manifest["tokenizer"].get("sha256")
+            return found if found is not None and found.manifest["tokenizer"].get("sha256") == sha256 else carried
         if dataset is None:
             raise SystemExit(f"{checkpoint / 'hyperparameters.yaml'} records no dataset (data.init_args.path); "
                              "pass --dataset DIR")

@@ -1,4 +1,5 @@
-"""A LitGPT data module over codec-LM shards: seeded epochs, one global order on any number of ranks, exact elastic resume.
+"""A LitGPT data module over codec-LM shards: seeded epochs, one global order on any number of ranks, exact
+elastic resume.
 
     data:
       class_path: train.data.CodecShards
@@ -319,7 +320,8 @@ class CodecShards(DataModule):
     def check_world(self, world: int, micro_batch: int) -> None:
         """Every rank needs a micro-batch of training sequences and a validation sequence."""
         dataset = getattr(self, "dataset", None) or Dataset.open(str(self.path))
-        windows = dataset.manifest["seq_len"] // (self.max_seq_length if self.max_seq_length > 0 else dataset.manifest["seq_len"])
+        seq_len = dataset.manifest["seq_len"]
+        windows = seq_len // (self.max_seq_length if self.max_seq_length > 0 else seq_len)
         for split, needed in (("train", world * micro_batch), ("val", world)):
             examples = windows * sum(s["sequences"] for s in dataset.shards(split))
             if examples < needed:  # a rank without data would stop early or fail while the others wait

@@ -248,7 +248,8 @@ def main(argv: list[str] | None = None) -> None:
     print(f"  kept per layer and token (bf16, measured): {layers.plain / 1e3:,.1f} KB, checkpointed "
           f"{layers.checkpointed / 1e3:,.1f} KB ({layers.factor:.1f}x less)")
     sharding = "FSDP2, HSDP across nodes" if args.strategy == "fsdp2" else "FSDP1 HYBRID_SHARD"
-    print(f"  per GPU ({args.gpus_per_node} per node, {sharding}, {precision}, micro-batch {train['micro_batch_size']}, "
+    print(f"  per GPU ({args.gpus_per_node} per node, {sharding}, {precision}, "
+          f"micro-batch {train['micro_batch_size']}, "
           f"checkpointing {result.activation_checkpointing}: {result.checkpointed_layers} of {config.n_layer} blocks): "
           f"sharded state {result.sharded_state_gb:.1f} GB + activations {result.activations_gb:.1f} GB = "
           f"{result.total_gb:.1f} GB")

@@ -82,7 +82,8 @@ class MuonAdamW(torch.optim.Optimizer):
         if state is not self.state:
             self.state.clear()
             self.state.update(state)
-        self.muon.param_groups, self.adamw.param_groups = self.param_groups[:muon_groups], self.param_groups[muon_groups:]
+        self.muon.param_groups = self.param_groups[:muon_groups]
+        self.adamw.param_groups = self.param_groups[muon_groups:]
         self.muon.state = self.adamw.state = self.state
 
     @torch.no_grad()

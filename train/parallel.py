@@ -192,9 +192,11 @@ class FSDP2Strategy(ModelParallelStrategy):
                 if isinstance(optimizer, torch.optim.Optimizer) and isinstance(checkpoint.get(key), dict):
                     order = [names[id(p)] for group in optimizer.param_groups for p in group["params"]]
                     saved = checkpoint[key]
-                    saved["state"] = {order[i] if isinstance(i, int) else i: v for i, v in saved["state"].items()}
-                    saved["param_groups"] = [{**g, "params": [order[i] if isinstance(i, int) else i for i in g["params"]]}
-                                             for g in saved["param_groups"]]
+                    saved["state"] = {order[index] if isinstance(index, int) else index: value
+                                      for index, value in saved["state"].items()}
+                    saved["param_groups"] = [{**group, "params": [order[i] if isinstance(i, int) else i
+                                                                  for i in group["params"]]}
+                                             for group in saved["param_groups"]]
             with open_atomic(named) as handle:
                 torch.save(checkpoint, handle)
         self.barrier()

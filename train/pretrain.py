@@ -138,7 +138,8 @@ def check_resumable(folder: Path, config: Config, layout: dict[str, int]) -> Non
             raise CheckpointError(f"{folder} is a checkpoint of another model: "
                                   + ", ".join(f"{k} {theirs[k]!r} there, {ours[k]!r} here" for k in differ[:6])
                                   + "; resume with its config, or give this run another --out_dir")
-    recorded = (read_marker(folder) or {}).get("global_batch_size") or (saved.get("train") or {}).get("global_batch_size")
+    recorded = ((read_marker(folder) or {}).get("global_batch_size")
+                or (saved.get("train") or {}).get("global_batch_size"))
     if recorded is not None and recorded != layout["global_batch_size"]:
         raise CheckpointError(f"{folder} was trained with --train.global_batch_size {recorded}, this run has "
                               f"{layout['global_batch_size']}: the data position and the learning-rate schedule "
