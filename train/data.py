@@ -107,11 +107,6 @@ class EpochOrder:
         return np.concatenate(parts)
 
 
-def epoch_order(layout: Layout, *, seed: int, epoch: int, shuffle: bool, start: int, stop: int) -> np.ndarray:
-    """``(shard, example)`` rows at positions ``start:stop`` of epoch ``epoch``'s order."""
-    return EpochOrder(layout, seed=seed, epoch=epoch, shuffle=shuffle).rows(start, stop)
-
-
 # ---- what the DataLoader reads ---------------------------------------------------------------------
 class ShardReader:
     """Rows of the epoch order as token arrays, keeping the shard being read (examples come grouped by shard)."""
@@ -178,7 +173,7 @@ class StreamBatches(TorchDataset):
             stop = min(self.examples, start + first + self.batch_size - position)
             rows += self.reader.rows(epoch, start, stop)
             position += stop - start
-        return torch.from_numpy(np.stack(rows).astype(np.int64))
+        return as_batch(rows)
 
 
 class SliceBatches(TorchDataset):
@@ -192,8 +187,12 @@ class SliceBatches(TorchDataset):
 
     def __getitem__(self, index: int) -> torch.Tensor:
         start = self.start + index * self.batch_size
-        return torch.from_numpy(np.stack(self.reader.rows(0, start, min(self.stop, start + self.batch_size)))
-                                .astype(np.int64))
+        return as_batch(self.reader.rows(0, start, min(self.stop, start + self.batch_size)))
+
+
+def as_batch(rows: list[np.ndarray]) -> torch.Tensor:
+    """Token windows as the LongTensor batch LitGPT's loop slices into inputs and targets."""
+    return torch.from_numpy(np.stack(rows).astype(np.int64))
 
 
 class FromBatch(DistributedSampler):
@@ -205,7 +204,6 @@ class FromBatch(DistributedSampler):
 
     def __init__(self, dataset: TorchDataset) -> None:  # noqa: the parent's init would split by rank again
         self.dataset = dataset
-        self.epoch = 0
         self.start = 0
 
     def set_epoch(self, epoch: int) -> None:
