@@ -2,10 +2,12 @@
 whether constrained random walks decode.
 
 Real clips encoded by the profile are tokenized with a dataset's tokenizer and replayed token by token
-(teacher forcing), as a sampler would step through them. At each step the constraint answers as
-``train.generate`` asks it (top-k: verdicts in logit order until k allowed tokens are found; the logits
-are random here) and, separately, with the whole vocabulary mask. Prints microseconds per token for
-both, cold (a fresh grammar, first clip) and warm (later clips, caches filled by earlier ones).
+(teacher forcing), as a sampler would step through them. At each step the constraint answers in one of
+three ways: as ``train.generate`` asks it (draw first, judge after: one verdict on the sampled token,
+which is also the walk to the next state), with top-k verdicts in logit order until k allowed tokens are
+found (the logits are random here; what top-p sampling needs), and with the whole vocabulary mask.
+Prints microseconds per token for each, cold (a fresh grammar, first clip) and warm (later clips, caches
+filled by earlier ones).
 Compare with a model's step: ``bench.generate`` prints tokens/s free and constrained.
 
 With ``--walks N``: N constrained random walks (random logits) per profile, each stream judged by FFmpeg
@@ -33,6 +35,7 @@ WALK_VOCAB = [bytes([value]) for value in range(256)] + [
     b"\x00\x00\x01", b"\x00\x00\x00\x01", b"\x00\x00\x01\x65\x88", b"\x00\x00\x01\x41", b"\x00\x00",
     b"\x00\x00\x03", b"\xff\xff", b"\x80", b"\x9a\x21", b"\x42\x21\x0f", b"\x00\x03\x00"]
 WALK_EOS = len(WALK_VOCAB)
+WAYS = ("sampled token", "top-k verdicts", "whole mask")
 
 
 def walk(profile: AvcProfile, seed: int, stop: float) -> bytes:
@@ -70,18 +73,22 @@ def judge_walks(profile: AvcProfile, seeds: range, stop: float) -> dict[str, int
 
 
 def replay(constraint: TokenConstraint, tokens: np.ndarray, top_k: int, rng: np.random.Generator,
-           full_mask: bool) -> float:
-    """Seconds spent in the constraint over one stream's tokens."""
+           way: str) -> float:
+    """Seconds spent in the constraint over one stream's tokens, asked one of ``WAYS``."""
     state, spent = constraint.start(), 0.0
-    for token in tokens:
-        ranked = [int(t) for t in rng.permutation(constraint.vocab_size)]
+    for token in tokens.tolist():
+        ranked = [int(t) for t in rng.permutation(constraint.vocab_size)] if way == "top-k verdicts" else []
         started = time.perf_counter()
-        if full_mask:
-            assert constraint.allowed(state)[token]
+        if way == "sampled token":
+            state = constraint.try_advance(state, token)
+            assert state is not None
         else:
-            constraint.first_allowed(state, ranked, top_k)
-            assert constraint.is_allowed(state, int(token))
-        state = constraint.advance(state, int(token))
+            if way == "whole mask":
+                assert constraint.allowed(state)[token]
+            else:
+                constraint.first_allowed(state, ranked, top_k)
+                assert constraint.is_allowed(state, token)
+            state = constraint.advance(state, token)
         spent += time.perf_counter() - started
     assert constraint.can_end(state)
     return spent
@@ -111,13 +118,13 @@ def main() -> None:
     encoded = [tokenizer.encode(stream) for stream in streams]
     print(f"{profile.name}, vocabulary {tokenizer.vocab_size}, {args.clips} clips of "
           f"{sum(map(len, encoded)) / len(encoded):,.0f} tokens on average:", flush=True)
-    for full_mask in (False, True):
+    for way in WAYS:
         constraint = TokenConstraint(profile.grammar(), tokenizer.token_bytes, tokenizer.eos_id)
         rng = np.random.default_rng(args.seed)
-        times = [replay(constraint, tokens, args.top_k, rng, full_mask) for tokens in encoded]
+        times = [replay(constraint, tokens, args.top_k, rng, way) for tokens in encoded]
         cold = times[0] / len(encoded[0]) * 1e6
         warm = sum(times[1:]) / max(1, sum(map(len, encoded[1:]))) * 1e6
-        label = "whole mask" if full_mask else f"top-{args.top_k} verdicts"
+        label = f"top-{args.top_k} verdicts" if way == "top-k verdicts" else way
         print(f"  {label:16s} {cold:8.1f} us/token cold (first clip), {warm:8.1f} us/token warm (the others)", flush=True)
 
 

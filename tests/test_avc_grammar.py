@@ -89,3 +89,17 @@ def test_hand_made_frames_and_unavailable_neighbours():
         start = grammar.step(start, byte)
     assert grammar.step(start, 0b10001100) is None  # first_mb 0 = "1", slice_type 5 = "00110"
     assert grammar.step(start, 0b10001000) is not None  # slice_type 7 = "0001000"
+
+
+def test_next_bytes_lists_what_stepping_every_byte_allows() -> None:
+    profile = AvcProfile.from_name("avc-64x48-3fps-3s-qp43")
+    stream = profile.encode(sample_clip(2)[1])
+    grammar = profile.grammar()
+    state, checked = grammar.start(), 0
+    for offset, byte in enumerate(stream):
+        if offset % 3 == 0:  # start codes, headers, residuals, emulation prevention, trailing bits
+            expected = {value: after for value in range(256) if (after := grammar.step(state, value)) is not None}
+            assert grammar.next_bytes(state) == expected, offset
+            checked += 1
+        state = grammar.step(state, byte)
+    assert checked > 300

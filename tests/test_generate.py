@@ -6,11 +6,14 @@ import dataclasses
 import io
 import json
 import random
+import re
+import shutil
 from pathlib import Path
 
 import av
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from shared.codec.avc import AvcProfile
@@ -22,7 +25,16 @@ from shared.codec.token_constraint import TokenConstraint
 from shared.samples.clips import sample_clip
 from shared.samples.photos import sample_crops
 from train.checkpoint import load_for_sampling
-from train.generate import GenerateSettings, SamplingSettings, generate, main, sample_rows
+from train.generate import (
+    GenerateSettings,
+    SamplingSettings,
+    filter_logits,
+    generate,
+    inverse_cdf,
+    judge_draws,
+    main,
+    sample_rows,
+)
 
 SMALL = JpegProfile.from_name("jpeg-64-q25")
 # Byte tokens plus merges that make the constraint's life hard: FF inside tokens, stuffing, markers
@@ -184,3 +196,74 @@ def test_a_row_samples_the_same_alone_or_batched_with_other_prompt_lengths(check
     mixed = sample_rows(model, tokenizer, [too_long, prompts[0]], [5, 11], settings=settings, constraint=constraint)
     assert (mixed[0].stopped, mixed[0].stream, mixed[0].tokens) == ("context", too_long, 0)
     assert mixed[1].stream == together[0].stream
+
+
+class EvenBytes:
+    """A toy grammar: bytes with an even value, up to three of them, then only EOS."""
+
+    def start(self) -> int:
+        return 0
+
+    def step(self, state: int, byte: int) -> int | None:
+        return state + 1 if byte % 2 == 0 and state < 3 else None
+
+    def cache_key(self, state: int) -> int:
+        return state
+
+    def is_done(self, state: int) -> bool:
+        return state == 3
+
+
+class EvenBytesWithHint(EvenBytes):
+    """The same, with the hint that a whole mask is cheap: rejected draws are masked at once."""
+
+    def few_allowed(self, state: int) -> bool:
+        return True
+
+
+@pytest.mark.parametrize("grammar", [EvenBytes(), EvenBytesWithHint()], ids=["redraws", "mask"])
+@pytest.mark.parametrize(("top_k", "top_p"), [(3, 1.0), (10, 1.0), (None, 1.0), (None, 0.8), (10, 0.9)])
+def test_judging_draws_samples_exactly_the_filtered_distribution_masked(top_k: int | None, top_p: float,
+                                                                        grammar: EvenBytes) -> None:
+    # tokens 0..19 spell their own byte (odd ones are forbidden), 20 spells two bytes, 21 is EOS; forbidden
+    # tokens rank first, so the top-3 holds no allowed token at all (then top-k applies among the allowed)
+    tokens = [bytes([value]) for value in range(20)] + [b"\x02\x04", b""]
+    constraint = TokenConstraint(grammar, tokens, eos_id=21)
+    logits = torch.tensor([4.0 - 0.3 * value if value % 2 else 1.0 - 0.25 * value for value in range(20)] + [0.45, 0.0])
+    state = constraint.start()
+    allowed = torch.tensor([constraint.try_advance(state, token) is not None for token in range(len(tokens))])
+    # the reference: filter (top-k, top-p), mask what the grammar forbids, renormalise; when nothing is left,
+    # mask first and filter among the allowed tokens
+    filtered = filter_logits(logits, 1.0, top_k, top_p)
+    masked = filtered.masked_fill(~allowed, float("-inf"))
+    if torch.isneginf(masked).all():
+        masked = filter_logits(logits.masked_fill(~allowed, float("-inf")), 1.0, top_k, top_p)
+    expected = torch.softmax(masked, dim=0)
+    draws = 10000
+    generators = [torch.Generator().manual_seed(seed) for seed in range(draws)]
+    rows = filter_logits(logits.expand(draws, -1), 1.0, top_k, top_p)
+    chosen, states = judge_draws(constraint, [state] * draws, inverse_cdf(rows, generators), rows, generators,
+                                 [False] * draws, logits=logits.expand(draws, -1), temperature=1.0, top_k=top_k,
+                                 top_p=top_p)
+    counts = torch.bincount(torch.tensor(chosen), minlength=len(tokens)).double()
+    assert all(allowed[token] for token in chosen)
+    assert all(after == len(tokens[token]) for token, after in zip(chosen, states))
+    # every frequency within 4.5 standard deviations of its probability (a binomial's)
+    spread = (draws * expected * (1 - expected)).sqrt()
+    assert torch.all((counts - draws * expected).abs() <= 4.5 * spread + 1e-9), (counts / draws, expected)
+    assert (counts > 0).sum() == (expected > 0).sum() > 1
+
+
+def test_a_prompt_that_fills_the_context_is_a_one_line_error(tiny_run: Path, tmp_path: Path,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    short = tmp_path / "short"  # the checkpoint with a 40-token context: half a 64x64 image does not fit
+    shutil.copytree(tiny_run / "final", short)
+    config = short / "model_config.yaml"
+    config.write_text(re.sub(r"block_size: \d+", "block_size: 40", config.read_text()))
+    with pytest.raises(SystemExit) as refused:
+        main(["--checkpoint", str(short), "--dataset", str(tiny_run.parent / "data"), "--prompt-val", "1",
+              "--unconditional", "--out", str(tmp_path / "out")])
+    error = capsys.readouterr().err
+    assert refused.value.code == 2 and error.count("\n") == 1 and "Traceback" not in error
+    assert "--prompt-frames" in error and "--prompt-ratio 0.5" in error and "40-token context" in error
+    assert not (tmp_path / "out").exists()  # refused before anything was sampled

@@ -42,12 +42,12 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from shared.codec.errors import InvalidMediaError
-from shared.codec.profile import CodecProfile
+from shared.codec.profile import CodecProfile, Decoded
 from shared.format.dataset import Dataset
 from shared.format.files import exists, join, matching, read_bytes, safe_file_name, write_atomic, write_json_atomic
 from shared.format.shards import MANIFEST
 from shared.format.tokenizer import ByteTokenizer
-from shared.tools.contact_sheet import save_contact_sheet
+from shared.tools.contact_sheet import mark_filled, save_contact_sheet
 from train.checkpoint import Sampler, load_for_sampling, open_dataset, weights_files
 from train.fid import INCEPTION_ENV, INCEPTION_URL, FeatureExtractor, FidError, fid
 from train.generate import SamplingSettings, add_sampling_arguments, sample_rows
@@ -305,6 +305,7 @@ def run_task(folder: str, prompts: list[bytes], seeds: list[int], *, desc: str, 
                      "eos": np.array([s.stopped == "eos" for s in samples]),
                      "valid_mcus": np.array([d.valid_units for d in decoded], np.int64),
                      "clean": np.array([d.complete for d in decoded]),
+                     "sound": files_sound(sampler.profile, decoded),
                      "seconds": np.array([samples[0].seconds]),
                      "features": extractor(np.stack([d.pictures[0] for d in decoded])).astype(np.float32)}
             save_arrays(join(folder, f"{number:06d}.npz"), **chunk)
@@ -313,13 +314,22 @@ def run_task(folder: str, prompts: list[bytes], seeds: list[int], *, desc: str, 
     if share is not None:
         return None
     parts = [chunks[k] for k in range(len(batches))]
+    for part in parts:  # batches finished before files were checked
+        if "sound" not in part:
+            part["sound"] = files_sound(sampler.profile, [sampler.profile.decode(s) for s in unpack_bytes(part)])
     by_row = np.argsort(np.concatenate([c["index"] for c in parts]))
     merged = {name: np.concatenate([c[name] for c in parts])[by_row]
-              for name in ("index", "tokens", "eos", "valid_mcus", "clean", "features")}
+              for name in ("index", "tokens", "eos", "valid_mcus", "clean", "sound", "features")}
     streams = [s for c in parts for s in unpack_bytes(c)]
     merged["streams"] = [streams[i] for i in by_row]
     merged["seconds"] = float(sum(c["seconds"].sum() for c in parts))
     return merged
+
+
+def files_sound(profile: CodecProfile, decoded: list[Decoded]) -> np.ndarray:
+    """Per completion: whether the file made from it (``profile.viewable`` of the stream made whole) passes
+    the strict check from its own bytes, as ``train.generate`` writes it."""
+    return np.array([not profile.check_viewable(profile.viewable(d.stream)) for d in decoded])
 
 
 @torch.inference_mode()
@@ -352,6 +362,7 @@ def summarize(task: dict[str, Any], reference: np.ndarray, profile: CodecProfile
     count, generated = len(task["index"]), profile.total_units - prompt_mcus
     return {"fid": fid(task["features"].astype(np.float64), reference), "completions": count,
             "clean_share": float(task["clean"].mean()), "eos_share": float(task["eos"].mean()),
+            "files_sound_share": float(task["sound"].mean()),  # files made from them: 1.0 always
             # of the MCUs the model wrote: the prompt's own are valid by construction
             "generated_mcus_valid_share": float(np.clip(task["valid_mcus"] - prompt_mcus, 0, None).sum()
                                                 / max(1, count * generated)),
@@ -403,7 +414,7 @@ def evaluate_checkpoint(checkpoint: str, eval_set: EvalSet, *, settings: Setting
             completions += len(prompts)
         if not per_seed:  # a --worker
             continue
-        shares = ("clean_share", "eos_share", "generated_mcus_valid_share")
+        shares = ("clean_share", "eos_share", "generated_mcus_valid_share", "files_sound_share")
         summary = {"fid": mean_std([s["fid"] for s in per_seed]), "seeds": per_seed,
                    **{k: float(np.mean([s[k] for s in per_seed])) for k in shares}}
         if ratio is None:
@@ -425,9 +436,9 @@ def evaluate_checkpoint(checkpoint: str, eval_set: EvalSet, *, settings: Setting
 def save_grid(out: str, *, tag: str, label: str, profile: CodecProfile, eval_set: EvalSet, prompts: list[bytes],
               shown: list[list[bytes]], ratio: float | None) -> str:
     """A picture grid: per image prompt | one completion per seed | original; unconditional: a row per seed."""
-    def picture(stream: bytes) -> tuple[np.ndarray, str]:
+    def picture(stream: bytes) -> tuple[np.ndarray, str]:  # filled MCUs tinted
         decoded = profile.decode(stream)
-        return decoded.pictures[0], "ok" if decoded.complete else "bad"
+        return mark_filled(decoded.pictures[0], decoded.filled[0]), "ok" if decoded.complete else "filled"
 
     tiles: list[tuple[str, list[np.ndarray]]] = []
     if ratio is None:
@@ -528,15 +539,18 @@ def render_report(results: dict[str, Any]) -> str:
                      + (f" | {fid_cell(row.get(UNCONDITIONAL))}" if unconditional else "") + " |")
     lines += ["", "## Streams and sampling", "",
               "Validation loss: cross-entropy of the images' whole streams (nats per token); bits per byte of the stream. "
-              "Clean: completions whose every MCU entropy-decodes and that end where the image ends.", "",
+              "Clean: completions whose every MCU entropy-decodes and that end where the image ends; the others are "
+              "written with their valid MCUs kept and the rest filled grey (tinted magenta in the grids).", "",
               "| model | val loss | bits/byte | " + " | ".join(f"clean {float(r):.0%}" for r in ratios)
-              + (" | clean uncond." if unconditional else "") + " | stopped by EOS | tokens/s | completions/s |",
-              "|---|" + "---:|" * (len(ratios) + bool(unconditional) + 5)]
+              + (" | clean uncond." if unconditional else "") + " | stopped by EOS | files valid | tokens/s | completions/s |",
+              "|---|" + "---:|" * (len(ratios) + bool(unconditional) + 6)]
     for row in results["checkpoints"]:
         summaries = [row["prompted"][r] for r in ratios] + ([row[UNCONDITIONAL]] if unconditional else [])
         lines.append(f"| `{row['checkpoint']}` | {row['validation']['loss']:.3f} | {row['validation']['bits_per_byte']:.3f} | "
                      + " | ".join(f"{s['clean_share']:.0%}" for s in summaries)
-                     + f" | {np.mean([s['eos_share'] for s in summaries]):.0%} | {row['throughput']['tokens_per_second']:,.0f}"
+                     + f" | {np.mean([s['eos_share'] for s in summaries]):.0%}"
+                     + f" | {np.min([s['files_sound_share'] for s in summaries]):.0%}"
+                     + f" | {row['throughput']['tokens_per_second']:,.0f}"
                      + f" | {row['throughput']['completions_per_second']:.2f} |")
     notes = []
     if ceiling is None:

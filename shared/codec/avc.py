@@ -38,8 +38,9 @@ import numpy as np
 from av.video.reformatter import Interpolation
 from PIL import Image
 
+from shared.codec.avc_finish import Finished, finish
 from shared.codec.avc_grammar import AvcGrammar
-from shared.codec.avc_syntax import AvcCheck, check_stream
+from shared.codec.avc_syntax import AvcCheck, Params, check_stream, parse_header
 from shared.codec.errors import InvalidMediaError
 
 # NAL unit types (H.264 table 7-1) that occur in libx264's output.
@@ -108,19 +109,24 @@ def starts_frame(unit: bytes) -> bool:
 class DecodedVideo:
     """What ``AvcProfile.decode`` made of a stream.
 
-    ``frames`` are RGB uint8 arrays (height x width x 3), as many as the decoder produced. The first
-    ``valid_frames`` of them decoded cleanly: FFmpeg reported no error or concealment and every macroblock
-    passed the strict check (``avc_syntax.check_stream``). ``expected_frames`` is how many pictures the
-    stream announces (slices starting at macroblock 0); ``complete`` means every announced frame decoded
-    cleanly. ``check`` is the strict check's verdict, with its per-macroblock counts and first error.
+    ``stream`` is the given stream made whole and strictly valid (``avc_finish``: its clean prefix, the
+    frame it stops inside filled), and ``frames`` its frames, RGB uint8 arrays (height x width x 3).
+    ``filled`` marks, per frame, the pixels of filled macroblocks. The facts are about the given stream:
+    its first ``valid_frames`` frames are clean (every macroblock passed the strict check,
+    ``avc_syntax.check_stream``, and FFmpeg decoded them with no error or concealment); ``expected_frames``
+    is how many pictures it announces (slices starting at macroblock 0); ``complete`` means every announced
+    frame is clean, so ``stream`` is the given stream itself. ``check`` is the strict check's verdict, with
+    its per-macroblock counts and first error; ``finished`` what was kept, filled and dropped.
     """
 
     frames: list[np.ndarray]
     valid_frames: int
     expected_frames: int
     complete: bool
-    stream: bytes  # what was decoded (a viewable MP4 is made from it)
-    check: AvcCheck | None = None
+    stream: bytes
+    check: AvcCheck
+    finished: Finished
+    filled: list[np.ndarray]
 
     @property
     def pictures(self) -> list[np.ndarray]:
@@ -136,15 +142,16 @@ class DecodedVideo:
 
     @property
     def facts(self) -> dict[str, Any]:
-        facts: dict[str, Any] = {"frames_valid": self.valid_frames, "frames_announced": self.expected_frames,
-                                 "clean": self.complete}
-        if self.check is not None:
-            facts |= {"frames_clean": self.check.clean_frames, "macroblocks_clean": self.check.clean_macroblocks,
-                      "macroblocks_announced": self.check.macroblocks,
-                      "frames_whole": self.check.whole_frames,  # all but a last frame cut short by a token budget
-                      "macroblocks_written": self.check.macroblocks - self.check.unwritten_macroblocks,
-                      "first_error": self.check.problems[0] if self.check.problems else None}
-        return facts
+        check, finished = self.check, self.finished
+        return {"frames_valid": self.valid_frames, "frames_announced": self.expected_frames, "clean": self.complete,
+                "frames_clean": check.clean_frames, "macroblocks_clean": check.clean_macroblocks,
+                "macroblocks_announced": check.macroblocks,
+                "frames_whole": check.whole_frames,  # all but a last frame cut short by a token budget
+                "macroblocks_written": check.macroblocks - check.unwritten_macroblocks,
+                "first_error": check.problems[0] if check.problems else None,
+                # the file: the stream's clean prefix, the frame it stops inside finished with filler
+                "frames_in_file": finished.frames, "macroblocks_kept": finished.kept,
+                "macroblocks_filled": len(finished.filled), "macroblocks_dropped": finished.dropped}
 
 
 @dataclass(frozen=True)
@@ -445,65 +452,99 @@ class AvcProfile:
     def raw_pixel_bytes(self, stream: bytes) -> int:
         return self.width * self.height * 3 * self.frame_count(stream)
 
-    def decode(self, stream: bytes, *, strict: bool = False) -> DecodedVideo:
-        """Decode a stream (header is added) with FFmpeg's H.264 decoder, and check it strictly.
+    def decode(self, stream: bytes, *, strict: bool = False, partial_frame: str = "fill") -> DecodedVideo:
+        """Judge a stream (header is added) with the strict check, make it whole and decode that with FFmpeg.
 
-        Tolerant by default, for model outputs: never raises, looks at no more than ``max_stream_bytes``,
-        decodes at most ``max_frames + 2`` frames, and drops NAL units a stream cannot contain (a stray
-        SPS could declare a huge picture). ``strict=True`` raises ``InvalidMediaError("invalid-stream")``
-        on any decoder error or concealment, on foreign bytes or units, on anything the strict bit-level
-        check (``avc_syntax.check_stream``) finds, or when the number of decoded frames differs from the
-        number the stream announces.
+        Tolerant by default, for model outputs: never raises and looks at no more than ``max_stream_bytes``.
+        The frames come from the stream made whole (``avc_finish.finish``): its clean prefix, the frame it
+        stops inside filled (``partial_frame="fill"``) or dropped (``"drop"``), decoded with FFmpeg's error
+        detection at its strictest. ``strict=True`` raises ``InvalidMediaError("invalid-stream")`` instead on
+        foreign bytes or units, on anything the strict bit-level check (``avc_syntax.check_stream``) finds,
+        on any decoder complaint, or when the number of decoded frames differs from the number the stream
+        announces.
         """
-        given, expected = stream, self.frame_count(stream)
+        expected = self.frame_count(stream)
         problems = []
         if len(stream) > self.max_stream_bytes:
             problems.append(f"{len(stream)} bytes is more than the {self.max_stream_bytes} any clip needs")
             stream = stream[: self.max_stream_bytes]
         units = nal_units(stream)
-        if stream and (not units or units[0][0] > 0):
-            problems.append("bytes before the first start code")
         foreign = sorted({nal_type(unit) for _, unit in units} - set(SLICE_TYPES))
         if foreign:
             problems.append(f"NAL unit types {foreign}, but a stream holds only slices (types 1 and 5)")
         if expected > self.max_frames:
             problems.append(f"{expected} frames announced, more than the profile's {self.max_frames}")
-        if strict and problems:
-            raise InvalidMediaError("invalid-stream", f"not a {self.name} stream: {'; '.join(problems)}")
         check = check_stream(self.header, stream, self.max_frames)
-        if strict and check.problems:
-            shown = "; ".join(check.problems[:3]) + ("; ..." if len(check.problems) > 3 else "")
+        if strict and (problems or check.problems):
+            shown = [*problems, *check.problems]
+            shown = "; ".join(shown[:3]) + ("; ..." if len(shown) > 3 else "")
             raise InvalidMediaError("invalid-stream", f"not a {self.name} stream: {shown}")
-        slices = b"".join(unit for _, unit in units if nal_type(unit) in SLICE_TYPES)
-
-        frames, valid, errors = [], 0, []
-        for frame, error in _decode_h264(self.restore(slices), self.max_frames + 2, strict):
+        finished = finish(self.parameters, stream, check, partial_frame)
+        frames, errors = [], []
+        for frame, error in _decode_h264(self.restore(finished.stream), self.max_frames + 2, strict=True):
+            if error is None and frame.is_corrupt:
+                error = f"frame {len(frames) + 1} has decoding errors"
             if error is not None:
                 if strict:
-                    raise InvalidMediaError(
-                        "invalid-stream",
-                        f"not a {self.name} stream: decoder error after {len(frames)} frames ({error})",
-                    )
+                    raise InvalidMediaError("invalid-stream", f"not a {self.name} stream: decoder error after "
+                                                              f"{len(frames)} frames ({error})")
                 errors.append(error)
                 continue
-            if strict and frame.is_corrupt:
-                raise InvalidMediaError(
-                    "invalid-stream", f"not a {self.name} stream: frame {len(frames) + 1} has decoding errors"
-                )
-            if valid == len(frames) and not errors and not frame.is_corrupt:
-                valid += 1
             frames.append(frame.to_ndarray(format="rgb24", interpolation=CONVERT))
         if strict and len(frames) != expected:
             raise InvalidMediaError(
                 "invalid-stream",
                 f"not a {self.name} stream: it announces {expected} frames but {len(frames)} decode",
             )
-        valid = min(valid, check.leading_clean_frames)
+        valid = check.leading_clean_frames if not errors else 0
         complete = not problems and not errors and check.ok and 0 < expected == len(frames) == valid
-        return DecodedVideo(frames, valid, expected, complete, given, check)
+        return DecodedVideo(frames, valid, expected, complete, stream if complete else finished.stream, check,
+                            finished, self._filled_masks(finished, len(frames)))
+
+    @functools.cached_property
+    def parameters(self) -> Params:
+        """The header's SPS and PPS, parsed."""
+        return parse_header(self.header)
+
+    def _filled_masks(self, finished: Finished, frames: int) -> list[np.ndarray]:
+        masks = [np.zeros((self.height, self.width), bool) for _ in range(frames)]
+        across = math.ceil(self.width / 16)
+        for frame, macroblock in finished.filled:
+            if frame < frames:
+                top, left = 16 * (macroblock // across), 16 * (macroblock % across)
+                masks[frame][top:top + 16, left:left + 16] = True
+        return masks
 
     def viewable(self, stream: bytes) -> bytes:
         return self.to_mp4(stream)
+
+    def check_viewable(self, file: bytes) -> tuple[str, ...]:
+        """What is wrong with an MP4 file made by ``viewable``, judged from the file itself: its H.264 data
+        (back to Annex B with FFmpeg's ``h264_mp4toannexb``) must hold the profile's SPS and PPS and slices
+        that pass the strict check, and FFmpeg must decode it at its strictest (``ffmpeg_verdict``) into
+        every frame the slices announce, with no error or concealment. Empty when the file is sound."""
+        try:
+            with av.open(io.BytesIO(file), format="mp4") as container:
+                video = container.streams.video[0]
+                to_annexb = av.bitstream.BitStreamFilterContext("h264_mp4toannexb", video)
+                packets = [packet for packet in container.demux(video) if packet.size]
+                annexb = b"".join(bytes(out) for packet in [*packets, None] for out in to_annexb.filter(packet))
+        except (av.error.FFmpegError, IndexError) as error:
+            return (f"not a readable MP4 with an H.264 track ({error})",)
+        units = [unit for _, unit in nal_units(annexb)]
+        header = {nal_type(unit): unit.lstrip(b"\x00") for _, unit in nal_units(self.header)}
+        if any(nal_type(unit) in header and unit.lstrip(b"\x00") != header[nal_type(unit)] for unit in units):
+            return ("its parameter sets (SPS/PPS) are not the profile's",)
+        slices = b"".join(unit for unit in units if nal_type(unit) not in STRIPPED_TYPES)
+        check = check_stream(self.header, slices, self.max_frames)
+        problems = list(check.problems)
+        verdict = ffmpeg_verdict(self.restore(slices), self.max_frames + 2)
+        problems += [f"FFmpeg: {error}" for error in verdict.errors]
+        if verdict.corrupt_frames:
+            problems.append(f"FFmpeg conceals errors in {verdict.corrupt_frames} frames")
+        if verdict.frames != check.frames or not check.frames:
+            problems.append(f"{check.frames} frames announced, {verdict.frames} decoded")
+        return tuple(problems)
 
     def to_mp4(self, stream: bytes) -> bytes:
         """The stream as an MP4 file at ``fps`` for viewing: the H.264 data is remuxed, not re-encoded.

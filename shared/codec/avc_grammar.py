@@ -37,6 +37,7 @@ depend only on the local part and are cached on it.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import TYPE_CHECKING
@@ -67,6 +68,7 @@ MAX_IDR_PIC_ID = 15
 CACHE_LIMIT = 1 << 20  # entries per transition cache
 I16_DC_TYPES = (3, 7, 11, 15, 19, 23)  # I slice mb_types of Intra_16x16 with DC prediction
 I_NXN, I_PCM = 0, 25
+_NO_VALUE = object()  # a code that is not (yet) a whole element's
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -161,6 +163,18 @@ def residual_layout(intra16: bool, luma_cbp: int, chroma_cbp: int) -> tuple[Bloc
     return tuple(blocks)
 
 
+_LAYOUTS: dict[tuple, tuple[Block, ...]] = {}
+
+
+def blocks_of(layout: tuple) -> tuple[Block, ...]:
+    """``residual_layout`` of a (Intra_16x16?, luma cbp, chroma cbp) tuple: a dictionary lookup, as the
+    grammar asks it for every residual element."""
+    blocks = _LAYOUTS.get(layout)
+    if blocks is None:
+        blocks = _LAYOUTS[layout] = residual_layout(*layout)
+    return blocks
+
+
 def block_nc(block: Block, counts: tuple[int, ...]) -> int:
     """nC of a block from the counts of the same macroblock's blocks (luma 0..15, chroma AC 16..23)."""
     kind, index, _ = block
@@ -191,7 +205,7 @@ class AvcGrammar:
     profile: AvcProfile
     _cache: dict = field(default_factory=dict, repr=False)  # (local state, byte) -> local state
     _bytes: dict = field(default_factory=dict, repr=False)  # (parser, RBSP byte) -> (ended, parser)
-    _bits: dict = field(default_factory=dict, repr=False)  # (parser, bit) -> parser
+    _next: dict = field(default_factory=dict, repr=False)  # local state -> {allowed byte: local state}
 
     def __post_init__(self) -> None:
         params = parse_header(self.profile.header)
@@ -224,6 +238,12 @@ class AvcGrammar:
 
     def cache_key(self, state: tuple) -> tuple:
         return state
+
+    def few_allowed(self, state: tuple) -> bool:
+        """A hint for samplers: between slices and in slice headers few tokens can follow (the header's
+        values are mostly fixed), so a whole mask is cheap there."""
+        local = state[1]
+        return local[0] != RB or local[3][1][0] in HEADER_ELEMENTS
 
     def step(self, state: tuple, byte: int) -> tuple | None:
         glob, local = state
@@ -322,37 +342,83 @@ class AvcGrammar:
         return cached
 
     def _walk_byte(self, parser: tuple, byte: int) -> tuple[bool, tuple] | None:
+        """The eight bits of an RBSP byte, element by element; bit-level states are not cached: a byte's
+        are met once."""
+        walk: tuple | None = (*parser, None)
         for shift in range(7, -1, -1):
-            parser = self._bit(parser, byte >> shift & 1)
-            if parser is None:
+            walk = self._walk_bit(walk, byte >> shift & 1)
+            if walk is None:
                 return None
-        context, position, code = parser
-        if position[0] == "pcm_align":  # at a byte boundary the samples begin
-            return False, (context, ("pcm", 8 * 384), "")
-        return position[0] == "align", parser
+        return self._byte_done(walk)
 
-    def _bit(self, parser: tuple, bit: int) -> tuple | None:
-        key = (parser, bit)
-        cached = self._bits.get(key, False)
-        if cached is False:
-            cached = self._walk_bit(parser, bit)
-            self._remember(self._bits, key, cached)
-        return cached
-
-    def _walk_bit(self, parser: tuple, bit: int) -> tuple | None:
-        context, position, code = parser
+    def _walk_bit(self, walk: tuple, bit: int) -> tuple | None:
+        """One bit: ``walk`` is (context, position, code so far, the element's code table or None)."""
+        context, position, code, codes = walk
         tag = position[0]
         if tag == "align" or tag == "pcm_align":  # zero bits up to the byte boundary
-            return None if bit else parser
+            return None if bit else walk
         if tag == "pcm":  # raw samples: any bits
             left = position[1] - 1
-            return context, (("pcm", left) if left else ("trail",)), ""
+            return context, (("pcm", left) if left else ("trail",)), "", None
+        if codes is None:  # an element's table is looked up once for all the bits it takes
+            codes = element_codes(self._element(context, position))
         code += "1" if bit else "0"
-        codes = element_codes(self._element(context, position))
-        if code in codes.values:
-            context, position = self._after(context, position, codes.values[code])
-            return context, position, ""
-        return (context, position, code) if code in codes.prefixes else None
+        value = codes.values.get(code, _NO_VALUE)
+        if value is not _NO_VALUE:
+            context, position = self._after(context, position, value)
+            return context, position, "", None
+        return (context, position, code, codes) if code in codes.prefixes else None
+
+    def _byte_done(self, walk: tuple) -> tuple[bool, tuple]:
+        context, position, code, _ = walk
+        if position[0] == "pcm_align":  # at a byte boundary the samples begin
+            return False, (context, ("pcm", 8 * 384), "")
+        return position[0] == "align", (context, position, code)
+
+    def _byte_walks(self, parser: tuple) -> dict[int, tuple[bool, tuple]]:
+        """Every RBSP byte the parser allows, with what it leads to: the bits as a tree, so a forbidden
+        prefix rules out all the bytes that share it at once (at most 510 bit steps for 256 bytes)."""
+        found: dict[int, tuple[bool, tuple]] = {}
+        stack = [(0, 0, (*parser, None))]
+        while stack:
+            depth, value, walk = stack.pop()
+            if depth == 8:
+                found[value] = self._byte_done(walk)
+                continue
+            for bit in (0, 1):
+                after = self._walk_bit(walk, bit)
+                if after is not None:
+                    stack.append((depth + 1, value << 1 | bit, after))
+        return found
+
+    def next_bytes(self, state: tuple, among: Iterable[int] = range(256)) -> dict[int, tuple]:
+        """The bytes of ``among`` allowed after ``state``, with the states they lead to (what ``step`` gives
+        byte by byte, for a fraction of the work inside a NAL unit); cached on the local part, like ``step``."""
+        glob, local = state
+        if local[0] != RB:
+            return {byte: after for byte in among if (after := self.step(state, byte)) is not None}
+        cached = self._next.get(local)
+        if cached is None:
+            cached = self._rbsp_bytes(local)
+            self._remember(self._next, local, cached)
+        return {byte: (glob, cached[byte]) for byte in among if byte in cached}
+
+    def _rbsp_bytes(self, local: tuple) -> dict[int, tuple]:
+        """``_rbsp_byte`` for every byte at once."""
+        _, zeros, escaped, parser = local
+        walks = self._byte_walks(parser)
+        found = {}
+        for byte, (ended, after) in walks.items():
+            if (escaped and byte > 3) or (not escaped and zeros >= 2 and byte < 4):
+                continue
+            if ended:
+                context = after[0]
+                found[byte] = SC, 0, (context[0], context[2])
+            else:
+                found[byte] = RB, zeros + 1 if byte == 0 else 0, False, after
+        if not escaped and zeros >= 2 and any(byte < 4 for byte in walks):  # an emulation prevention byte
+            found[3] = RB, 0, True, parser
+        return found
 
     # --- syntax: which element comes at a position, and where its value leads ----------------------------
 
@@ -490,11 +556,11 @@ class AvcGrammar:
     # ("zeros", total), ("run", runs left, zeros left); counts: TotalCoeff of luma 0..15, chroma AC 16..23.
 
     def _first_block(self, layout: tuple) -> tuple:
-        return ("res", layout, 0, (0,) * 24, ("token",)) if residual_layout(*layout) else ("trail",)
+        return ("res", layout, 0, (0,) * 24, ("token",)) if blocks_of(layout) else ("trail",)
 
     def _residual_element(self, position: tuple) -> tuple:
         _, layout, index, counts, sub = position
-        block = residual_layout(*layout)[index]
+        block = blocks_of(layout)[index]
         stage = sub[0]
         if stage == "token":
             return "coeff", coeff_token_table(block_nc(block, counts)), block[2]
@@ -510,7 +576,7 @@ class AvcGrammar:
 
     def _after_residual(self, position: tuple, value: object) -> tuple:
         _, layout, index, counts, sub = position
-        block = residual_layout(*layout)[index]
+        block = blocks_of(layout)[index]
         stage = sub[0]
         if stage == "token":
             total, ones = value
@@ -548,7 +614,7 @@ class AvcGrammar:
                 suffix_length: int) -> tuple:
         if k < total:
             return "res", layout, index, counts, ("prefix", total, ones, k, suffix_length)
-        if total < residual_layout(*layout)[index][2]:
+        if total < blocks_of(layout)[index][2]:
             return "res", layout, index, counts, ("zeros", total)
         return self._next_block(layout, index, counts)
 
@@ -567,7 +633,7 @@ class AvcGrammar:
         return self._levels(layout, index, counts, total, ones, k + 1, suffix_length)
 
     def _next_block(self, layout: tuple, index: int, counts: tuple) -> tuple:
-        if index + 1 < len(residual_layout(*layout)):
+        if index + 1 < len(blocks_of(layout)):
             return "res", layout, index + 1, counts, ("token",)
         return ("trail",)
 

@@ -584,6 +584,20 @@ class SliceResult:
 
 
 @dataclass(frozen=True)
+class CleanPrefix:
+    """The longest run of clean slices from the stream's start, up to its first error or its end: what a
+    file made from a model's output keeps (``avc_finish``)."""
+
+    end: int = 0  # byte offset in the stream where it ends
+    whole_frames: int = 0  # frames it holds whole
+    whole_frames_end: int = 0  # byte offset after the last whole frame
+    macroblocks: int = 0  # macroblocks of the frame it stops inside (0: it stops at a frame's end)
+    frame_header: SliceHeader | None = None  # that frame's first slice header (None when ``macroblocks`` is 0)
+    nal_header: int = 0  # that frame's NAL header byte
+    references: int = 0  # reference frames that frame may use
+
+
+@dataclass(frozen=True)
 class AvcCheck:
     """The strict verdict on a stream: per frame and per macroblock.
 
@@ -600,6 +614,8 @@ class AvcCheck:
     # Macroblocks of the last frame that were never written: the stream stops inside a frame that was clean
     # so far (a sample cut by its token budget). 0 when the last frame is whole or went wrong.
     unwritten_macroblocks: int = 0
+    clean_prefix: CleanPrefix = CleanPrefix()
+    units: int = 0  # NAL units in the stream
 
     @property
     def frames(self) -> int:
@@ -707,6 +723,7 @@ def check_stream(header: bytes, stream: bytes, max_frames: int | None = None) ->
     macroblocks = params.macroblocks
     problems: list[str] = []
     first_offset = -1
+    prefix = CleanPrefix()
 
     def problem(offset: int, reason: str) -> None:
         nonlocal first_offset
@@ -782,6 +799,14 @@ def check_stream(header: bytes, stream: bytes, max_frames: int | None = None) ->
             continue
         frame_mbs += 1
         clean_mbs += 1
+        if not problems:  # still the clean prefix: it grows by this slice
+            end = units[index + 1][0] if index + 1 < len(units) else len(stream)
+            if expected_mb == macroblocks:
+                prefix = CleanPrefix(end, prefix.whole_frames + 1, end)
+            else:
+                prefix = CleanPrefix(end, prefix.whole_frames, prefix.whole_frames_end, expected_mb, frame_header,
+                                     units[index][1][0], context.references)
     unwritten = macroblocks - expected_mb if frames and frame_ok and expected_mb < macroblocks else 0
     close_frame()
-    return AvcCheck(macroblocks, tuple(frames), clean_mbs, tuple(problems), first_offset, unwritten)
+    return AvcCheck(macroblocks, tuple(frames), clean_mbs, tuple(problems), first_offset, unwritten, prefix,
+                    len(units))

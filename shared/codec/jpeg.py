@@ -35,6 +35,8 @@ class DecodedImage:
     total_mcus: int
     problems: tuple[str, ...]  # empty when the stream is a complete, valid image
     stream: bytes  # what was decoded: the input when it is valid, else the repaired stream (restore() it for a file)
+    written_mcus: int  # MCUs of the restart intervals the stream holds, valid or not
+    filled: list[np.ndarray]  # one mask: True on the pixels of MCUs filled grey
 
     @property
     def complete(self) -> bool:
@@ -54,7 +56,10 @@ class DecodedImage:
 
     @property
     def facts(self) -> dict[str, Any]:
-        return {"mcus_valid": self.valid_mcus, "mcus_total": self.total_mcus, "clean": self.complete}
+        return {"mcus_valid": self.valid_mcus, "mcus_total": self.total_mcus, "clean": self.complete,
+                # the file: the stream's valid intervals, every other MCU filled grey
+                "mcus_written": self.written_mcus, "mcus_filled": self.total_mcus - self.valid_mcus,
+                "mcus_dropped": self.written_mcus - self.valid_mcus}
 
 
 @dataclass(frozen=True)
@@ -186,6 +191,21 @@ class JpegProfile:
     def viewable(self, stream: bytes) -> bytes:
         return self.restore(stream)
 
+    def check_viewable(self, file: bytes) -> tuple[str, ...]:
+        """What is wrong with a JPEG file made by ``viewable``, judged from the file itself: the profile's
+        header, EOI at the end, every restart interval between them valid (the strict entropy-level check),
+        and Pillow decodes it. Empty when the file is sound."""
+        if not file.startswith(self.header) or not file.endswith(EOI) or len(file) < len(self.header) + len(EOI):
+            return ("not the profile's header, a stream and EOI",)
+        problems = check_stream(self.layout, file[len(self.header):-len(EOI)]).problems
+        if not problems:
+            try:
+                with Image.open(io.BytesIO(file)) as image:
+                    image.load()
+            except OSError as error:
+                problems = (f"Pillow cannot decode it ({error})",)
+        return problems
+
     def raw_pixel_bytes(self, stream: bytes) -> int:
         return self.size * self.size * 3
 
@@ -210,7 +230,18 @@ class JpegProfile:
         with Image.open(io.BytesIO(self.restore(repaired))) as image:
             image.load()
             decoded = image.convert("RGB")
-        return DecodedImage(decoded, check.valid_mcus, self.layout.mcus, check.problems, repaired)
+        layout = self.layout
+        written = sum(layout.interval_mcus(index) for index in range(len(check.intervals)))
+        filled = np.zeros((self.size, self.size), bool)
+        if not check.ok:
+            mcu_width, mcu_height = {"4:4:4": (8, 8), "4:2:2": (16, 8), "4:2:0": (16, 16)}[self.subsampling]
+            across = self.size // mcu_width
+            valid = check.valid + (False,) * (layout.intervals - len(check.valid))
+            for mcu in range(layout.mcus):
+                if not valid[mcu // layout.restart_interval if layout.restart_interval else 0]:
+                    top, left = mcu // across * mcu_height, mcu % across * mcu_width
+                    filled[top:top + mcu_height, left:left + mcu_width] = True
+        return DecodedImage(decoded, check.valid_mcus, layout.mcus, check.problems, repaired, written, [filled])
 
     # ---- prompts --------------------------------------------------------------------------
     def cut_after_units(self, stream: bytes, units: int) -> bytes:

@@ -48,7 +48,9 @@ class Decoded(Protocol):
     @property
     def complete(self) -> bool: ...  # every unit decoded cleanly and the stream ends where it should
     @property
-    def stream(self) -> bytes: ...  # the stream a viewable file is made from (repaired where the codec can)
+    def stream(self) -> bytes: ...  # the whole, valid stream a viewable file is made from (filled where needed)
+    @property
+    def filled(self) -> list[np.ndarray]: ...  # per picture: True on the pixels of filled units
     @property
     def facts(self) -> dict[str, Any]: ...  # the codec's own counts, as reported in samples.json
 
@@ -88,6 +90,7 @@ class CodecProfile(Protocol):
     def restore(self, stream: bytes) -> bytes: ...  # the standard codec file, byte-exact
     def decode(self, stream: bytes, *, strict: bool = False) -> Decoded: ...  # tolerant, or InvalidMediaError
     def viewable(self, stream: bytes) -> bytes: ...  # the file people open (InvalidMediaError: nothing to show)
+    def check_viewable(self, file: bytes) -> tuple[str, ...]: ...  # what is wrong with such a file, at its strictest
     def raw_pixel_bytes(self, stream: bytes) -> int: ...  # size of the stream's pictures as raw RGB
 
     # ---- prompts and grammars ----

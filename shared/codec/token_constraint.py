@@ -4,7 +4,9 @@ A token spans several bytes, so it is allowed only if every one of its bytes is.
 a trie; one walk of the trie from a state finds all allowed tokens at once, sharing prefixes. Masks are
 cached on the grammar's cache key (states that repeat every restart interval or slice share one), so
 after warm-up a sampling step costs a dictionary lookup per sequence. With top-k sampling only the
-best-ranked tokens need a verdict: ``first_allowed`` checks tokens in logit order until it has k.
+best-ranked tokens need a verdict: ``first_allowed`` checks tokens in logit order until it has k. A
+sampler that draws first and judges after (``train.generate``) needs only ``try_advance`` on the tokens it
+draws: one verdict per token while the model writes valid tokens.
 
 A grammar provides ``start()``, ``step(state, byte) -> state | None``, ``cache_key(state)``,
 ``is_done(state)`` (only EOS may follow) and ``can_end(state)`` (EOS may follow).
@@ -21,6 +23,7 @@ from shared.codec.profile import ByteGrammar
 # Masks and verdicts kept at most; past it a cache starts over. JPEG's states repeat every restart
 # interval and stay far below it; AVC's macroblock states are mostly new, and memory must stay bounded.
 CACHE_LIMIT = 1 << 18
+WIDE = 64  # trie nodes with more children than this ask the grammar for all allowed bytes at once
 
 
 class TokenConstraint:
@@ -60,11 +63,18 @@ class TokenConstraint:
             if self.grammar.is_done(state):
                 mask[self.eos_id] = True
             else:
+                # a grammar that lists a state's allowed bytes at once (``next_bytes``) is asked where the
+                # trie branches widely; elsewhere each child's byte is stepped
+                next_bytes = getattr(self.grammar, "next_bytes", None)
                 stack = [(0, state)]
                 while stack:
                     node, at = stack.pop()
-                    for byte, child in self.children[node].items():
-                        after = self.grammar.step(at, byte)
+                    children = self.children[node]
+                    if next_bytes is not None and len(children) > WIDE:
+                        steps = ((children[byte], after) for byte, after in next_bytes(at, children).items())
+                    else:
+                        steps = ((child, self.grammar.step(at, byte)) for byte, child in children.items())
+                    for child, after in steps:
                         if after is not None:
                             mask[self.ending[child]] = True
                             stack.append((child, after))
@@ -73,6 +83,16 @@ class TokenConstraint:
             if len(self._masks) >= CACHE_LIMIT // 64:  # a mask is vocabulary-sized
                 self._masks.clear()
             self._masks[key] = mask
+        return mask
+
+    def cheap_mask(self, state: Any) -> np.ndarray | None:
+        """The mask when it costs little: already cached, or the grammar says few bytes can follow here
+        (its optional ``few_allowed`` hint), so the trie walk stops early. None otherwise."""
+        mask = self._masks.get(self.grammar.cache_key(state))
+        if mask is None:
+            few_allowed = getattr(self.grammar, "few_allowed", None)
+            if few_allowed is not None and few_allowed(state):
+                mask = self.allowed(state)
         return mask
 
     def is_allowed(self, state: Any, token: int) -> bool:
@@ -106,6 +126,21 @@ class TokenConstraint:
                 if len(found) == count:
                     break
         return found
+
+    def try_advance(self, state: Any, token: int) -> Any | None:
+        """The state after ``token``, or None when the token is not allowed: one verdict, and the walk a
+        sampler needs anyway once it has drawn the token. EOS keeps the state."""
+        if token == self.eos_id:
+            return state if self.can_end(state) else None
+        data = self.token_bytes[token]
+        if not data or self.grammar.is_done(state):
+            return None
+        step = self.grammar.step
+        for byte in data:
+            state = step(state, byte)
+            if state is None:
+                return None
+        return state
 
     def advance(self, state: Any, token: int) -> Any:
         """The state after ``token`` (which must be allowed)."""

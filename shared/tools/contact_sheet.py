@@ -12,6 +12,17 @@ from PIL import Image, ImageDraw
 from shared.format.files import write_atomic
 
 LABEL_HEIGHT = 14
+FILL_TINT = np.array([255, 0, 255], np.float32)  # magenta: no codec writes it by itself in a flat block
+
+
+def mark_filled(picture: np.ndarray, filled: np.ndarray) -> np.ndarray:
+    """``picture`` with the pixels ``filled`` masks tinted magenta, half and half: units a file holds as
+    filler (grey, or a copy of the previous frame) then stand apart from what a model wrote."""
+    if not filled.any():
+        return picture
+    marked = picture.astype(np.float32)
+    marked[filled] = (marked[filled] + FILL_TINT) / 2
+    return marked.round().astype(np.uint8)
 
 
 def strip(pictures: Sequence[Image.Image | np.ndarray], at_most: int = 8) -> list[Image.Image | np.ndarray]:
