@@ -217,7 +217,7 @@ class EvenBytes:
 class EvenBytesWithHint(EvenBytes):
     """The same, with the hint that a whole mask is cheap: rejected draws are masked at once."""
 
-    def few_allowed(self, state: int) -> bool:
+    def mask_is_cheap(self, state: int) -> bool:
         return True
 
 

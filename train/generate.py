@@ -3,7 +3,7 @@
     python -m train.generate --checkpoint out/jpeg-tiny/final --prompt photo.png --prompt-ratio 0.5 \\
         --num-samples 8 --out out/samples
     python -m train.generate --checkpoint out/jpeg-tiny/final --unconditional --num-samples 16 --out out/samples
-    python -m train.generate --checkpoint out/avc-tiny/final --prompt clip.mp4 --prompt-frames 2 --out out/samples
+    python -m train.generate --checkpoint out/avc-tiny/final --prompt clip.mp4 --prompt-frames 3 --out out/samples
     python -m train.generate --checkpoint out/jpeg-tiny/final --prompt-val 4 --out out/samples   # held-out images
 
 The model comes from a `litgpt pretrain` checkpoint folder; the tokenizer and codec profile from the
@@ -17,12 +17,16 @@ Sampling batches the samples of a prompt through LitGPT's KV cache with temperat
 With ``--constrained`` (the default) every sampled token must keep the stream valid: for JPEG the
 Huffman-level grammar of ``shared.codec.jpeg_grammar`` (every MCU entropy-decodes, restart markers in
 order, EOS only after the last MCU and forced there); for AVC the NAL-unit grammar of
-``shared.codec.avc_grammar``: each profile's ``grammar()``. Outputs are decoded tolerantly either way and
-reported, never a crash.
+``shared.codec.avc_grammar``: each profile's ``grammar()``. Only the drawn token is judged, and a
+forbidden one drawn again (``judge_draws``).
 
-Per prompt OUT/NAME/ holds original.jpg (the prompt image after the codec), prompt.jpg (the part the
-model saw, the rest grey), sample-000.jpg …, sheet.png and samples.json (tokens generated, stopped
-by EOS or length, MCUs/frames decoded, clean or not); videos likewise as .mp4 with frame strips.
+Every file written is whole and strictly valid, however its sample ended (EOS, the token budget, free
+sampling's garbage): the stream's valid part is kept and the rest filled (JPEG: grey MCUs; AVC: the frame
+it stops inside finished with skipped or flat macroblocks, ``shared.codec.avc_finish``), and the file is
+judged from its own bytes (``check_viewable``). Per prompt OUT/NAME/ holds original.jpg (the prompt image
+after the codec), prompt.jpg (the part the model saw, the rest grey), sample-000.jpg …, sheet.png (filled
+units tinted magenta) and samples.json (tokens generated, stopped_by, units written, filled and dropped,
+clean as sampled or not, the file's verdict); videos likewise as .mp4 with frame strips.
 """
 
 from __future__ import annotations

@@ -239,9 +239,9 @@ class AvcGrammar:
     def cache_key(self, state: tuple) -> tuple:
         return state
 
-    def few_allowed(self, state: tuple) -> bool:
+    def mask_is_cheap(self, state: tuple) -> bool:
         """A hint for samplers: between slices and in slice headers few tokens can follow (the header's
-        values are mostly fixed), so a whole mask is cheap there."""
+        values are mostly fixed), so a whole mask is cheap there; inside a macroblock it is not."""
         local = state[1]
         return local[0] != RB or local[3][1][0] in HEADER_ELEMENTS
 

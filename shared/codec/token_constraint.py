@@ -86,14 +86,12 @@ class TokenConstraint:
         return mask
 
     def cheap_mask(self, state: Any) -> np.ndarray | None:
-        """The mask when it costs little: already cached, or the grammar says few bytes can follow here
-        (its optional ``few_allowed`` hint), so the trie walk stops early. None otherwise."""
-        mask = self._masks.get(self.grammar.cache_key(state))
-        if mask is None:
-            few_allowed = getattr(self.grammar, "few_allowed", None)
-            if few_allowed is not None and few_allowed(state):
-                mask = self.allowed(state)
-        return mask
+        """The mask where the grammar says it is cheap (its optional ``mask_is_cheap`` hint: few bytes can
+        follow, or masks are cached on keys that repeat); None elsewhere. It depends on the state alone,
+        never on what happens to be cached: a sampler's path, and so which random numbers it uses, must not
+        depend on history."""
+        mask_is_cheap = getattr(self.grammar, "mask_is_cheap", None)
+        return self.allowed(state) if mask_is_cheap is not None and mask_is_cheap(state) else None
 
     def is_allowed(self, state: Any, token: int) -> bool:
         """One token's verdict, cached: cheaper than a whole mask when only a few candidates matter."""
