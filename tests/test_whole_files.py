@@ -25,7 +25,7 @@ from shared.codec.token_constraint import TokenConstraint
 from shared.format.tokenizer import ByteTokenizer
 from shared.samples.clips import sample_clip
 from shared.samples.photos import sample_crops
-from train.generate import SamplingSettings, sample_rows, write_outputs
+from train.generate import GenerateSettings, SamplingSettings, generate, sample_rows, write_outputs
 
 AVC = AvcProfile.from_name("avc-64x48-3fps-3s-qp43")
 JPEG = JpegProfile.from_name("jpeg-64-q25")
@@ -142,3 +142,21 @@ def test_sampled_videos_cut_by_the_token_budget_are_written_whole(tmp_path: Path
             if constrained:  # every macroblock written whole is kept; only the one the budget cut is dropped
                 assert sample["macroblocks_dropped"] <= 1 and sample["macroblocks_kept"] == sample["macroblocks_written"]
     assert rows == 10
+
+
+@pytest.mark.parametrize("constrained", [True, False])
+def test_sampled_images_cut_by_the_token_budget_are_written_whole(checkpoint: Path, tmp_path: Path,
+                                                                  constrained: bool) -> None:
+    prompt = tmp_path / "prompt.png"
+    prompt.write_bytes(next(sample_crops(1, seed=9))[1])
+    for budget in (2, 7, 19, 45):  # cuts inside Huffman codes, right after restart markers, mid-interval
+        results = generate(GenerateSettings(checkpoint=checkpoint, out=tmp_path / str(budget), prompts=[prompt],
+                                            unconditional=True, num_samples=3, seed=budget, max_new_tokens=budget,
+                                            constrained=constrained))
+        for name, summary in results.items():
+            assert summary["files_strictly_valid"] == 3
+            record = json.loads((tmp_path / str(budget) / name / "samples.json").read_text())
+            for sample in record["samples"]:
+                file = (tmp_path / str(budget) / name / sample["file"]).read_bytes()
+                assert JPEG.check_viewable(file) == () and sample["file_strictly_valid"]
+                assert sample["mcus_filled"] == JPEG.total_mcus - sample["mcus_valid"]

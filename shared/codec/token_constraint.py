@@ -86,8 +86,8 @@ class TokenConstraint:
         return mask
 
     def cheap_mask(self, state: Any) -> np.ndarray | None:
-        """The mask where the grammar says it is cheap (its optional ``mask_is_cheap`` hint: few bytes can
-        follow, or masks are cached on keys that repeat); None elsewhere. It depends on the state alone,
+        """The mask where the grammar says it is cheap (its optional ``mask_is_cheap`` hint, e.g. where few
+        bytes can follow); None elsewhere. It depends on the state alone,
         never on what happens to be cached: a sampler's path, and so which random numbers it uses, must not
         depend on history."""
         mask_is_cheap = getattr(self.grammar, "mask_is_cheap", None)
