@@ -118,6 +118,15 @@ def test_a_jpeg_file_is_whole_and_strictly_valid_inside_a_code_or_after_a_marker
             assert decoded.filled[0].mean() == pytest.approx(facts["mcus_filled"] / JPEG.total_mcus)
 
 
+def test_filled_mcus_are_marked_where_they_are_also_at_a_partial_edge() -> None:
+    profile = JpegProfile.from_name("jpeg-40-q25")  # 3 x 3 MCUs of 16 x 16, the last column and row partial
+    stream = profile.encode(next(sample_crops(1, seed=5))[1])
+    decoded = profile.decode(profile.cut_after_units(stream, 1))  # only the first MCU is the model's
+    expected = np.ones((40, 40), bool)
+    expected[:16, :16] = False
+    assert decoded.facts["mcus_filled"] == 8 and np.array_equal(decoded.filled[0], expected)
+
+
 @pytest.mark.parametrize("constrained", [True, False])
 def test_sampled_videos_cut_by_the_token_budget_are_written_whole(tmp_path: Path, constrained: bool) -> None:
     streams = [AVC.encode(sample_clip(index)[1]) for index in range(3)]

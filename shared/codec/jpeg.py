@@ -235,7 +235,7 @@ class JpegProfile:
         filled = np.zeros((self.size, self.size), bool)
         if not check.ok:
             mcu_width, mcu_height = {"4:4:4": (8, 8), "4:2:2": (16, 8), "4:2:0": (16, 16)}[self.subsampling]
-            across = self.size // mcu_width
+            across = -(-self.size // mcu_width)  # a partial MCU at the right edge counts
             valid = check.valid + (False,) * (layout.intervals - len(check.valid))
             for mcu in range(layout.mcus):
                 if not valid[mcu // layout.restart_interval if layout.restart_interval else 0]:
