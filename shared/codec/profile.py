@@ -1,8 +1,8 @@
 """The one interface every codec profile offers: what both halves may ask of a codec, and nothing else.
 
-Callers hold a ``CodecProfile`` and never ask which codec it is. A codec module (``jpeg.py``, ``avc.py``)
-implements it with a frozen dataclass; ``registry.py`` knows the codecs by their ``kind``. Adding a codec
-means one new module and one line in the registry.
+Callers hold a ``CodecProfile`` and never ask which codec it is. A codec folder (``jpeg/``, ``avc/``)
+implements it with a frozen dataclass in its ``profile.py``; ``registry.py`` knows the codecs by their
+``kind``. Adding a codec means one new folder and one line in the registry.
 
 Words used here:
 - *stream*: what the model reads and writes: the codec's output minus the bytes that are the same for

@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from shared.codec.avc import AvcProfile
-from shared.codec.jpeg import JpegProfile
+from shared.codec.avc.profile import AvcProfile
+from shared.codec.jpeg.profile import JpegProfile
 from shared.codec.profile import CodecProfile
 
 # Every codec, by the kind its profile names start with (and its manifest records carry).

@@ -20,8 +20,8 @@ import numpy as np
 from PIL import Image
 
 from shared.codec.errors import InvalidMediaError
-from shared.codec.jpeg_entropy import EOI, RESTART_MARKER, ScanLayout, check_stream, neutral_interval, parse_header
-from shared.codec.jpeg_grammar import JpegGrammar
+from shared.codec.jpeg.entropy import EOI, RESTART_MARKER, ScanLayout, check_stream, neutral_interval, parse_header
+from shared.codec.jpeg.grammar import JpegGrammar
 from shared.codec.normalize_image import ImageSource, normalize_image
 
 SUBSAMPLINGS = {"4:4:4": "444", "4:2:2": "422", "4:2:0": "420"}

@@ -26,7 +26,7 @@ with no error or concealment, every frame, under the profile's SPS and PPS. Trac
 
 Every element is decoded through a table of its allowed codes and their prefixes, and every allowed value
 leads to a syntax position with an allowed continuation, so constrained sampling never dead-ends; EOS is
-allowed only after a frame's last slice. ``avc_syntax.check_stream`` is the independent judge.
+allowed only after a frame's last slice. ``avc.syntax.check_stream`` is the independent judge.
 
 A state is ``(frame context, local)``. The local part holds the position in the NAL unit: emulation
 prevention (zero run, escape pending), the syntax position with what it needs (the header's slice and
@@ -42,8 +42,8 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import TYPE_CHECKING
 
-from shared.codec.avc_syntax import parse_header
-from shared.codec.avc_tables import (
+from shared.codec.avc.syntax import parse_header
+from shared.codec.avc.tables import (
     CBP_INTER,
     CBP_INTRA,
     CHROMA_DC_TOTAL_ZEROS,
@@ -58,8 +58,8 @@ from shared.codec.avc_tables import (
     coeff_token_table,
 )
 
-if TYPE_CHECKING:  # avc.py imports this module
-    from shared.codec.avc import AvcProfile
+if TYPE_CHECKING:  # avc/profile.py imports this module
+    from shared.codec.avc.profile import AvcProfile
 
 IDR, NON_IDR = 5, 1
 I_KIND, P_KIND = 7, 5  # slice_type values x264 writes: "all slices of the picture are I / P"

@@ -2,7 +2,7 @@
 
 JPEG's decoder keeps the valid restart intervals and fills the rest grey. An AVC stream cannot be
 patched in the middle as freely (each frame refers to the ones before it), so a file keeps the stream's
-*clean prefix* (``avc_syntax.CleanPrefix``): every slice up to the first error, or to the end. The frame
+*clean prefix* (``avc.syntax.CleanPrefix``): every slice up to the first error, or to the end. The frame
 it stops inside is then either
 
 - **filled** (``"fill"``, what files are made with): its missing macroblocks are written as one-macroblock
@@ -21,8 +21,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from shared.codec.avc_grammar import se_code, ue_code
-from shared.codec.avc_syntax import NAL_IDR, P_SLICE, AvcCheck, Params, SliceHeader
+from shared.codec.avc.grammar import se_code, ue_code
+from shared.codec.avc.syntax import NAL_IDR, P_SLICE, AvcCheck, Params, SliceHeader
 
 PARTIAL_FRAME = ("fill", "drop")  # what becomes of the frame a stream stops inside
 I16_DC_NO_CODED = 3  # mb_type I_16x16_2_0_0: DC prediction, no coded luma AC or chroma

@@ -1,7 +1,7 @@
 """The CAVLC code tables of H.264 (ITU-T H.264, 9.2) and the other fixed mappings the slice syntax uses.
 
 Codes are written as in the standard, as bit strings; each table becomes a dict from code to value, which
-both the strict check (``avc_syntax``) and the constrained-decoding grammar (``avc_grammar``) read.
+both the strict check (``avc.syntax``) and the constrained-decoding grammar (``avc.grammar``) read.
 """
 
 from __future__ import annotations

@@ -13,11 +13,11 @@ elementary stream that decodes bit-identically to the encoder's full output.
 
 Model outputs may be garbage, so ``decode`` is tolerant by default: it never raises, does bounded work
 and reports how many leading frames decoded cleanly. FFmpeg conceals much of what it cannot decode, so
-"cleanly" also means that the strict bit-level check (``avc_syntax.check_stream``: every slice parsed to
+"cleanly" also means that the strict bit-level check (``avc.syntax.check_stream``: every slice parsed to
 its last bit with the profile's SPS/PPS) passed every macroblock of the frame; its per-macroblock counts
 and first error are in the report's facts. ``strict=True`` turns any decoder complaint or anything the
 check finds into ``InvalidMediaError("invalid-stream", ...)``. Constrained sampling uses the grammar of
-``avc_grammar``, which only lets through streams that pass both.
+``avc.grammar``, which only lets through streams that pass both.
 """
 
 from __future__ import annotations
@@ -38,9 +38,9 @@ import numpy as np
 from av.video.reformatter import Interpolation
 from PIL import Image
 
-from shared.codec.avc_finish import Finished, finish
-from shared.codec.avc_grammar import AvcGrammar
-from shared.codec.avc_syntax import AvcCheck, Params, check_stream, parse_header
+from shared.codec.avc.finish import Finished, finish
+from shared.codec.avc.grammar import AvcGrammar
+from shared.codec.avc.syntax import AvcCheck, Params, check_stream, parse_header
 from shared.codec.errors import InvalidMediaError
 
 # NAL unit types (H.264 table 7-1) that occur in libx264's output.
@@ -109,11 +109,11 @@ def starts_frame(unit: bytes) -> bool:
 class DecodedVideo:
     """What ``AvcProfile.decode`` made of a stream.
 
-    ``stream`` is the given stream made whole and strictly valid (``avc_finish``: its clean prefix, the
+    ``stream`` is the given stream made whole and strictly valid (``avc.finish``: its clean prefix, the
     frame it stops inside filled), and ``frames`` its frames, RGB uint8 arrays (height x width x 3).
     ``filled`` marks, per frame, the pixels of filled macroblocks. The facts are about the given stream:
     its first ``valid_frames`` frames are clean (every macroblock passed the strict check,
-    ``avc_syntax.check_stream``, and FFmpeg decoded them with no error or concealment); ``expected_frames``
+    ``avc.syntax.check_stream``, and FFmpeg decoded them with no error or concealment); ``expected_frames``
     is how many pictures it announces (slices starting at macroblock 0); ``complete`` means every announced
     frame is clean, so ``stream`` is the given stream itself. ``check`` is the strict check's verdict, with
     its per-macroblock counts and first error; ``finished`` what was kept, filled and dropped.
@@ -456,10 +456,10 @@ class AvcProfile:
         """Judge a stream (header is added) with the strict check, make it whole and decode that with FFmpeg.
 
         Tolerant by default, for model outputs: never raises and looks at no more than ``max_stream_bytes``.
-        The frames come from the stream made whole (``avc_finish.finish``): its clean prefix, the frame it
+        The frames come from the stream made whole (``avc.finish.finish``): its clean prefix, the frame it
         stops inside filled (``partial_frame="fill"``) or dropped (``"drop"``), decoded with FFmpeg's error
         detection at its strictest. ``strict=True`` raises ``InvalidMediaError("invalid-stream")`` instead on
-        foreign bytes or units, on anything the strict bit-level check (``avc_syntax.check_stream``) finds,
+        foreign bytes or units, on anything the strict bit-level check (``avc.syntax.check_stream``) finds,
         on any decoder complaint, or when the number of decoded frames differs from the number the stream
         announces.
         """

@@ -16,7 +16,7 @@ values are checked against what a decoder needs:
 
 A frame is *clean* when every one of its macroblocks is; ``check_stream`` reports counts per frame and
 per macroblock and the first error (byte offset in the stream and reason). The grammar
-(``avc_grammar``) is written separately from the same standard; each is the other's test.
+(``avc.grammar``) is written separately from the same standard; each is the other's test.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import lru_cache
 
-from shared.codec.avc_tables import (
+from shared.codec.avc.tables import (
     CBP_INTER,
     CBP_INTRA,
     CHROMA_DC_PRED,
@@ -586,7 +586,7 @@ class SliceResult:
 @dataclass(frozen=True)
 class CleanPrefix:
     """The longest run of clean slices from the stream's start, up to its first error or its end: what a
-    file made from a model's output keeps (``avc_finish``)."""
+    file made from a model's output keeps (``avc.finish``)."""
 
     end: int = 0  # byte offset in the stream where it ends
     whole_frames: int = 0  # frames it holds whole

@@ -3,7 +3,7 @@
 Tracks the decoder at the bit level with the profile's Huffman tables — the MCU and block within the
 restart interval, the coefficient index, the partial Huffman code, pending magnitude bits, 1-bit
 padding after an interval's last MCU, byte stuffing after FF, and the restart marker (RST0…RST7 in
-order) that must follow — exactly the rules `shared.codec.jpeg_entropy.check_stream` judges streams by. A
+order) that must follow — exactly the rules `shared.codec.jpeg.entropy.check_stream` judges streams by. A
 stream this automaton accepts to the end passes that check; every state has a continuation (the
 Huffman tables' prefixes always extend), so constrained sampling never dead-ends.
 
@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from shared.codec.jpeg_entropy import HuffmanTable, ScanLayout
+from shared.codec.jpeg.entropy import HuffmanTable, ScanLayout
 
 # Local phases
 DATA, STUFF, MARKER_FF, MARKER_RST, DONE = range(5)
