@@ -16,8 +16,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from shared.codec.avc import AvcProfile, ffmpeg_verdict
-from shared.codec.avc_syntax import check_stream
+from shared.codec.avc.profile import AvcProfile, ffmpeg_verdict
+from shared.codec.avc.syntax import check_stream
 from shared.samples.clips import sample_clip
 
 

@@ -24,8 +24,8 @@ import time
 
 import numpy as np
 
-from shared.codec.avc import AvcProfile, ffmpeg_verdict
-from shared.codec.avc_syntax import check_stream
+from shared.codec.avc.profile import AvcProfile, ffmpeg_verdict
+from shared.codec.avc.syntax import check_stream
 from shared.codec.token_constraint import TokenConstraint
 from shared.format.dataset import Dataset
 from shared.samples.clips import sample_clip

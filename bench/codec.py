@@ -22,8 +22,8 @@ import av
 import numpy as np
 from PIL import Image
 
-from shared.codec.avc import AvcProfile
-from shared.codec.jpeg import JpegProfile
+from shared.codec.avc.profile import AvcProfile
+from shared.codec.jpeg.profile import JpegProfile
 from shared.format.tokenizer import ByteTokenizer
 from shared.samples.clips import sample_clips
 from shared.samples.photos import sample_crops

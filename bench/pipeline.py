@@ -23,7 +23,7 @@ import pyarrow.parquet as pq
 
 from bench.codec import best_rate, image_inputs, pillow_floor
 from preprocess.run import run
-from shared.codec.jpeg import JpegProfile
+from shared.codec.jpeg.profile import JpegProfile
 
 
 def main() -> None:

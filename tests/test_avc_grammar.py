@@ -8,9 +8,9 @@ import pytest
 from test_avc_syntax import idr_frame
 
 from bench.avc_grammar import walk
-from shared.codec.avc import AvcProfile, ffmpeg_verdict, nal_units
-from shared.codec.avc_grammar import AvcGrammar
-from shared.codec.avc_syntax import check_stream
+from shared.codec.avc.profile import AvcProfile, ffmpeg_verdict, nal_units
+from shared.codec.avc.grammar import AvcGrammar
+from shared.codec.avc.syntax import check_stream
 from shared.samples.clips import sample_clip
 
 PROFILES = ["avc-128x72-3fps-5s-qp37", "avc-64x48-3fps-2s-qp37", "avc-320x180-6fps-2.5s-qp30"]

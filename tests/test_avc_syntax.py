@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 
 from bench.avc_check import agreement, judge
-from shared.codec.avc import AvcProfile, ffmpeg_verdict, nal_units
-from shared.codec.avc_syntax import check_stream, parse_header, split_units
-from shared.codec.avc_tables import CHROMA_DC_TOTAL_ZEROS, COEFF_TOKEN, RUN_BEFORE, TOTAL_ZEROS
+from shared.codec.avc.profile import AvcProfile, ffmpeg_verdict, nal_units
+from shared.codec.avc.syntax import check_stream, parse_header, split_units
+from shared.codec.avc.tables import CHROMA_DC_TOTAL_ZEROS, COEFF_TOKEN, RUN_BEFORE, TOTAL_ZEROS
 from shared.samples.clips import sample_clip
 
 TINY = AvcProfile.from_name("avc-128x72-3fps-5s-qp37")

@@ -16,7 +16,7 @@ import pytest
 from PIL import Image
 
 from preprocess.run import run
-from shared.codec.jpeg import JpegProfile
+from shared.codec.jpeg.profile import JpegProfile
 from shared.codec.registry import profile_from_json
 from shared.format import shards
 from shared.format.dataset import Dataset

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from shared.codec.jpeg import JpegProfile
+from shared.codec.jpeg.profile import JpegProfile
 from shared.samples.photos import sample_crops
 from train.evaluate import EvaluationError, Settings, evaluate, load_arrays, main, unpack_bytes
 from train.fid import INCEPTION_ENV, INCEPTION_URL, FeatureExtractor, FidError, fid, frechet_distance, statistics

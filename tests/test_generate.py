@@ -16,11 +16,11 @@ import pytest
 import torch
 from PIL import Image
 
-from shared.codec.avc import AvcProfile
-from shared.codec.avc_grammar import AvcGrammar
-from shared.codec.jpeg import JpegProfile
-from shared.codec.jpeg_entropy import check_stream
-from shared.codec.jpeg_grammar import JpegGrammar
+from shared.codec.avc.profile import AvcProfile
+from shared.codec.avc.grammar import AvcGrammar
+from shared.codec.jpeg.profile import JpegProfile
+from shared.codec.jpeg.entropy import check_stream
+from shared.codec.jpeg.grammar import JpegGrammar
 from shared.codec.token_constraint import TokenConstraint
 from shared.samples.clips import sample_clip
 from shared.samples.photos import sample_crops

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from PIL import Image, JpegImagePlugin
 
 from shared.codec.errors import InvalidMediaError
-from shared.codec.jpeg import JpegProfile
+from shared.codec.jpeg.profile import JpegProfile
 from shared.samples.photos import sample_photo_paths
 
 PROFILES = ["jpeg-256-q25", "jpeg-64-q25", "jpeg-128-q50-444", "jpeg-256-q25-422-ri4", "jpeg-64-q25-ri0"]

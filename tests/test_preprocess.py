@@ -24,7 +24,7 @@ from PIL import Image
 from preprocess.encode import EncodeFn
 from preprocess.progress import Progress, read_counts, status_line
 from preprocess.run import run
-from shared.codec.jpeg import JpegProfile
+from shared.codec.jpeg.profile import JpegProfile
 from shared.codec.registry import profile_from_json
 from shared.format.shards import document_tokens, load_shard
 from shared.format.tokenizer import ByteTokenizer

@@ -6,9 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from shared.codec.avc import AvcProfile
+from shared.codec.avc.profile import AvcProfile
 from shared.codec.errors import InvalidMediaError
-from shared.codec.jpeg import JpegProfile
+from shared.codec.jpeg.profile import JpegProfile
 from shared.codec.profile import ByteGrammar, CodecProfile, view
 from shared.codec.registry import CODECS, MODALITIES, get_profile, profile_from_json
 from shared.codec.token_constraint import TokenConstraint

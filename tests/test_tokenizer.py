@@ -10,8 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from tokenizers import Tokenizer
 
-from shared.codec.avc import AvcProfile
-from shared.codec.jpeg import JpegProfile
+from shared.codec.avc.profile import AvcProfile
+from shared.codec.jpeg.profile import JpegProfile
 from shared.format.tokenizer import BOS, EOS, ByteTokenizer, bytes_to_text, text_to_bytes
 from shared.samples.photos import sample_crops
 

@@ -17,10 +17,10 @@ import pytest
 import torch
 from litgpt import GPT, Config
 
-from shared.codec.avc import AvcProfile
-from shared.codec.avc_grammar import HEADER_ELEMENTS, RB, SC
-from shared.codec.jpeg import JpegProfile
-from shared.codec.jpeg_entropy import RESTART_MARKER
+from shared.codec.avc.profile import AvcProfile
+from shared.codec.avc.grammar import HEADER_ELEMENTS, RB, SC
+from shared.codec.jpeg.profile import JpegProfile
+from shared.codec.jpeg.entropy import RESTART_MARKER
 from shared.codec.token_constraint import TokenConstraint
 from shared.format.tokenizer import ByteTokenizer
 from shared.samples.clips import sample_clip

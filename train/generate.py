@@ -15,14 +15,14 @@ Sampling batches the samples of a prompt through LitGPT's KV cache with temperat
 (defaults as the authors' release: 1.0, 50, 1.0).
 
 With ``--constrained`` (the default) every sampled token must keep the stream valid: for JPEG the
-Huffman-level grammar of ``shared.codec.jpeg_grammar`` (every MCU entropy-decodes, restart markers in
+Huffman-level grammar of ``shared.codec.jpeg.grammar`` (every MCU entropy-decodes, restart markers in
 order, EOS only after the last MCU and forced there); for AVC the NAL-unit grammar of
-``shared.codec.avc_grammar``: each profile's ``grammar()``. Only the drawn token is judged, and a
+``shared.codec.avc.grammar``: each profile's ``grammar()``. Only the drawn token is judged, and a
 forbidden one drawn again (``judge_draws``).
 
 Every file written is whole and strictly valid, however its sample ended (EOS, the token budget, free
 sampling's garbage): the stream's valid part is kept and the rest filled (JPEG: grey MCUs; AVC: the frame
-it stops inside finished with skipped or flat macroblocks, ``shared.codec.avc_finish``), and the file is
+it stops inside finished with skipped or flat macroblocks, ``shared.codec.avc.finish``), and the file is
 judged from its own bytes (``check_viewable``). Per prompt OUT/NAME/ holds original.jpg (the prompt image
 after the codec), prompt.jpg (the part the model saw, the rest grey), sample-000.jpg …, sheet.png (filled
 units tinted magenta) and samples.json (tokens generated, stopped_by, units written, filled and dropped,

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from shared.errors import CodecLmError
 
-class InvalidMediaError(ValueError):
+
+class InvalidMediaError(CodecLmError, ValueError):
     """An input image/video (or a codec stream) that cannot be used.
 
     ``reason`` is a short, stable code for counting rejections (``unreadable``, ``truncated``,

@@ -31,13 +31,14 @@ from shared.format.files import (
     read_bytes,
     read_parquet,
 )
+from shared.errors import CodecLmError
 from shared.format.shards import FORMAT, INPUTS, MANIFEST, OUTCOMES, document_tokens, input_bucket, load_shard
 from shared.format.tokenizer import ByteTokenizer
 
 SAFE_PATH = re.compile(r"(?:[A-Za-z0-9_-]+/)?[A-Za-z0-9_-][A-Za-z0-9_.-]*")
 
 
-class DatasetError(Exception):
+class DatasetError(CodecLmError):
     """The folder is not a (readable) codec-LM dataset."""
 
 

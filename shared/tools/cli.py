@@ -1,0 +1,128 @@
+"""The one convention of the project's own commands: how they fail, exit, warn and check paths first.
+
+The Beam job (``preprocess.run``) follows Beam's pipeline options and ``train.pretrain`` LitGPT's
+``setup()``; both still print errors and exit the way this module does. docs/cli.md is the user's page.
+
+- Library code raises typed errors (``shared.errors.CodecLmError`` and its kin); only ``main()`` exits.
+- Exit statuses: 0 done; 1 the work failed, or found problems (``codec-shards verify``); 2 a usage error:
+  a wrong flag, or a path a flag names that is missing or cannot be written, found before any work.
+  130: interrupted (Ctrl-C).
+- Every error is one line on stderr: ``PROG: error: message``, PROG being what the user typed
+  (``python -m train.generate``, ``codec-shards``), as argparse prints its own usage errors.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import os
+import sys
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from shared.errors import CodecLmError
+
+USAGE, FAILURE, INTERRUPTED = 2, 1, 130
+
+
+class UsageError(CodecLmError):
+    """The command line cannot work as given (exit status 2): a flag's value, or a path it names."""
+
+
+# What a command's work may fail with, as a one-line error rather than a traceback: the project's typed
+# errors, a file the system would not open or write, and a value a library refused.
+FAILURES = (CodecLmError, OSError, ValueError)
+
+
+def command(prog: str) -> Callable[[Callable[..., int | None]], Callable[..., int]]:
+    """Make ``main(argv)`` follow the convention: typed errors -> ``PROG: error: …`` and the exit status."""
+    def wrap(main: Callable[..., int | None]) -> Callable[..., int]:
+        @functools.wraps(main)
+        def run(*args: Any, **kwargs: Any) -> int:
+            try:
+                return main(*args, **kwargs) or 0
+            except UsageError as error:
+                return report(prog, error, USAGE)
+            except BrokenPipeError:  # `… | head`: the reader left, nothing to say
+                sys.stderr.close()
+                return 0
+            except FAILURES as error:
+                return report(prog, error, FAILURE)
+            except KeyboardInterrupt:
+                print(f"{prog}: interrupted", file=sys.stderr)
+                return INTERRUPTED
+        return run
+    return wrap
+
+
+def report(prog: str, error: BaseException | str, status: int) -> int:
+    message = str(error)
+    if isinstance(error, OSError) and error.filename is not None and error.strerror:
+        message = f"{error.filename}: {error.strerror}"  # not "[Errno 2] …: '/path'"
+    print(f"{prog}: error: {message}", file=sys.stderr)
+    return status
+
+
+def parser(prog: str, doc: str | None, **kwargs: Any) -> argparse.ArgumentParser:
+    """An argparse parser that prints the module's docstring as its help, examples included."""
+    return argparse.ArgumentParser(prog=prog, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                   **kwargs)
+
+
+# ---- paths, checked before any work ---------------------------------------------------------------
+def is_remote(path: str | os.PathLike[str]) -> bool:
+    return "://" in str(path)
+
+
+def existing(path: str | os.PathLike[str], flag: str, what: str = "file or folder") -> Path:
+    """``path`` exists (a local one; object-store paths are left to the work), or a usage error naming it."""
+    if not is_remote(path) and not Path(path).exists():
+        raise UsageError(f"{flag} {path}: no such {what}")
+    return Path(path)
+
+
+def existing_dir(path: str | os.PathLike[str], flag: str) -> Path:
+    found = existing(path, flag, "folder")
+    if not is_remote(path) and not found.is_dir():
+        raise UsageError(f"{flag} {path}: not a folder")
+    return found
+
+
+def writable(path: str | os.PathLike[str], flag: str, folder: bool = True) -> None:
+    """The folder ``path`` (or the file ``path``, ``folder=False``) can be made and written, tried for real
+    before any work (the folder is created; a probe file is written and removed), or a usage error."""
+    if is_remote(path):
+        return
+    where = Path(path) if folder else Path(path).absolute().parent
+    try:
+        where.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=where, prefix=".write-check-"):
+            pass
+    except OSError as error:
+        raise UsageError(f"{flag} {path}: cannot be written ({error.strerror or error})") from None
+
+
+# ---- renamed flags keep working for one release ---------------------------------------------------
+class _Deprecated(argparse.Action):
+    def __init__(self, option_strings: list[str], dest: str, new: str, **kwargs: Any) -> None:
+        self.new = new
+        super().__init__(option_strings, dest, **kwargs)
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: str | None = None) -> None:
+        print(f"{parser.prog}: warning: {option_string} is deprecated and goes in the next release; use {self.new}",
+              file=sys.stderr)
+        setattr(namespace, self.dest, self.const if self.nargs == 0 else values)
+
+
+def deprecated(parser: argparse.ArgumentParser, old: str, new: str, dest: str | None = None, **kwargs: Any) -> None:
+    """Accept the old spelling ``old`` of ``new`` (same value, hidden from --help), with a warning.
+
+    ``kwargs`` describe the old flag's value as for ``add_argument`` (``type=int``, ``nargs="+"``; a switch:
+    ``nargs=0, const=True``).
+    """
+    dest = dest or new.lstrip("-").replace("-", "_")
+    parser.add_argument(old, action=_Deprecated, new=new, dest=dest, default=argparse.SUPPRESS,
+                        help=argparse.SUPPRESS, **kwargs)
