@@ -153,10 +153,10 @@ def test_each_half_imports_only_its_own_framework(modules: list[str], absent: li
     assert result.returncode == 0, result.stderr[-2000:]
 
 
-def test_train_image_runs_litgpt_pretrain_on_a_cuda_torch() -> None:
+def test_train_image_runs_train_pretrain_on_a_cuda_torch() -> None:
     command = exec_form(TRAIN, "ENTRYPOINT") + exec_form(TRAIN, "CMD")
-    assert command[:2] == ["litgpt", "pretrain"]
-    assert command[2:] == ["--config", "train/jpeg7b.yaml"] and (ROOT / command[3]).is_file()
+    assert command[:3] == ["python", "-m", "train.pretrain"]
+    assert command[3:] == ["--config", "train/jpeg7b.yaml"] and (ROOT / command[4]).is_file()
     assert only(TRAIN, "WORKDIR") == "/opt/codec-lm"  # where the relative config path resolves
     match = re.fullmatch(r"pytorch/pytorch:(\d+\.\d+\.\d+)-cuda(\d+\.\d+)-cudnn\d+-(runtime|devel)", only(TRAIN, "FROM"))
     assert match, only(TRAIN, "FROM")

@@ -6,7 +6,11 @@ import json
 from PIL import Image
 
 from shared.samples.photos import sample_crops
-from shared.tools.roundtrip import main
+from shared.tools.roundtrip import parse_args, round_trip
+
+
+def main(argv: list[str]) -> dict:
+    return round_trip(parse_args(argv))
 
 
 def test_round_trip_on_sample_media(tmp_path) -> None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import glob
 import json
+import sys
 import time
 from collections import Counter
 from collections.abc import Iterable, Iterator
@@ -28,9 +29,12 @@ from shared.codec.errors import InvalidMediaError
 from shared.codec.profile import CodecProfile
 from shared.codec.registry import MODALITIES, get_profile
 from shared.format.files import safe_file_name, write_atomic, write_json_atomic
+from shared.errors import CodecLmError
 from shared.format.tokenizer import ByteTokenizer
+from shared.tools import cli
 from shared.tools.contact_sheet import save_contact_sheet, strip
 
+PROG = "python -m shared.tools.roundtrip"
 SHEET_ITEMS = {"image": 48, "video": 8}
 
 
@@ -61,7 +65,7 @@ def run_modality(modality: str, profile: CodecProfile, items: Iterable[tuple[str
         pixels.append(normalised)
     encoded_at = time.perf_counter()
     if not streams:
-        raise SystemExit(f"no {modality} could be encoded ({len(rejected)} rejected): nothing to report")
+        raise CodecLmError(f"no {modality} could be encoded ({len(rejected)} rejected): nothing to report")
 
     tokenizer = ByteTokenizer.train(streams, vocab_size, boundary=profile.token_boundary)
     tokens = tokenizer.encode_batch(streams, bos=True, eos=True)
@@ -70,7 +74,8 @@ def run_modality(modality: str, profile: CodecProfile, items: Iterable[tuple[str
     files = out / "files"
     exact = clean = 0
     fidelity, sheet = [], []
-    for key, stream, ids, reference in tqdm(list(zip(keys, streams, tokens, pixels)), desc=f"decode {modality}s", unit=modality):
+    decoding = tqdm(list(zip(keys, streams, tokens, pixels)), desc=f"decode {modality}s", unit=modality)
+    for key, stream, ids, reference in decoding:
         back = tokenizer.decode(ids)
         exact += back == stream
         try:
@@ -116,9 +121,8 @@ def default_items(modality: str, count: int) -> Iterator[tuple[str, bytes]]:
     return sample_clips(count)
 
 
-def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(prog="python -m shared.tools.roundtrip", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = cli.parser(PROG, __doc__)
     parser.add_argument("--out", type=Path, required=True, help="output folder (created)")
     parser.add_argument("--modality", nargs="+", choices=["image", "video"], default=["image", "video"])
     parser.add_argument("--images", nargs="+", metavar="GLOB", help="image files (default: embedded sample crops)")
@@ -129,8 +133,25 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--video-profile", default=MODALITIES["video"].profile)
     parser.add_argument("--image-vocab", type=int, default=MODALITIES["image"].vocab_size, help="total vocabulary size")
     parser.add_argument("--video-vocab", type=int, default=MODALITIES["video"].vocab_size, help="total vocabulary size")
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
 
+
+def check_args(args: argparse.Namespace) -> None:
+    """What the command line names, before any work: profiles, input globs that match files, the output."""
+    for flag in ("image_profile", "video_profile"):
+        try:
+            get_profile(getattr(args, flag))
+        except ValueError as error:
+            raise cli.UsageError(f"--{flag.replace('_', '-')}: {error}") from None
+    for flag, patterns in (("--images", args.images), ("--videos", args.videos)):
+        for pattern in patterns or []:
+            if not any(Path(p).is_file() for p in glob.glob(pattern, recursive=True)):
+                raise cli.UsageError(f"{flag} {pattern}: no such file (the pattern matches no file)")
+    cli.writable(args.out, "--out")
+
+
+def round_trip(args: argparse.Namespace) -> dict:
+    """Every modality asked for, end to end; writes the files and OUT/report.json, returns the report."""
     report = {}
     for modality in args.modality:
         patterns = args.images if modality == "image" else args.videos
@@ -140,18 +161,26 @@ def main(argv: list[str] | None = None) -> dict:
         vocab = args.image_vocab if modality == "image" else args.video_vocab
         report[modality] = run_modality(modality, profile, items, vocab_size=vocab, out=args.out / modality)
     write_json_atomic(args.out / "report.json", report)
+    return report
+
+
+@cli.command(PROG)
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    check_args(args)
+    report = round_trip(args)
     for modality, figures in report.items():
         print(f"\n{modality}s with {figures['profile']['name']}: {figures['encoded']}/{figures['inputs']} encoded, "
               f"rejected {figures['rejected'] or 'none'}")
-        print(f"  stream {figures['stream_bytes_mean']:.0f} B (header of {figures['header_bytes_stripped']} B stripped), "
-              f"{figures['tokens_mean']:.0f} tokens with BOS/EOS, {figures['bytes_per_token']:.2f} B/token "
+        print(f"  stream {figures['stream_bytes_mean']:.0f} B (header of {figures['header_bytes_stripped']} B "
+              f"stripped), {figures['tokens_mean']:.0f} tokens with BOS/EOS, {figures['bytes_per_token']:.2f} B/token "
               f"(vocab {figures['vocab_size']}), {figures['compression_vs_raw_pixels']:.1f}x smaller than raw pixels")
         print(f"  token round trip exact {figures['token_round_trip_exact']}/{figures['encoded']}, "
               f"decoded cleanly {figures['decoded_cleanly']}/{figures['encoded']}, PSNR {figures['psnr_db_mean']:.1f} dB")
         print(f"  sheet: {args.out / modality / 'sheet.png'}")
     print(f"\nreport: {args.out / 'report.json'}")
-    return report
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
