@@ -10,12 +10,12 @@ from collections import Counter
 import av
 import numpy as np
 import pytest
+from clip_makers import make_audio_only, make_vfr_clip
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
 import shared.codec.avc.profile as avc
-from clip_makers import make_audio_only, make_vfr_clip
 from shared.codec.avc.profile import AvcProfile, encode_annexb, nal_type, nal_units, starts_frame
 from shared.codec.errors import InvalidMediaError
 from shared.samples import clips as sv

@@ -8,8 +8,8 @@ import pytest
 from test_avc_syntax import idr_frame
 
 from bench.avc_grammar import walk
-from shared.codec.avc.profile import AvcProfile, ffmpeg_verdict, nal_units
 from shared.codec.avc.grammar import AvcGrammar
+from shared.codec.avc.profile import AvcProfile, ffmpeg_verdict, nal_units
 from shared.codec.avc.syntax import check_stream
 from shared.samples.clips import sample_clip
 

@@ -28,7 +28,8 @@ def test_dataset_commands_never_abort_on_exit(tiny_run: Path, tmp_path: Path) ->
         "read a column": [sys.executable, "-c", "from shared.format.dataset import Dataset; "
                           f"Dataset.open({str(data)!r}).column('complete')"],
         "summary": [*python, "shared.tools.codec_shards", "summary", str(data)],
-        "show": [*python, "shared.tools.codec_shards", "show", str(data), "--shard", "train/shard-000000", "--index", "0"],
+        "show": [*python, "shared.tools.codec_shards", "show", str(data), "--shard", "train/shard-000000",
+                 "--index", "0"],
         "decode": [*python, "shared.tools.codec_shards", "decode", str(data), "--out", str(tmp_path / "decoded"),
                    "--limit", "4"],
         "trace": [*python, "shared.tools.codec_shards", "trace", str(data), source],

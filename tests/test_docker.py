@@ -158,8 +158,9 @@ def test_train_image_runs_train_pretrain_on_a_cuda_torch() -> None:
     assert command[:3] == ["python", "-m", "train.pretrain"]
     assert command[3:] == ["--config", "train/jpeg7b.yaml"] and (ROOT / command[4]).is_file()
     assert only(TRAIN, "WORKDIR") == "/opt/codec-lm"  # where the relative config path resolves
-    match = re.fullmatch(r"pytorch/pytorch:(\d+\.\d+\.\d+)-cuda(\d+\.\d+)-cudnn\d+-(runtime|devel)", only(TRAIN, "FROM"))
-    assert match, only(TRAIN, "FROM")
+    base = only(TRAIN, "FROM")
+    match = re.fullmatch(r"pytorch/pytorch:(\d+\.\d+\.\d+)-cuda(\d+\.\d+)-cudnn\d+-(runtime|devel)", base)
+    assert match, base
     assert project_requirement("torch", "train").specifier.contains(match.group(1))
     user = only(TRAIN, "USER")
     assert re.fullmatch(r"\d+(:\d+)?", user) and not user.startswith("0")

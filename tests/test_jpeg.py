@@ -111,7 +111,8 @@ def encode_png(image: Image.Image) -> bytes:
     return buffer.getvalue()
 
 
-@pytest.mark.parametrize("mode", ["1", "L", "LA", "P", "PA", "RGB", "RGBA", "CMYK", "I;16", "I", "F", "YCbCr", "LAB", "HSV"])
+@pytest.mark.parametrize("mode", ["1", "L", "LA", "P", "PA", "RGB", "RGBA", "CMYK", "I;16", "I", "F", "YCbCr", "LAB",
+                                  "HSV"])
 def test_every_mode_normalises_to_rgb(mode: str) -> None:
     profile = JpegProfile.from_name("jpeg-64-q25")
     source = Image.open(PHOTOS[0]).convert("RGB").resize((96, 80))

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-FORBIDDEN = {"shared": {"preprocess", "train", "bench"}, "preprocess": {"train", "bench"}, "train": {"preprocess", "bench"}}
+FORBIDDEN = {"shared": {"preprocess", "train", "bench"}, "preprocess": {"train", "bench"},
+             "train": {"preprocess", "bench"}}
 
 
 def imported_packages(path: Path) -> set[tuple[int, str]]:

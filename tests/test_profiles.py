@@ -17,7 +17,8 @@ from shared.samples.clips import sample_clip
 from shared.samples.photos import sample_crop
 
 # Small profiles of every codec, and a source each can read.
-SMALL = {"jpeg": ("jpeg-64-q25", lambda i: sample_crop(i)[1]), "avc": ("avc-64x48-3fps-2s-qp37", lambda i: sample_clip(i)[1])}
+SMALL = {"jpeg": ("jpeg-64-q25", lambda i: sample_crop(i)[1]),
+         "avc": ("avc-64x48-3fps-2s-qp37", lambda i: sample_clip(i)[1])}
 
 
 def test_default_profiles_are_the_papers() -> None:

@@ -18,7 +18,8 @@ def test_round_trip_on_sample_media(tmp_path) -> None:
                    "--video-vocab", "400"])
     for modality, suffix in (("image", ".jpg"), ("video", ".mp4")):
         figures = report[modality]
-        assert figures["inputs"] == figures["encoded"] == figures["token_round_trip_exact"] == figures["decoded_cleanly"]
+        assert (figures["inputs"] == figures["encoded"] == figures["token_round_trip_exact"]
+                == figures["decoded_cleanly"])
         assert figures["compression_vs_raw_pixels"] > 10 and figures["psnr_db_mean"] > 25
         assert len(list((tmp_path / modality / "files").glob(f"*{suffix}"))) == figures["encoded"]
         with Image.open(tmp_path / modality / "sheet.png") as sheet:

@@ -71,8 +71,11 @@ def test_round_trip_and_compression_on_real_streams(jpeg_tokenizer: ByteTokenize
     assert sum(map(len, jpeg_streams)) > 1.05 * sum(len(t) - 2 for t in ids)  # merges do shorten streams
 
 
+SPECIAL_BYTES = [BOS.encode(), EOS.encode(), b"<|bos|><|eos|>", bytes(range(256)), b""]
+
+
 @settings(max_examples=200, deadline=None)
-@given(data=st.binary(max_size=4096) | st.sampled_from([BOS.encode(), EOS.encode(), b"<|bos|><|eos|>", bytes(range(256)), b""]))
+@given(data=st.binary(max_size=4096) | st.sampled_from(SPECIAL_BYTES))
 def test_lossless_on_arbitrary_bytes(jpeg_tokenizer: ByteTokenizer, data: bytes) -> None:
     ids = jpeg_tokenizer.encode(data)
     assert jpeg_tokenizer.decode(ids) == data

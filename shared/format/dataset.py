@@ -19,6 +19,7 @@ import pyarrow.parquet as pq
 
 from shared.codec.profile import CodecProfile
 from shared.codec.registry import profile_from_json
+from shared.errors import CodecLmError
 from shared.format.files import (
     ArrowSource,
     arrow_readable,
@@ -31,7 +32,6 @@ from shared.format.files import (
     read_bytes,
     read_parquet,
 )
-from shared.errors import CodecLmError
 from shared.format.shards import FORMAT, INPUTS, MANIFEST, OUTCOMES, document_tokens, input_bucket, load_shard
 from shared.format.tokenizer import ByteTokenizer
 
@@ -63,7 +63,8 @@ class Dataset:
                                if isinstance(manifest, dict) else f"{path} is not a manifest")
         # Every file a manifest names lies inside the dataset folder: copying the folder copies the dataset.
         named = [s.get("path", "") for s in manifest.get("shards", [])]
-        named += [manifest.get("tokenizer", {}).get("path", ""), manifest.get("documents", ""), manifest.get("rejected", "")]
+        named += [manifest.get("tokenizer", {}).get("path", ""), manifest.get("documents", ""),
+                  manifest.get("rejected", "")]
         named += [manifest["inputs"]] if "inputs" in manifest else []
         outside = [p for p in named if not SAFE_PATH.fullmatch(str(p)) or ".." in str(p).split("/")]
         if outside:
@@ -158,7 +159,8 @@ class Dataset:
         return counts | {"reasons": dict(sorted((e["values"], e["counts"]) for e in reasons))}
 
     def shard_rows(self, split: str, shard: str, complete: bool | None = None) -> list[dict[str, Any]]:
-        filters = [("split", "=", split), ("shard", "=", shard)] + ([("complete", "=", complete)] if complete is not None else [])
+        filters = [("split", "=", split), ("shard", "=", shard)]
+        filters += [("complete", "=", complete)] if complete is not None else []
         return self.rows(filters)
 
     def shards(self, split: str | None = None) -> list[dict[str, Any]]:

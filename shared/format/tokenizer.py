@@ -130,5 +130,6 @@ class ByteTokenizer:
         """Ids -> bytes; BOS/EOS contribute nothing. Raises IndexError on ids outside the vocabulary."""
         ids = ids.tolist() if isinstance(ids, np.ndarray) else list(ids)
         if ids and (min(ids) < 0 or max(ids) >= self.vocab_size):
-            raise IndexError(f"token id {min(ids) if min(ids) < 0 else max(ids)} is outside the vocabulary of {self.vocab_size}")
+            outside = min(ids) if min(ids) < 0 else max(ids)
+            raise IndexError(f"token id {outside} is outside the vocabulary of {self.vocab_size}")
         return b"".join([self.token_bytes[i] for i in ids])

@@ -53,7 +53,8 @@ def contact_sheet(rows: Sequence[tuple[str, Sequence[Image.Image | np.ndarray]]]
             grid.append([])
     grid = [row for row in grid if row]
     row_widths = [sum(sum(t.width for t in thumbs) + 4 for _, thumbs in row) for row in grid]
-    sheet = Image.new("RGB", (max(row_widths, default=cell) + 4, len(grid) * (cell + LABEL_HEIGHT + 4) + 4), (24, 24, 24))
+    size = (max(row_widths, default=cell) + 4, len(grid) * (cell + LABEL_HEIGHT + 4) + 4)
+    sheet = Image.new("RGB", size, (24, 24, 24))
     draw = ImageDraw.Draw(sheet)
     top = 4
     for row in grid:

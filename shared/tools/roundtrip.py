@@ -28,8 +28,8 @@ from tqdm import tqdm
 from shared.codec.errors import InvalidMediaError
 from shared.codec.profile import CodecProfile
 from shared.codec.registry import MODALITIES, get_profile
-from shared.format.files import safe_file_name, write_atomic, write_json_atomic
 from shared.errors import CodecLmError
+from shared.format.files import safe_file_name, write_atomic, write_json_atomic
 from shared.format.tokenizer import ByteTokenizer
 from shared.tools import cli
 from shared.tools.contact_sheet import save_contact_sheet, strip
@@ -176,7 +176,8 @@ def main(argv: list[str] | None = None) -> int:
               f"stripped), {figures['tokens_mean']:.0f} tokens with BOS/EOS, {figures['bytes_per_token']:.2f} B/token "
               f"(vocab {figures['vocab_size']}), {figures['compression_vs_raw_pixels']:.1f}x smaller than raw pixels")
         print(f"  token round trip exact {figures['token_round_trip_exact']}/{figures['encoded']}, "
-              f"decoded cleanly {figures['decoded_cleanly']}/{figures['encoded']}, PSNR {figures['psnr_db_mean']:.1f} dB")
+              f"decoded cleanly {figures['decoded_cleanly']}/{figures['encoded']}, "
+              f"PSNR {figures['psnr_db_mean']:.1f} dB")
         print(f"  sheet: {args.out / modality / 'sheet.png'}")
     print(f"\nreport: {args.out / 'report.json'}")
     return 0

@@ -175,7 +175,8 @@ class AvcProfile:
     file_suffix: ClassVar[str] = ".h264"
     view_suffix: ClassVar[str] = ".mp4"
     sheet_cell: ClassVar[int] = 72
-    token_boundary: ClassVar[tuple[str, str]] = (r"\u2800?\u2800\u2800\u2801", "merged_with_next")  # [00] 00 00 01 starts a NAL unit
+    # [00] 00 00 01 starts a NAL unit
+    token_boundary: ClassVar[tuple[str, str]] = (r"\u2800?\u2800\u2800\u2801", "merged_with_next")
     _NAME = re.compile(r"avc-(\d+)x(\d+)-(\d+)fps-(\d+(?:\.\d+)?)s-qp(\d+)")
 
     def __post_init__(self) -> None:
@@ -683,14 +684,14 @@ def _decode_h264_packets(
 ) -> Iterator[tuple[av.VideoFrame | None, str | None]]:
     try:
         packets = codec.parse(data) + codec.parse(None)
-    except Exception as error:
+    except Exception as error:  # noqa: BLE001 — whatever FFmpeg's parser raises is the verdict on these bytes
         yield None, str(error)
         return
     produced = 0
     for packet in [*packets, None]:  # None drains the decoder
         try:
             decoded = codec.decode(packet)
-        except Exception as error:
+        except Exception as error:  # noqa: BLE001 — as above, for the decoder
             yield None, str(error)
             continue
         for frame in decoded:

@@ -788,7 +788,8 @@ def check_stream(header: bytes, stream: bytes, max_frames: int | None = None) ->
         elif frame_header is not None and (head.nal_type, head.frame_num, head.idr_pic_id, bool(head.nal_ref_idc)) != (
                 frame_header.nal_type, frame_header.frame_num, frame_header.idr_pic_id, bool(frame_header.nal_ref_idc)):
             reason = "slice header fields (NAL type, frame_num, idr_pic_id, nal_ref_idc) differ within the frame"
-        elif frame_header is not None and frame_header.raw_slice_type >= 5 and head.slice_type != frame_header.slice_type:
+        elif (frame_header is not None and frame_header.raw_slice_type >= 5
+              and head.slice_type != frame_header.slice_type):
             reason = f"slice_type {head.raw_slice_type} after slice_type {frame_header.raw_slice_type} in one frame"
         if frame_header is None:
             frame_header = head

@@ -205,7 +205,8 @@ def check_stream(layout: ScanLayout, stream: bytes) -> ScanCheck:
         stream = stream[:end]
     if layout.restart_interval:
         markers = list(RESTART_MARKER.finditer(stream))
-        pieces = [stream[a:b] for a, b in zip([0] + [m.end() for m in markers], [m.start() for m in markers] + [len(stream)])]
+        starts, ends = [0] + [m.end() for m in markers], [m.start() for m in markers] + [len(stream)]
+        pieces = [stream[a:b] for a, b in zip(starts, ends)]
         for index, match in enumerate(markers):
             if match.group()[1] != 0xD0 + index % 8:
                 problems.append(f"restart marker {index} is RST{match.group()[1] - 0xD0}, expected RST{index % 8}")

@@ -104,7 +104,8 @@ class JpegGrammar:
         if phase == STUFF:  # after a data FF only the stuffed 00 may come
             return (0, self._after_byte(local[1:], last)) if byte == 0x00 else None
         data = local[1:]
-        mcus = self.layout.interval_mcus(self.intervals - 1) if last else (self.layout.restart_interval or self.layout.mcus)
+        layout = self.layout
+        mcus = layout.interval_mcus(self.intervals - 1) if last else (layout.restart_interval or layout.mcus)
         for shift in range(7, -1, -1):
             data = self._step_bit(data, (byte >> shift) & 1, mcus)
             if data is None:
