@@ -26,7 +26,8 @@ with no error or concealment, every frame, under the profile's SPS and PPS. Trac
 
 Every element is decoded through a table of its allowed codes and their prefixes, and every allowed value
 leads to a syntax position with an allowed continuation, so constrained sampling never dead-ends; EOS is
-allowed only after a frame's last slice. ``avc.syntax.check_stream`` is the independent judge.
+allowed only after a frame's last slice. ``avc.syntax.check_stream`` is the independent judge: the slice syntax
+is written twice on purpose (tests/test_avc_grammar.py holds the two together; see ``avc/__init__.py``).
 
 A state is ``(frame context, local)``. The local part holds the position in the NAL unit: emulation
 prevention (zero run, escape pending), the syntax position with what it needs (the header's slice and

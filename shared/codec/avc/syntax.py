@@ -16,7 +16,8 @@ values are checked against what a decoder needs:
 
 A frame is *clean* when every one of its macroblocks is; ``check_stream`` reports counts per frame and
 per macroblock and the first error (byte offset in the stream and reason). The grammar
-(``avc.grammar``) is written separately from the same standard; each is the other's test.
+(``avc.grammar``) is written separately from the same standard, on purpose: each is the other's test
+(tests/test_avc_grammar.py and tests/test_avc_syntax.py hold them together; see ``avc/__init__.py``).
 """
 
 from __future__ import annotations
