@@ -5,12 +5,12 @@ corrupted at random bytes (seeded) and both judge it: clean (every announced fra
 and no concealment) or not. Prints the agreement rate, the disagreements in each direction, and the
 check's speed.
 
-    python -m bench.avc_check [--profile avc-128x72-3fps-5s-qp37] [--clips 4] [--trials 100] [--bytes 1]
+    python -m bench.avc_check [--profile avc-128x72-3fps-5s-qp37] [--num-videos 4] [--trials 100] [--bytes 1]
 """
 
 from __future__ import annotations
 
-import argparse
+import sys
 import time
 from dataclasses import dataclass
 
@@ -19,6 +19,7 @@ import numpy as np
 from shared.codec.avc.profile import AvcProfile, ffmpeg_verdict
 from shared.codec.avc.syntax import check_stream
 from shared.samples.clips import sample_clip
+from shared.tools import cli
 
 
 @dataclass
@@ -70,17 +71,25 @@ def agreement(profile: AvcProfile, streams: list[bytes], trials: int, count: int
     return result
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+@cli.command("python -m bench.avc_check")
+def main(argv: list[str] | None = None) -> int:
+    parser = cli.parser("python -m bench.avc_check", __doc__)
     parser.add_argument("--profile", default="avc-128x72-3fps-5s-qp37")
-    parser.add_argument("--clips", type=int, default=4)
+    parser.add_argument("--num-videos", type=int, default=4, help="real clips (embedded samples) to corrupt")
     parser.add_argument("--trials", type=int, default=100)
     parser.add_argument("--bytes", type=int, default=1, help="random bytes replaced per corrupted stream")
     parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args()
-    profile = AvcProfile.from_name(args.profile)
+    cli.deprecated(parser, "--clips", "--num-videos", type=int)
+    args = parser.parse_args(argv)
+    for flag, value in (("--num-videos", args.num_videos), ("--trials", args.trials), ("--bytes", args.bytes)):
+        if value < 1:
+            raise cli.UsageError(f"{flag} must be positive, not {value}")
+    try:
+        profile = AvcProfile.from_name(args.profile)
+    except ValueError as error:
+        raise cli.UsageError(f"--profile: {error}") from None
 
-    streams = [profile.encode(sample_clip(index)[1]) for index in range(args.clips)]
+    streams = [profile.encode(sample_clip(index)[1]) for index in range(args.num_videos)]
     started = time.perf_counter()
     checks = [check_stream(profile.header, stream) for stream in streams]
     seconds = time.perf_counter() - started
@@ -95,7 +104,8 @@ def main() -> None:
           f"{result.only_check_broken}, only FFmpeg {result.only_ffmpeg_broken})")
     for example in result.examples[:10]:
         print("  " + example)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -13,13 +13,13 @@ Compare with a model's step: ``bench.generate`` prints tokens/s free and constra
 With ``--walks N``: N constrained random walks (random logits) per profile, each stream judged by FFmpeg
 and by the strict check (every frame clean, the announced frame count decoded).
 
-    python -m bench.avc_grammar --dataset data/avc-tiny [--clips 4] [--top-k 50]
+    python -m bench.avc_grammar --dataset data/avc-tiny [--num-videos 4] [--top-k 50]
     python -m bench.avc_grammar --walks 20 [--profiles avc-128x72-3fps-5s-qp37 avc-64x48-3fps-2s-qp37]
 """
 
 from __future__ import annotations
 
-import argparse
+import sys
 import time
 
 import numpy as np
@@ -29,6 +29,7 @@ from shared.codec.avc.syntax import check_stream
 from shared.codec.token_constraint import TokenConstraint
 from shared.format.dataset import Dataset
 from shared.samples.clips import sample_clip
+from shared.tools import cli
 
 # single bytes, and multi-byte tokens like a BPE vocabulary's: start codes with NAL headers, zero runs
 WALK_VOCAB = [bytes([value]) for value in range(256)] + [
@@ -94,29 +95,43 @@ def replay(constraint: TokenConstraint, tokens: np.ndarray, top_k: int, rng: np.
     return spent
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+@cli.command("python -m bench.avc_grammar")
+def main(argv: list[str] | None = None) -> int:
+    parser = cli.parser("python -m bench.avc_grammar", __doc__)
     parser.add_argument("--dataset", help="an AVC dataset (its tokenizer and profile are used)")
     parser.add_argument("--walks", type=int, default=0, help="random walks per profile instead of replaying clips")
     parser.add_argument("--profiles", nargs="+", default=["avc-128x72-3fps-5s-qp37", "avc-64x48-3fps-2s-qp37"])
     parser.add_argument("--stop", type=float, default=0.05, help="EOS probability where a walk may stop")
-    parser.add_argument("--clips", type=int, default=4)
+    parser.add_argument("--num-videos", type=int, default=4, help="held-out clips (embedded samples) to replay")
     parser.add_argument("--top-k", type=int, default=50)
     parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args()
+    cli.deprecated(parser, "--clips", "--num-videos", type=int)
+    args = parser.parse_args(argv)
+    if args.dataset:
+        cli.existing_dir(args.dataset, "--dataset")
+    for flag, value in (("--num-videos", args.num_videos), ("--top-k", args.top_k)):
+        if value < 1:
+            raise cli.UsageError(f"{flag} must be positive, not {value}")
+    if args.walks < 0:
+        raise cli.UsageError(f"--walks must be 0 or more, not {args.walks}")
     if args.walks:
-        for name in args.profiles:
-            profile = AvcProfile.from_name(name)
+        try:
+            profiles = [AvcProfile.from_name(name) for name in args.profiles]
+        except ValueError as error:
+            raise cli.UsageError(f"--profiles: {error}") from None
+        for name, profile in zip(args.profiles, profiles):
             counts = judge_walks(profile, range(args.seed, args.seed + args.walks), args.stop)
             print(f"{name}: {counts}", flush=True)
-        return
+        return 0
     if not args.dataset:
-        parser.error("--dataset is needed to replay clips (or pass --walks)")
+        raise cli.UsageError("--dataset is needed to replay clips (or pass --walks)")
     dataset = Dataset.open(args.dataset)
     profile, tokenizer = dataset.profile, dataset.tokenizer
-    streams = [profile.encode(sample_clip(1000 + index)[1]) for index in range(args.clips)]
+    if profile.kind != "avc":
+        raise cli.UsageError(f"--dataset {args.dataset} is a {profile.name} dataset: pass an AVC one")
+    streams = [profile.encode(sample_clip(1000 + index)[1]) for index in range(args.num_videos)]
     encoded = [tokenizer.encode(stream) for stream in streams]
-    print(f"{profile.name}, vocabulary {tokenizer.vocab_size}, {args.clips} clips of "
+    print(f"{profile.name}, vocabulary {tokenizer.vocab_size}, {args.num_videos} clips of "
           f"{sum(map(len, encoded)) / len(encoded):,.0f} tokens on average:", flush=True)
     # the element code tables are built once per process (module-level caches): time that apart
     started = time.perf_counter()
@@ -130,8 +145,10 @@ def main() -> None:
         cold = times[0] / len(encoded[0]) * 1e6
         warm = sum(times[1:]) / max(1, sum(map(len, encoded[1:]))) * 1e6
         label = f"top-{args.top_k} verdicts" if way == "top-k verdicts" else way
-        print(f"  {label:16s} {cold:8.1f} us/token cold (first clip), {warm:8.1f} us/token warm (the others)", flush=True)
+        print(f"  {label:16s} {cold:8.1f} us/token cold (first clip), {warm:8.1f} us/token warm (the others)",
+              flush=True)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

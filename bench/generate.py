@@ -10,23 +10,25 @@ up first (a 32-token batch each). For AVC also what the files keep when the fram
 is filled or dropped. A small model trained for minutes on a CPU writes mostly noise, which is where the
 constraint matters most.
 
-    python -m bench.generate --checkpoint out/jpeg-tiny/final [--samples 16] [--max-new-tokens N]
+    python -m bench.generate --checkpoint out/jpeg-tiny/final [--unconditional 16] [--max-new-tokens N] [--seed 0]
 """
 
 from __future__ import annotations
 
-import argparse
+import sys
 import time
 from pathlib import Path
 
 import torch
 
 from shared.codec.profile import CodecProfile, view
+from shared.tools import cli
 from train.checkpoint import load_for_sampling
 from train.generate import (
     Sample,
     SamplingSettings,
     avc_clean_shares,
+    existing_checkpoint,
     fill_counts,
     sample,
 )
@@ -44,26 +46,37 @@ def compare_partial_frames(profile: CodecProfile, samples: list[Sample]) -> None
               f" {filled} macroblocks filled")
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--checkpoint", type=Path, required=True)
-    parser.add_argument("--dataset", help="default: the one the checkpoint records")
-    parser.add_argument("--samples", type=int, default=16)
+@cli.command("python -m bench.generate")
+def main(argv: list[str] | None = None) -> int:
+    parser = cli.parser("python -m bench.generate", __doc__)
+    parser.add_argument("--checkpoint", type=Path, required=True, help="a litgpt pretrain checkpoint folder")
+    parser.add_argument("--dataset", help="the training dataset (default: the one the checkpoint records)")
+    parser.add_argument("--unconditional", type=int, default=16, metavar="N",
+                        help="N samples from BOS alone, sampled as one batch, as train.generate's (default 16)")
     parser.add_argument("--max-new-tokens", type=int, help="default: the model's whole context")
     parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args()
+    cli.deprecated(parser, "--samples", "--unconditional", type=int)
+    args = parser.parse_args(argv)
+    existing_checkpoint(args.checkpoint)
+    if args.dataset:
+        cli.existing_dir(args.dataset, "--dataset")
+    if args.unconditional < 1:
+        raise cli.UsageError(f"--unconditional N must be positive, not {args.unconditional}")
+    if args.max_new_tokens is not None and args.max_new_tokens < 1:
+        raise cli.UsageError(f"--max-new-tokens must be positive, not {args.max_new_tokens}")
 
     sampler = load_for_sampling(args.checkpoint, dataset=args.dataset, device=torch.device("cpu"))
     profile = sampler.profile
     settings = SamplingSettings(seed=args.seed, max_new_tokens=args.max_new_tokens)  # top-k 50, temperature 1
     rates, step_costs = {}, {}
-    print(f"{args.samples} unconditional samples from {args.checkpoint} ({profile.name}), top-k 50, temperature 1:")
+    print(f"{args.unconditional} unconditional samples from {args.checkpoint} ({profile.name}), top-k 50,"
+          " temperature 1:")
     warm_up = SamplingSettings(seed=args.seed + 1000, max_new_tokens=32)  # first calls of the model and grammar
     for rule in (None, sampler.constraint):
-        sample(sampler.model, sampler.tokenizer, b"", args.samples, settings=warm_up, constraint=rule)
+        sample(sampler.model, sampler.tokenizer, b"", args.unconditional, settings=warm_up, constraint=rule)
     for label, rule in (("free", None), ("constrained", sampler.constraint)):
         started = time.perf_counter()
-        samples = sample(sampler.model, sampler.tokenizer, b"", args.samples, settings=settings, constraint=rule)
+        samples = sample(sampler.model, sampler.tokenizer, b"", args.unconditional, settings=settings, constraint=rule)
         seconds = time.perf_counter() - started
         rates[label] = sum(s.tokens for s in samples) / seconds
         step_costs[label] = (seconds / samples[0].steps, samples[0].judging_seconds / samples[0].steps)
@@ -83,10 +96,12 @@ def main() -> None:
         files = [view(profile, s.stream).file for s in samples]
         sound = sum(file is not None and not profile.check_viewable(file) for file in files)
         eos = sum(s.stopped == "eos" for s in samples)
-        print(f"  {label:11s} whole files as sampled {whole}/{len(samples)} | files strictly valid {sound}/{len(samples)}"
+        print(f"  {label:11s} whole files as sampled {whole}/{len(samples)}"
+              f" | files strictly valid {sound}/{len(samples)}"
               f" | {units} | {fill_counts(facts)} | stopped by EOS {eos}/{len(samples)} | {rates[label]:,.0f} tokens/s"
               f" | {samples[0].steps} steps of {1e3 * step_costs[label][0]:.2f} ms, judging"
-              f" {1e3 * step_costs[label][1]:.2f} ms of them ({1e6 * step_costs[label][1] / args.samples:.0f} us a token)")
+              f" {1e3 * step_costs[label][1]:.2f} ms of them"
+              f" ({1e6 * step_costs[label][1] / args.unconditional:.0f} us a token)")
         if profile.kind == "avc":
             compare_partial_frames(profile, samples)
     print(f"  speed ratio constrained / free, tokens/s: {rates['constrained'] / rates['free']:.2f}x (free samples "
@@ -94,7 +109,8 @@ def main() -> None:
     step, judging = step_costs["constrained"]
     print(f"  constrained cost / free cost at the same positions: {step / (step - judging):.3f}x (a constrained"
           " step against the same step without its judging: the rest of the work is the same)")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -8,15 +8,15 @@
    by our loader vs. fed by an in-memory synthetic loader (ratio near 1.0 means the loader costs the
    training loop nothing).
 
-    python -m bench.loader [--data DIR] [--batches 200] [--steps 30] [--world 8]
+    python -m bench.loader [--dataset DIR] [--batches 200] [--steps 30] [--workers 2] [--world 8]
 
-Without --data it builds the tiny config's dataset from the embedded sample photos first.
+Without --dataset it builds the tiny config's dataset from the embedded sample photos first.
 """
 
 from __future__ import annotations
 
-import argparse
 import gc
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -27,8 +27,10 @@ import yaml
 from litgpt import GPT, Config
 from litgpt.utils import CycleIterator, chunked_cross_entropy, instantiate_torch_optimizer
 
+from bench import job_flags
 from preprocess.run import run
 from shared.format.dataset import Dataset
+from shared.tools import cli
 from train.data import CodecShards, ResumableLoader, StreamBatches
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -76,23 +78,32 @@ def step_seconds(model: GPT, optimizer: torch.optim.Optimizer, batches, steps: i
     return (time.perf_counter() - start) / steps
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", help="a dataset made for train/jpeg-tiny.yaml (default: build one)")
+@cli.command("python -m bench.loader")
+def main(argv: list[str] | None = None) -> int:
+    parser = cli.parser("python -m bench.loader", __doc__)
+    parser.add_argument("--dataset", help="a dataset made for train/jpeg-tiny.yaml (default: build one)")
     parser.add_argument("--batches", type=int, default=200)
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--world", type=int, default=8, help="ranks, for the rank-0 loader measurement (default 8)")
-    args = parser.parse_args()
+    cli.deprecated(parser, "--data", "--dataset")
+    args = parser.parse_args(argv)
+    if args.dataset:
+        cli.existing_dir(args.dataset, "--dataset")
+    for flag, value in (("--batches", args.batches), ("--steps", args.steps), ("--world", args.world)):
+        if value < 1:
+            raise cli.UsageError(f"{flag} must be positive, not {value}")
+    if args.workers < 0:
+        raise cli.UsageError(f"--workers must be 0 or more, not {args.workers}")
 
     settings = yaml.safe_load((ROOT / "train" / "jpeg-tiny.yaml").read_text())
     batch_size = settings["train"]["micro_batch_size"]
     bf16 = settings["precision"].startswith("bf16")  # the config's precision, as the demo trains
     with tempfile.TemporaryDirectory(prefix="codec-lm-loader-") as scratch:
-        path = args.data or str(Path(scratch) / "jpeg-tiny")
-        if not args.data:
-            run(["--output", path, "--profile", "jpeg-64-q25", "--seq-len", "1023", "--val-fraction", "0.05",
-                 "--direct_running_mode", "in_memory", "--direct_num_workers", "1"])
+        path = args.dataset or str(Path(scratch) / "jpeg-tiny")
+        if not args.dataset:
+            run(job_flags(output=path, profile="jpeg-64-q25", seq_len=1023, val_fraction=0.05,
+                          direct_running_mode="in_memory", direct_num_workers=1))
         ours = loader_tokens_per_second(path, batch_size, args.batches, args.workers)
         gc.collect()  # its worker processes end before the next loader forks its own
         ranked = loader_tokens_per_second(path, batch_size, args.batches, args.workers, args.world)
@@ -118,7 +129,8 @@ def main() -> None:
     print(f"tiny model training step ({settings['precision']}, eager): "
           f"{with_ours * 1000:.0f} ms with CodecShards | {with_synthetic * 1000:.0f} ms "
           f"with in-memory synthetic batches | ratio {with_ours / with_synthetic:.2f}x")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -30,7 +30,6 @@ Anchors for the MFU it prints: published Llama-2/3 7-8B FSDP training reaches ~4
 
 from __future__ import annotations
 
-import argparse
 import gc
 import json
 import os
@@ -44,6 +43,7 @@ import yaml
 from litgpt import GPT, Config
 from litgpt.utils import chunked_cross_entropy
 
+from shared.tools import cli
 from train.estimate import count_parameters, flops_per_token
 from train.parallel import MIXED_PRECISION, parallelize
 from train.pretrain import blocks_to_checkpoint, checkpoint_blocks
@@ -73,9 +73,9 @@ def wrap(model: GPT, *, sharding: str, checkpointing: str, compiled: bool, devic
         policy = MIXED_PRECISION["bf16-true"] if device.type == "cuda" else None
         return parallelize(model, mesh, checkpointed=checkpointed, compile_blocks=compiled, mp_policy=policy)
     if sharding == "fsdp1":  # as Lightning's FSDPStrategy does for litgpt pretrain
+        from litgpt.model import Block
         from torch.distributed.fsdp import FullyShardedDataParallel, ShardingStrategy
         from torch.distributed.fsdp.wrap import ModuleWrapPolicy
-        from litgpt.model import Block
 
         # FULL_SHARD: on one GPU it is what HYBRID_SHARD does within a node (one shard group, nothing to replicate)
         wrapped = FullyShardedDataParallel(model, auto_wrap_policy=ModuleWrapPolicy({Block}), device_id=device,
@@ -138,9 +138,9 @@ def run(config: Config, *, blocks: int, checkpointing: str, compiled: bool, step
             "activation_bytes": max(0, peak - state - 2 * parameters)}
 
 
+@cli.command("python -m bench.train_gpu")
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.train_gpu", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = cli.parser("python -m bench.train_gpu", __doc__)
     parser.add_argument("--config", type=Path, default=Path("train/jpeg7b.yaml"))
     parser.add_argument("--blocks", type=int, nargs=2, default=[2, 4], metavar=("K1", "K2"),
                         help="two block counts to measure (default 2 4); results are extrapolated to the config's")
@@ -154,13 +154,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cuda", help="cuda (default); cpu only checks the script on a small config")
     parser.add_argument("--out", type=Path, default=Path("train_gpu.json"))
     args = parser.parse_args(argv)
-    device = torch.device(args.device)
+    cli.existing(args.config, "--config", "file")
+    cli.writable(args.out, "--out", folder=False)
+    try:
+        device = torch.device(args.device)
+    except RuntimeError as error:
+        raise cli.UsageError(f"--device {args.device}: {error}") from None
     if device.type == "cuda" and not torch.cuda.is_available():
-        print("bench.train_gpu needs a CUDA GPU (none is visible to torch here): it measures bf16 memory and speed "
-              "of the 7B configs on the GPU they will train on. Run it on an H100/H200/A100.", file=sys.stderr)
-        return 2
+        raise cli.UsageError("bench.train_gpu needs a CUDA GPU (none is visible to torch here): it measures bf16 "
+                             "memory and speed of the 7B configs on the GPU they will train on. Run it on an "
+                             "H100/H200/A100.")
     if "fsdp1" in args.sharding and device.type != "cuda":
-        parser.error("--sharding fsdp1 needs a CUDA GPU (FSDP1 refuses CPU devices); fsdp2 runs on the CPU too")
+        raise cli.UsageError("--sharding fsdp1 needs a CUDA GPU (FSDP1 refuses CPU devices); fsdp2 runs on the CPU too")
+    if args.steps < 1:
+        raise cli.UsageError(f"--steps must be positive, not {args.steps}")
     if set(args.sharding) - {"none"}:  # a process group of this one device, as a trainer's rank has
         os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
         os.environ.setdefault("MASTER_PORT", "29531")
@@ -173,12 +180,15 @@ def main(argv: list[str] | None = None) -> int:
     compiles = {"both": [False, True], "on": [True], "off": [False]}[args.compile]
     k1, k2 = args.blocks
     if not 0 < k1 < k2 <= config.n_layer:
-        parser.error(f"--blocks must be two counts with 0 < K1 < K2 <= {config.n_layer}")
+        raise cli.UsageError(f"--blocks must be two counts with 0 < K1 < K2 <= {config.n_layer}")
     for mode in args.modes:
-        checkpointed = blocks_to_checkpoint(mode)
+        try:
+            checkpointed = blocks_to_checkpoint(mode)
+        except ValueError as error:
+            raise cli.UsageError(f"--modes: {error}") from None
         every = int(mode.split("-")[1]) if mode.startswith("every-") else 1
         if checkpointed is not None and (k1 % every or k2 % every):
-            parser.error(f"--modes {mode}: --blocks must be multiples of {every}, so that the measured blocks "
+            raise cli.UsageError(f"--modes {mode}: --blocks must be multiples of {every}, so that the measured blocks "
                          "hold the same share of checkpointed ones as the whole model")
     state_gb = 8 * parameters / args.gpus_per_node / 1e9
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"

@@ -8,37 +8,49 @@ verify's per-document cost against the bare decode (1 core), and all cores again
 (the marginal rate from timing every shard once and four times over, as a 23M-document run sees it;
 the pool's start-up is printed apart). With --beam, also verify's Beam pipeline on the DirectRunner (all cores).
 
-    python -m bench.verify [--images 400] [--profile jpeg-256-q25] [--repeats 2] [--beam]
+    python -m bench.verify [--num-images 400] [--profile jpeg-256-q25] [--repeats 2] [--beam]
 """
 
 from __future__ import annotations
 
-import argparse
 import os
+import sys
 import tempfile
 from pathlib import Path
 
-from bench.codec import best_rate
+from bench import job_flags
+from bench.codec import best_rate, best_rates
 from preprocess.run import run
 from preprocess.verify import verify_shards_on_beam
+from shared.codec.registry import get_profile
 from shared.format.dataset import Dataset
+from shared.tools import cli
 from shared.tools.verify import verify_shards
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--images", type=int, default=400, help="embedded sample crops in the dataset")
+@cli.command("python -m bench.verify")
+def main(argv: list[str] | None = None) -> int:
+    parser = cli.parser("python -m bench.verify", __doc__)
+    parser.add_argument("--num-images", type=int, default=400, help="embedded sample crops in the dataset")
     parser.add_argument("--profile", default="jpeg-256-q25")
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--beam", action="store_true", help="also time the Beam pipeline (DirectRunner, all cores)")
-    args = parser.parse_args()
+    cli.deprecated(parser, "--images", "--num-images", type=int)
+    args = parser.parse_args(argv)
+    for flag, value in (("--num-images", args.num_images), ("--repeats", args.repeats)):
+        if value < 1:
+            raise cli.UsageError(f"{flag} must be positive, not {value}")
+    try:
+        get_profile(args.profile)
+    except ValueError as error:
+        raise cli.UsageError(f"--profile: {error}") from None
     cores = len(os.sched_getaffinity(0))
 
     with tempfile.TemporaryDirectory(prefix="codec-lm-bench-") as scratch:
         root = str(Path(scratch) / "dataset")
         # many shards (a large dataset has thousands), each holding several whole documents
-        run(["--output", root, "--sample-size", str(args.images), "--profile", args.profile, "--seq-len", "1023",
-             "--shard-sequences", "48", "--val-fraction", "0"])
+        run(job_flags(output=root, sample_size=args.num_images, profile=args.profile, seq_len=1023, shard_sequences=48,
+                      val_fraction=0))
         dataset = Dataset.open(root)
         shards = dataset.manifest["shards"]
         streams = [stream for _, _, stream in dataset.document_streams(dataset.rows([("complete", "=", True)]))]
@@ -48,14 +60,18 @@ def main() -> None:
                 dataset.profile.decode(stream, strict=True)
 
         def verify_on(workers: int, which: list[dict]) -> None:
-            assert not [p for r in verify_shards(dataset, decode=True, workers=workers, shards=which) for p in r.problems]
+            reports = verify_shards(dataset, decode=True, workers=workers, shards=which)
+            assert not [problem for report in reports for problem in report.problems]
 
         def seconds(work) -> float:
             return 1 / best_rate(work, 1, args.repeats)
 
-        floor = len(streams) / seconds(bare_decode)
-        one = len(streams) / seconds(lambda: verify_on(1, shards))
-        once, four_times = seconds(lambda: verify_on(cores, shards)), seconds(lambda: verify_on(cores, shards * 4))
+        # the runs take turns, round after round: a burst of load from other jobs slows them alike
+        rates = best_rates({"floor": bare_decode, "one": lambda: verify_on(1, shards),
+                            "once": lambda: verify_on(cores, shards), "four": lambda: verify_on(cores, shards * 4)},
+                           1, args.repeats)
+        floor, one = len(streams) * rates["floor"], len(streams) * rates["one"]
+        once, four_times = 1 / rates["once"], 1 / rates["four"]
         marginal = 3 * len(streams) / (four_times - once)
         start_up = once - len(streams) / marginal
         beam = len(streams) / seconds(lambda: verify_shards_on_beam(
@@ -67,8 +83,10 @@ def main() -> None:
     print(f"  verify, {cores} cores, steady      {marginal:8.1f} doc/s  ratio to 1 core {marginal / one:.2f}x "
           f"(pool start-up {start_up:.1f} s, once per run)")
     if beam:
-        print(f"  verify --runner DirectRunner  {beam:8.1f} doc/s  (start-up included) ratio to 1 core {beam / one:.2f}x")
+        print(f"  verify --runner DirectRunner  {beam:8.1f} doc/s  (start-up included)"
+              f" ratio to 1 core {beam / one:.2f}x")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
