@@ -7,7 +7,6 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 import apache_beam as beam
-from PIL import Image
 
 from preprocess.progress import Progress
 from preprocess.records import DUPLICATE, REJECTED, Encoded, document_key, input_row, rejection
@@ -26,10 +25,6 @@ class EncodeFn(beam.DoFn):
     def setup(self) -> None:
         self.profile = profile_from_json(self.profile_record)
         self.progress = Progress(self.progress_dir)
-        if self.max_pixels is not None:
-            # Pillow refuses images above 2x its own limit before ours is consulted; in the job's
-            # workers its limit is the job's flag.
-            Image.MAX_IMAGE_PIXELS = self.max_pixels
 
     def process(self, item: tuple[str, bytes]) -> Iterator[Any]:
         source, data = item
@@ -40,9 +35,10 @@ class EncodeFn(beam.DoFn):
             self.progress.add("rejected")
             yield beam.pvalue.TaggedOutput(REJECTED, rejection(source, error.reason, error.message))
             return
-        except Exception as error:  # a codec bug or an exotic file: counted and kept, never fatal
+        except Exception as error:  # noqa: BLE001 — a codec bug or an exotic file: counted and kept, never fatal
             self.progress.add("rejected")
-            yield beam.pvalue.TaggedOutput(REJECTED, rejection(source, "internal-error", f"{type(error).__name__}: {error}"))
+            yield beam.pvalue.TaggedOutput(REJECTED, rejection(source, "internal-error",
+                                                               f"{type(error).__name__}: {error}"))
             return
         self.progress.add("encoded")
         yield Encoded(source, stream, hashlib.sha256(stream).hexdigest())

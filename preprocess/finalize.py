@@ -16,6 +16,7 @@ from typing import Any
 import av
 import pyarrow.parquet as pq
 
+from preprocess.output_folder import is_own_file
 from shared.format.files import delete, join, matching, open_atomic, read_parquet, write_atomic
 from shared.format.shards import (
     DOCUMENT_SCHEMA,
@@ -48,6 +49,11 @@ def library_versions() -> dict[str, str]:
         except PackageNotFoundError:
             versions[package] = "not installed"
     return versions
+
+
+def relative_to(folder: str, path: str) -> str:
+    """``path`` (as ``matching(join(folder, …))`` spells it) relative to ``folder``."""
+    return path[len(folder.rstrip("/")) + 1:]
 
 
 def merge_document_rows(output: str, shards: list[dict[str, Any]]) -> None:
@@ -88,10 +94,11 @@ def finalize(_: Any, *, output: str, config: dict[str, Any], profile_record: dic
     merge_document_rows(output, shards)
     outcomes = merge_input_rows(output, inputs, input_records)
     wanted = {join(output, s["path"]) for s in shards}
-    delete([p for split in SPLITS for p in matching(join(output, split, "shard-*.tar")) if p not in wanted])
-    # temporary files of writes that never finished: a killed run, a retried worker
-    delete([join(output, STAGING)] + matching(join(output, ".*.tmp-*"))
-           + [p for split in SPLITS for p in matching(join(output, split, ".*.tmp-*"))])
+    # Shards of an earlier run that this one did not write, and temporary files of writes that never
+    # finished (a killed run, a retried worker). Only names this job writes: nothing else in the folder.
+    leftovers = [p for split in SPLITS for p in matching(join(output, split, "shard-*.tar")) + matching(
+        join(output, split, ".*.tmp-*")) if p not in wanted] + matching(join(output, ".*.tmp-*"))
+    delete([join(output, STAGING)] + [p for p in leftovers if is_own_file(relative_to(output, p))])
 
     documents = sum(s["documents"] for s in shards)
     totals = {

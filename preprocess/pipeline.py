@@ -43,6 +43,7 @@ class JobConfig:
     max_pixels: int | None
     arguments: dict[str, Any]  # what the manifest records about how it was made
     progress_dir: str | None = None
+    input_files: int = 0  # files --input matched (a .tar or .parquet file holds many inputs)
 
 
 def build_pipeline(pipeline: beam.Pipeline, job: JobConfig) -> None:

@@ -5,7 +5,10 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
 import shutil
+import subprocess
+import sys
 import tarfile
 from pathlib import Path
 
@@ -16,6 +19,7 @@ import pytest
 from PIL import Image
 
 from preprocess.run import run
+from preprocess.verify import main as verify_on_beam
 from shared.codec.jpeg.profile import JpegProfile
 from shared.codec.registry import profile_from_json
 from shared.format import shards
@@ -25,14 +29,15 @@ from shared.samples.clips import sample_clip
 from shared.samples.photos import sample_crop
 from shared.tools.codec_shards import main
 
+ROOT = Path(__file__).resolve().parents[1]
 IN_MEMORY = ["--direct_running_mode", "in_memory", "--direct_num_workers", "1"]
 
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
     output = tmp_path_factory.mktemp("shards") / "dataset"
-    run(["--output", str(output), "--sample-size", "24", "--seq-len", "1023", "--vocab-size", "300",
-         "--val-fraction", "0.25", *IN_MEMORY])
+    run(["--output", str(output), "--sample_size", "24", "--seq_len", "1023", "--vocab_size", "300",
+         "--val_fraction", "0.25", *IN_MEMORY])
     return output
 
 
@@ -66,7 +71,8 @@ def test_show_marks_document_boundaries(dataset: Path, capsys: pytest.CaptureFix
     assert f"BOS at {row['offset']}: document {row['key']}" in text
     assert "continues a document from the previous sequence" in text
     assert " ff d" in text  # the hex view shows restart markers
-    assert main(["show", str(dataset), "--shard", f"train/{row['shard']}", "--index", "99999"]) == 2
+    assert main(["show", str(dataset), "--shard", f"train/{row['shard']}", "--index", "99999"]) == 2  # a wrong flag
+    assert main(["show", str(dataset), "--shard", "train/shard-999999", "--index", "0"]) == 2
 
 
 def test_decode_rebuilds_files_byte_identical(dataset: Path, tmp_path: Path) -> None:
@@ -91,10 +97,24 @@ def test_file_names_stay_inside_the_output_folder() -> None:
         assert "/" not in name and "\\" not in name and not name.startswith(".") and len(name) <= 154
 
 
-def test_sheet(dataset: Path, tmp_path: Path) -> None:
-    assert main(["sheet", str(dataset), "--out", str(tmp_path / "sheet.png"), "--n", "10"]) == 0
+def test_sheet(dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    assert main(["sheet", str(dataset), "--out", str(tmp_path / "sheet.png"), "--num-documents", "10"]) == 0
     with Image.open(tmp_path / "sheet.png") as sheet:
         assert sheet.width > 8 * 128 and sheet.height > 128
+    assert main(["sheet", str(dataset), "--out", str(tmp_path / "old.png"), "--n", "10"]) == 0  # the old spelling
+    assert "codec-shards sheet: warning: --n is deprecated and goes in the next release; use --num-documents" in (
+        capsys.readouterr().err)
+    assert (tmp_path / "old.png").read_bytes() == (tmp_path / "sheet.png").read_bytes()
+
+
+def test_outputs_are_checked_before_any_work(dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    (tmp_path / "file").write_text("a file, not a folder")
+    assert main(["decode", str(dataset), "--out", str(tmp_path / "file" / "docs")]) == 2
+    assert capsys.readouterr().err.strip().startswith(f"codec-shards: error: --out {tmp_path / 'file' / 'docs'}: "
+                                                      "cannot be written")
+    assert main(["sheet", str(dataset), "--out", "/proc/nope/sheet.png"]) == 2
+    assert capsys.readouterr().err.strip() == ("codec-shards: error: --out /proc/nope/sheet.png: cannot be written "
+                                               "(No such file or directory)")
 
 
 def test_verify_passes_on_a_sound_dataset(dataset: Path, capsys: pytest.CaptureFixture) -> None:
@@ -183,16 +203,56 @@ def test_verify_on_every_core_and_on_a_beam_runner_agree(dataset: Path, tmp_path
     flip_a_byte(copy)
     wrong_totals(copy)
     reports = []
-    for flags in (["--workers", "1"], ["--workers", "2"], ["--runner", "DirectRunner", "--direct_num_workers", "2",
-                                                           "--direct_running_mode", "multi_processing"]):
+    for flags in (["--workers", "1"], ["--workers", "2"]):
         assert main(["verify", str(copy), *flags]) == 1
         reports.append(capsys.readouterr().out)
+    assert verify_on_beam([str(copy), "--runner", "DirectRunner", "--direct_num_workers", "2",
+                           "--direct_running_mode", "multi_processing"]) == 1
+    reports.append(capsys.readouterr().out)
     assert reports[0] == reports[1] == reports[2] and "sha256 differs" in reports[0] and "totals.documents" in reports[0]
-    assert main(["verify", str(dataset), "--runner", "DirectRunner", "--direct_running_mode", "in_memory"]) == 0
+    assert verify_on_beam([str(dataset), "--runner", "DirectRunner", "--direct_running_mode", "in_memory"]) == 0
     assert "every document decodes strictly" in capsys.readouterr().out
+    assert verify_on_beam(["--direct_running_mode", "in_memory", str(dataset), "--no_decode"]) == 0  # DIR anywhere
+    assert capsys.readouterr().out.startswith(f"OK: {dataset}:")
+    report = tmp_path / "report.json"
+    assert verify_on_beam([str(copy), "--report", str(report), *IN_MEMORY]) == 1
+    assert any(r["problems"] for r in json.loads(report.read_text()))
     with pytest.raises(SystemExit):
-        main(["verify", str(dataset), "--project", "p"])  # a Beam option without --runner
-    assert "need --runner" in capsys.readouterr().err
+        main(["verify", str(dataset), "--project", "p"])  # a Beam option: the Beam verify's
+    assert "python -m preprocess.verify" in capsys.readouterr().err
+
+
+def test_beam_verify_usage_errors(dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    def error(argv: list[str]) -> str:
+        assert verify_on_beam(argv) == 2
+        return capsys.readouterr().err.strip()
+    assert error([str(tmp_path / "none")]) == (
+        f"python -m preprocess.verify: error: dataset {tmp_path / 'none'}: no such folder")
+    assert error([]) == "python -m preprocess.verify: error: DIR is required (the dataset folder to verify)"
+    assert error([str(dataset), str(dataset)]).startswith("python -m preprocess.verify: error: one dataset at a time")
+    assert error([str(dataset), "--direct_num_worker", "2"]) == (
+        "python -m preprocess.verify: error: unrecognized arguments: --direct_num_worker (did you mean "
+        "--direct_num_workers?)")
+    # the runner's own checks of its options (offline: --dry_run keeps Beam from asking GCS about the bucket)
+    assert error([str(dataset), "--runner", "DataflowRunner", "--project", "P", "--region", "us-central1",
+                  "--temp_location", "gs://my-bucket/tmp", "--dry_run=True"]) == (
+        "python -m preprocess.verify: error: Invalid Project ID (P). Please make sure you specified the Project ID, "
+        "not project description.")
+    assert verify_on_beam([str(tmp_path)]) == 1  # a folder, not a dataset: the work failed
+    assert "not a codec-LM dataset: no manifest.json" in capsys.readouterr().err
+
+
+def test_verify_with_runner_still_works_for_one_release(dataset: Path, tmp_path: Path) -> None:
+    """`codec-shards verify --runner …` runs `python -m preprocess.verify` with the same arguments."""
+    copy = tmp_path / "copy"
+    shutil.copytree(dataset, copy)
+    flip_a_byte(copy)
+    command = [sys.executable, "-m", "shared.tools.codec_shards", "verify"]
+    done = subprocess.run([*command, str(copy), "--runner", "DirectRunner", *IN_MEMORY[:2], "--no-decode"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    assert done.returncode == 1, done.stderr[-3000:]
+    assert "sha256 differs" in done.stdout and "problems found" in done.stdout
+    assert done.stderr.count("codec-shards: warning: verify --runner is deprecated") == 1
 
 
 def test_trace_says_what_happened_to_each_input(tmp_path: Path, capsys: pytest.CaptureFixture,
@@ -205,7 +265,7 @@ def test_trace_says_what_happened_to_each_input(tmp_path: Path, capsys: pytest.C
         (inputs / f"photo-{index}.png").write_bytes(sample_crop(index)[1])
     (inputs / "photo-0-again.png").write_bytes(sample_crop(0)[1])
     (inputs / "broken.jpg").write_bytes(b"\xff\xd8 not really")
-    run(["--output", "out", "--input", "in/*", "--seq-len", "1023", "--vocab-size", "300", "--val-fraction", "0",
+    run(["--output", "out", "--input", "in/*", "--seq_len", "1023", "--vocab_size", "300", "--val_fraction", "0",
          *IN_MEMORY])
     keys = {r["source"]: r["key"] for r in rows_of(Path("out"))}
     capsys.readouterr()  # the job's own summary
@@ -236,7 +296,7 @@ def test_trace_says_what_happened_to_each_input(tmp_path: Path, capsys: pytest.C
     assert main(["verify", "out", "--workers", "1"]) == 1
     assert "rows outside their source's row group" in capsys.readouterr().out
     Path("out/inputs.parquet").unlink()
-    assert main(["trace", "out", "photo-1.png"]) == 2
+    assert main(["trace", "out", "photo-1.png"]) == 1  # a dataset that cannot answer: the work failed
     assert "inputs.parquet cannot be read" in capsys.readouterr().err
 
 
@@ -272,16 +332,22 @@ def test_flipped_byte_is_caught_without_the_checksum(dataset: Path, tmp_path: Pa
 
 
 def test_not_a_dataset(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    assert main(["summary", str(tmp_path)]) == 2
-    assert "not a codec-LM dataset: no manifest.json" in capsys.readouterr().err
+    assert main(["summary", str(tmp_path / "none")]) == 2  # a missing folder is a usage error, named first
+    assert capsys.readouterr().err.strip() == f"codec-shards: error: dataset {tmp_path / 'none'}: no such folder"
+    assert main(["decode", str(tmp_path / "none"), "--out", "/proc/nope"]) == 2
+    assert "no such folder" in capsys.readouterr().err
+    assert main(["summary", str(tmp_path)]) == 1  # a folder that is not a dataset: the work failed
+    assert capsys.readouterr().err.strip() == (f"codec-shards: error: {tmp_path} is not a codec-LM dataset: no "
+                                               "manifest.json (a run that has not finished, or crashed, has no "
+                                               "manifest yet)")
     (tmp_path / "manifest.json").write_text("{broken")
-    assert main(["verify", str(tmp_path)]) == 2
+    assert main(["verify", str(tmp_path)]) == 1
     assert "not valid JSON" in capsys.readouterr().err
 
 
 def test_video_dataset_decodes_to_mp4_and_raw_streams(tmp_path: Path) -> None:
-    run(["--output", str(tmp_path / "videos"), "--modality", "video", "--sample-size", "2", "--seq-len", "2047",
-         "--vocab-size", "300", "--val-fraction", "0", *IN_MEMORY])
+    run(["--output", str(tmp_path / "videos"), "--modality", "video", "--sample_size", "2", "--seq_len", "2047",
+         "--vocab_size", "300", "--val_fraction", "0", *IN_MEMORY])
     assert main(["verify", str(tmp_path / "videos")]) == 0
     assert main(["decode", str(tmp_path / "videos"), "--out", str(tmp_path / "raw"), "--raw"]) == 0
     assert main(["decode", str(tmp_path / "videos"), "--out", str(tmp_path / "mp4")]) == 0
@@ -293,7 +359,8 @@ def test_video_dataset_decodes_to_mp4_and_raw_streams(tmp_path: Path) -> None:
         stream = profile.encode(sample_clip(int(row["source"].rsplit("-", 1)[1]))[1])
         assert (tmp_path / "raw" / f"{row['key']}.h264").read_bytes() == profile.restore(stream)
         assert (tmp_path / "mp4" / f"{row['key']}.mp4").read_bytes() == profile.to_mp4(stream)
-    assert main(["sheet", str(tmp_path / "videos"), "--out", str(tmp_path / "sheet.png"), "--n", "2"]) == 0
+    assert main(["sheet", str(tmp_path / "videos"), "--out", str(tmp_path / "sheet.png"),
+                 "--num-documents", "2"]) == 0
 
 
 def test_hostile_manifests_and_shards_get_clear_errors(dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
@@ -302,12 +369,12 @@ def test_hostile_manifests_and_shards_get_clear_errors(dataset: Path, tmp_path: 
     manifest = json.loads((outside / "manifest.json").read_text())
     manifest["shards"][0]["path"] = "../elsewhere/shard-000000.tar"
     (outside / "manifest.json").write_text(json.dumps(manifest))
-    assert main(["verify", str(outside)]) == 2
+    assert main(["verify", str(outside)]) == 1
     assert "outside the dataset folder" in capsys.readouterr().err
     extra = tmp_path / "extra"
     shutil.copytree(dataset, extra)
     with tarfile.open(extra / "train" / "shard-000000.tar", "a") as tar:
         info = tarfile.TarInfo("README.txt")
         tar.addfile(info, io.BytesIO(b""))
-    assert main(["show", str(extra), "--shard", "train/shard-000000", "--index", "0"]) == 2
+    assert main(["show", str(extra), "--shard", "train/shard-000000", "--index", "0"]) == 1
     assert "cannot be read as a shard" in capsys.readouterr().err

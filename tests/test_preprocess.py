@@ -23,16 +23,17 @@ from PIL import Image
 
 from preprocess.encode import EncodeFn
 from preprocess.progress import Progress, read_counts, status_line
-from preprocess.run import run
+from preprocess.run import main, run
 from shared.codec.jpeg.profile import JpegProfile
 from shared.codec.registry import profile_from_json
 from shared.format.shards import document_tokens, load_shard
 from shared.format.tokenizer import ByteTokenizer
 from shared.samples.clips import sample_clip
 from shared.samples.photos import sample_crop
+from shared.tools.cli import UsageError
 
 IN_MEMORY = ["--direct_running_mode", "in_memory", "--direct_num_workers", "1"]
-SMALL = ["--seq-len", "2047", "--vocab-size", "300", "--val-fraction", "0.25"]
+SMALL = ["--seq_len", "2047", "--vocab_size", "300", "--val_fraction", "0.25"]
 
 
 def run_job(output: Path, *args: str) -> dict:
@@ -68,7 +69,7 @@ def documents_from_shards(folder: Path) -> dict[str, bytes]:
 @pytest.fixture(scope="module")
 def sample_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
     output = tmp_path_factory.mktemp("images") / "dataset"
-    run_job(output, "--sample-size", "40", *SMALL, *IN_MEMORY)
+    run_job(output, "--sample_size", "40", *SMALL, *IN_MEMORY)
     return output
 
 
@@ -109,8 +110,8 @@ def test_split_group_keeps_each_folder_in_one_split(tmp_path: Path) -> None:
         folder = tmp_path / "in" / f"album{index % 6}"
         folder.mkdir(parents=True, exist_ok=True)
         (folder / f"{index}.png").write_bytes(sample_crop(index)[1])
-    run_job(tmp_path / "out", "--input", str(tmp_path / "in" / "*" / "*.png"), "--split-group", r"/(album\d+)/",
-            "--val-fraction", "0.5", *SMALL[:4], *IN_MEMORY)
+    run_job(tmp_path / "out", "--input", str(tmp_path / "in" / "*" / "*.png"), "--split_group", r"/(album\d+)/",
+            "--val_fraction", "0.5", *SMALL[:4], *IN_MEMORY)
     rows = pq.read_table(tmp_path / "out" / "documents.parquet").to_pylist()
     splits_of_album: dict[str, set[str]] = {}
     for row in rows:
@@ -150,14 +151,14 @@ def test_documents_decode_back_byte_identical(sample_dataset: Path) -> None:
 
 
 def test_identical_bytes_with_two_worker_processes(sample_dataset: Path, tmp_path: Path) -> None:
-    run_job(tmp_path / "mp", "--sample-size", "40", *SMALL, "--direct_running_mode", "multi_processing",
+    run_job(tmp_path / "mp", "--sample_size", "40", *SMALL, "--direct_running_mode", "multi_processing",
             "--direct_num_workers", "2")
     assert tree_digest(tmp_path / "mp") == tree_digest(sample_dataset)
 
 
 def test_given_tokenizer_is_reused(sample_dataset: Path, tmp_path: Path) -> None:
-    manifest = run_job(tmp_path / "again", "--sample-size", "40", *SMALL, "--tokenizer",
-                       str(sample_dataset / "tokenizer.json"), "--bpe-sample", "3", *IN_MEMORY)
+    manifest = run_job(tmp_path / "again", "--sample_size", "40", *SMALL, "--tokenizer",
+                       str(sample_dataset / "tokenizer.json"), "--bpe_sample", "3", *IN_MEMORY)
     assert (tmp_path / "again" / "tokenizer.json").read_bytes() == (sample_dataset / "tokenizer.json").read_bytes()
     assert manifest["arguments"]["tokenizer"] == str(sample_dataset / "tokenizer.json")
     original = json.loads((sample_dataset / "manifest.json").read_text())
@@ -229,19 +230,19 @@ def test_webdataset_and_parquet_inputs(tmp_path: Path) -> None:
     for index in range(4):
         if f"{tar_path}#{index:09d}.jpg" in streams:
             assert streams[f"{tar_path}#{index:09d}.jpg"] == JpegProfile().encode(sample_crop(index)[1])
-    manifest = run_job(tmp_path / "plain", "--input", str(tmp_path / "in" / "plain.parquet"), "--parquet-column",
+    manifest = run_job(tmp_path / "plain", "--input", str(tmp_path / "in" / "plain.parquet"), "--parquet_column",
                        "png", *SMALL, *IN_MEMORY)
     assert manifest["totals"]["documents"] == 2
     # the first file has the column, a later one lacks it: that file is one rejected input
     manifest = run_job(tmp_path / "mixed", "--input", str(tmp_path / "in" / "*.parquet"), *SMALL, *IN_MEMORY)
     assert manifest["rejection_reasons"] == {"empty": 1, "unreadable-container": 1}
-    with pytest.raises(SystemExit, match="no column 'image'"):
+    with pytest.raises(UsageError, match="no column 'image'"):
         run_job(tmp_path / "wrong", "--input", str(tmp_path / "in" / "plain.parquet"), *SMALL, *IN_MEMORY)
 
 
 def test_video_job_round_trips_streams(tmp_path: Path) -> None:
-    manifest = run_job(tmp_path / "out", "--modality", "video", "--sample-size", "3", "--seq-len", "4095",
-                       "--vocab-size", "300", "--val-fraction", "0", *IN_MEMORY)
+    manifest = run_job(tmp_path / "out", "--modality", "video", "--sample_size", "3", "--seq_len", "4095",
+                       "--vocab_size", "300", "--val_fraction", "0", *IN_MEMORY)
     assert manifest["profile"]["name"] == "avc-256x144-3fps-5s-qp37" and manifest["totals"]["documents"] == 3
     profile = profile_from_json(manifest["profile"])
     streams = documents_from_shards(tmp_path / "out")
@@ -253,9 +254,10 @@ def test_video_job_round_trips_streams(tmp_path: Path) -> None:
 
 
 def test_rerun_replaces_the_dataset_cleanly(tmp_path: Path) -> None:
-    run_job(tmp_path / "out", "--sample-size", "12", *SMALL, "--shard-sequences", "1", *IN_MEMORY)
+    run_job(tmp_path / "out", "--sample_size", "12", *SMALL, "--shard_sequences", "1", *IN_MEMORY)
     many = sorted(p.name for p in (tmp_path / "out" / "train").iterdir())
-    manifest = run_job(tmp_path / "out", "--sample-size", "12", *SMALL, *IN_MEMORY)
+    # other flags: a dataset made otherwise is replaced only when asked to
+    manifest = run_job(tmp_path / "out", "--sample_size", "12", *SMALL, "--overwrite", *IN_MEMORY)
     assert len(many) > 1
     assert sorted(p.name for p in (tmp_path / "out" / "train").iterdir()) == ["shard-000000.tar"]
     assert [s["path"] for s in manifest["shards"]] == ["train/shard-000000.tar", "val/shard-000000.tar"]
@@ -264,7 +266,7 @@ def test_rerun_replaces_the_dataset_cleanly(tmp_path: Path) -> None:
 def test_a_job_killed_while_writing_shards_reruns_to_the_same_bytes(tmp_path: Path) -> None:
     """SIGKILL to the whole job (launcher and worker processes) once shards are being written; the same
     command rerun into the same folder gives the bytes of an uninterrupted run and leaves nothing behind."""
-    flags = ["--sample-size", "24", *SMALL, "--shard-sequences", "1"]
+    flags = ["--sample_size", "24", *SMALL, "--shard_sequences", "1"]
     run_job(tmp_path / "reference", *flags, *IN_MEMORY)
     output = tmp_path / "killed"
     command = [sys.executable, "-m", "preprocess.run", "--output", str(output), *flags,
@@ -321,40 +323,53 @@ def test_hostile_containers_never_stop_the_job(tmp_path: Path) -> None:
 
 
 def test_dtype_follows_the_learned_vocabulary(tmp_path: Path) -> None:
-    manifest = run_job(tmp_path / "out", "--sample-size", "4", "--vocab-size", "70000", "--seq-len", "1023",
-                       "--val-fraction", "0", *IN_MEMORY)
+    manifest = run_job(tmp_path / "out", "--sample_size", "4", "--vocab_size", "70000", "--seq_len", "1023",
+                       "--val_fraction", "0", *IN_MEMORY)
     assert manifest["vocab_size"] < 65536 and manifest["dtype"] == "uint16"
     with open(tmp_path / "out" / manifest["shards"][0]["path"], "rb") as handle:
         assert load_shard(handle).dtype == np.uint16
 
 
 def test_max_pixels_flag_lifts_pillows_own_guard(monkeypatch: pytest.MonkeyPatch) -> None:
+    profile = JpegProfile.from_name("jpeg-64-q25")
+    photo = sample_crop(0)[1]  # 232x256
+    expected = profile.encode(photo)  # under Pillow's real limit
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # Pillow alone would refuse anything above 2000
-    encode = EncodeFn(JpegProfile.from_name("jpeg-64-q25").to_json(), max_pixels=10**6, progress_dir=None)
+    encode = EncodeFn(profile.to_json(), max_pixels=10**6, progress_dir=None)
     encode.setup()
-    outputs = list(encode.process(("big", sample_crop(0)[1])))
-    assert len(outputs) == 1 and outputs[0].stream
+    outputs = list(encode.process(("big", photo)))
+    assert len(outputs) == 1 and outputs[0].stream == expected  # the same stream as without any limit in the way
+    assert Image.MAX_IMAGE_PIXELS == 1000  # the flag never changes Pillow's process-wide limit
+    # a limit of its own for each call: lower refuses, Pillow's own applies without one
+    for fn in (EncodeFn(profile.to_json(), max_pixels=5000, progress_dir=None),
+               EncodeFn(profile.to_json(), max_pixels=None, progress_dir=None)):
+        fn.setup()
+        [rejected] = list(fn.process(("big", photo)))
+        assert rejected.value["reason"] == "too-many-pixels"
+    assert Image.MAX_IMAGE_PIXELS == 1000
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--seq-len", "0"], "--seq-len must be positive"),
-    (["--sample-size", "0"], "--sample-size must be positive"),
+    (["--seq_len", "0"], "--seq_len must be positive"),
+    (["--sample_size", "0"], "--sample_size must be positive"),
     (["--modality", "video", "--profile", "jpeg-256-q25"], "needs a profile for videos"),
     (["--input", "/nonexistent/*.jpg"], "matches no file"),
-    (["--vocab-size", "100"], "at least 258"),
-    (["--val-fraction", "1.5"], "val-fraction"),
-    (["--split-group", "(unclosed"], "not a regular expression"),
+    (["--vocab_size", "100"], "at least 258"),
+    (["--val_fraction", "1.5"], "--val_fraction must be in"),
+    (["--split_group", "(unclosed"], "not a regular expression"),
     (["--profile", "jpeg-256"], "not a JPEG profile name"),
-    (["--tokenizer", "/nonexistent/tokenizer.json"], "does not exist"),
+    (["--tokenizer", "/nonexistent/tokenizer.json"], "--tokenizer /nonexistent/tokenizer.json: no such file"),
+    (["--modality", "audio"], "argument --modality: invalid choice"),
 ])
 def test_bad_flags_fail_before_running(tmp_path: Path, args: list[str], message: str) -> None:
-    with pytest.raises(SystemExit, match=message):
+    with pytest.raises(UsageError, match=message):
         run_job(tmp_path / "out", *args, *IN_MEMORY)
+    assert not (tmp_path / "out").exists()  # nothing made
 
 
 def test_output_is_required() -> None:
-    with pytest.raises(SystemExit, match="--output DIR is required"):
-        run(["--sample-size", "1", *IN_MEMORY])
+    with pytest.raises(UsageError, match="--output DIR is required"):
+        run(["--sample_size", "1", *IN_MEMORY])
 
 
 def test_progress_files_are_summed(tmp_path: Path) -> None:
@@ -369,14 +384,14 @@ def test_progress_files_are_summed(tmp_path: Path) -> None:
 
 
 def test_help_lists_the_job_flags_and_beam_options(capsys: pytest.CaptureFixture) -> None:
-    with pytest.raises(SystemExit) as done:
-        run(["--help"])
-    assert done.value.code == 0
+    assert main(["--help"]) == 0
     text = capsys.readouterr().out
-    for flag in ("--input PATTERN", "--output DIR", "--modality", "--vocab-size", "--bpe-sample", "--tokenizer",
-                 "--seq-len", "--val-fraction", "--seed", "--shard-bytes", "--parquet-column", "--runner",
-                 "--direct_num_workers", "--project", "--sdk_container_image", "--setup_file"):
+    for flag in ("--input PATTERN", "--output DIR", "--overwrite", "--modality", "--vocab_size", "--bpe_sample",
+                 "--tokenizer", "--seq_len", "--val_fraction", "--seed", "--shard_bytes", "--parquet_column",
+                 "--max_pixels", "--runner", "--direct_num_workers", "--project", "--sdk_container_image",
+                 "--setup_file", "--dry_run"):
         assert flag in text, flag
+    assert "--seq-len" not in text and "--vocab-size" not in text  # the old spellings are not advertised
 
 
 # sha256 of every file the job wrote with the code before the codec-interface/layout redesign (the manifest
@@ -418,6 +433,6 @@ def test_image_outputs_are_byte_identical_to_the_recorded_ones(sample_dataset: P
 
 
 def test_video_outputs_are_byte_identical_to_the_recorded_ones(tmp_path: Path) -> None:
-    run_job(tmp_path, "--modality", "video", "--profile", "avc-64x48-3fps-2s-qp37", "--sample-size", "4",
-            "--seq-len", "1023", "--val-fraction", "0.4", *IN_MEMORY)
+    run_job(tmp_path, "--modality", "video", "--profile", "avc-64x48-3fps-2s-qp37", "--sample_size", "4",
+            "--seq_len", "1023", "--val_fraction", "0.4", *IN_MEMORY)
     assert golden_digests(tmp_path) == GOLDEN["video"]

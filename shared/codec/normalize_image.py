@@ -10,14 +10,17 @@ Rules (documented in the README):
 - Center square crop, then one high-quality (Lanczos) resize. A JPEG source much larger than the
   target is first reduced in the DCT domain (Pillow's draft mode), since decoding dominates.
 - More pixels than ``max_pixels`` (default: Pillow's decompression-bomb limit,
-  ``PIL.Image.MAX_IMAGE_PIXELS``) is refused before any pixel is decoded. ``max_pixels`` can lower
-  the limit; Pillow itself refuses twice its own limit, so raising it means raising
-  ``PIL.Image.MAX_IMAGE_PIXELS`` (what the Beam job's ``--max-pixels`` does in its workers).
+  ``PIL.Image.MAX_IMAGE_PIXELS``) is refused before any pixel is decoded. ``max_pixels`` can lower the
+  limit or raise it, for this call only: Pillow has no per-call limit and refuses twice its own
+  process-wide one inside ``Image.open``, so an image it refuses there that ``max_pixels`` allows is
+  opened by Pillow's format plugin directly (``open_past_pillows_guard``), and ``PIL.Image.MAX_IMAGE_PIXELS``
+  is never changed.
 """
 
 from __future__ import annotations
 
 import io
+import struct
 import warnings
 from pathlib import Path
 from typing import BinaryIO
@@ -41,9 +44,14 @@ def open_image(source: ImageSource, max_pixels: int | None = None) -> Image.Imag
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # we enforce the limit below
-            image = Image.open(source)
+            try:
+                image = Image.open(source)
+            except Image.DecompressionBombError:
+                if max_pixels is None or Image.MAX_IMAGE_PIXELS is None or max_pixels <= 2 * Image.MAX_IMAGE_PIXELS:
+                    raise
+                image = open_past_pillows_guard(source)  # our limit is higher; checked below
     except Image.DecompressionBombError as error:
-        raise InvalidMediaError("too-many-pixels", f"{error}; raise PIL.Image.MAX_IMAGE_PIXELS to accept it") from None
+        raise InvalidMediaError("too-many-pixels", f"{str(error).rstrip('.')}; pass max_pixels to accept it") from None
     except UnidentifiedImageError:
         raise InvalidMediaError("unreadable", "not an image format Pillow can read") from None
     except FileNotFoundError as error:
@@ -57,9 +65,30 @@ def open_image(source: ImageSource, max_pixels: int | None = None) -> Image.Imag
         raise InvalidMediaError(
             "too-many-pixels",
             f"{width}x{height} = {width * height} pixels is above the limit of {limit} "
-            "(Pillow's decompression-bomb guard); pass max_pixels / raise PIL.Image.MAX_IMAGE_PIXELS to accept it",
+            "(Pillow's decompression-bomb guard, or max_pixels); pass a larger max_pixels to accept it",
         )
     return image
+
+
+def open_past_pillows_guard(source: ImageSource) -> Image.Image:
+    """``Image.open`` without its decompression-bomb check, for a caller that checks the size against a limit
+    of its own: each registered format plugin in Pillow's order, as ``Image.open`` tries them."""
+    if isinstance(source, (str, Path)):
+        source = io.BytesIO(Path(source).read_bytes())
+    source.seek(0)
+    prefix = source.read(16)
+    Image.init()
+    for format_id in Image.ID:
+        factory, accept = Image.OPEN[format_id]
+        accepted = not accept or accept(prefix)
+        if isinstance(accepted, str) or not accepted:  # a string is Pillow's reason for declining
+            continue
+        source.seek(0)
+        try:
+            return factory(source, "")
+        except (SyntaxError, IndexError, TypeError, struct.error):  # what Image.open takes for "not this format"
+            continue
+    raise UnidentifiedImageError("cannot identify image file")
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
@@ -91,6 +120,18 @@ def center_square_box(width: int, height: int) -> tuple[int, int, int, int]:
     return left, top, left + side, top + side
 
 
+def crop(image: Image.Image, box: tuple[int, int, int, int]) -> Image.Image:
+    """``image.crop(box)`` of an RGB image whose size was checked already: Pillow checks a crop against its
+    process-wide limit again, so a square above twice that limit (allowed by ``max_pixels``) is cut by array."""
+    left, top, right, bottom = box
+    guard = Image.MAX_IMAGE_PIXELS
+    if guard is not None and (right - left) * (bottom - top) > 2 * guard:
+        return Image.fromarray(np.ascontiguousarray(np.asarray(image)[top:bottom, left:right]))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        return image.crop(box)
+
+
 def normalize_image(source: ImageSource | Image.Image, size: int, max_pixels: int | None = None) -> Image.Image:
     """Open, orient, convert, center-crop and resize to a ``size`` x ``size`` RGB image."""
     image = source if isinstance(source, Image.Image) else open_image(source, max_pixels)
@@ -113,7 +154,7 @@ def normalize_image(source: ImageSource | Image.Image, size: int, max_pixels: in
         raise InvalidMediaError("unreadable", f"image data cannot be decoded ({error})") from None
     box = center_square_box(*image.size)
     # Crop first: resizing with a box would let the filter reach outside the square.
-    image = image.crop(box).resize((size, size), Image.Resampling.LANCZOS, reducing_gap=3.0)
+    image = crop(image, box).resize((size, size), Image.Resampling.LANCZOS, reducing_gap=3.0)
     image.info = {}
     return to_srgb(image, icc) if icc else image
 

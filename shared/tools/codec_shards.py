@@ -3,21 +3,23 @@
     codec-shards summary DIR [--json]                 totals, per split, tokens/document, vocabulary use
     codec-shards show DIR --shard train/shard-000000 --index 3 [--bytes]
     codec-shards decode DIR --out OUT [--split train] [--limit N] [--key KEY …] [--raw]
-    codec-shards sheet DIR --out sheet.png [--n 64]
+    codec-shards sheet DIR --out sheet.png [--num-documents 64]
     codec-shards trace DIR FILE …                     what happened to an input: document, duplicate, rejected
     codec-shards verify DIR [--no-decode] [--workers N]
                                                       exits 1 and lists every problem found; all cores
-    codec-shards verify DIR --runner DataflowRunner --project P --region R --temp_location gs://…
-                                                      the per-shard checks as a Beam pipeline (any runner)
 
 DIR is what `python -m preprocess.run` wrote (local, gs://, s3://). Also runnable as
-`python -m shared.tools.codec_shards`.
+`python -m shared.tools.codec_shards`. The same checks with the shards checked by a Beam pipeline on any
+runner: `python -m preprocess.verify DIR --runner DataflowRunner …` (the preprocess extra).
+Exit status: 0 done, 1 problems found or a folder that is not a readable dataset, 2 a usage error.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
+import subprocess
 import sys
 from collections import Counter
 from pathlib import Path
@@ -29,8 +31,11 @@ from tqdm import tqdm
 from shared.format.dataset import Dataset, DatasetError
 from shared.format.files import safe_file_name, write_atomic
 from shared.format.shards import DOCUMENTS, INPUTS, SPLITS, document_tokens, sample_key, shard_name_of
+from shared.tools import cli
 from shared.tools.contact_sheet import save_contact_sheet, strip
-from shared.tools.verify import verify
+from shared.tools.verify import print_report, verify
+
+PROG = "codec-shards"
 
 
 # ---- summary ---------------------------------------------------------------------------------
@@ -111,10 +116,14 @@ def print_summary(summary: dict[str, Any]) -> None:
 
 # ---- show ------------------------------------------------------------------------------------
 def show(dataset: Dataset, shard_name: str, index: int, with_bytes: bool) -> str:
-    shard = dataset.find_shard(shard_name)
+    try:
+        shard = dataset.find_shard(shard_name)
+    except DatasetError as error:  # the flag names no shard of this dataset
+        raise cli.UsageError(f"--shard {shard_name}: {error}") from None
     windows = dataset.read_windows(shard)
     if not 0 <= index < len(windows):
-        raise DatasetError(f"{shard['path']} has {len(windows)} sequences; --index must be in 0..{len(windows) - 1}")
+        raise cli.UsageError(f"{shard['path']} has {len(windows)} sequences; --index must be in "
+                             f"0..{len(windows) - 1}")
     ids = windows[index]
     name = shard_name_of(shard)
     starts = {r["offset"]: r for r in dataset.rows([("split", "=", shard["split"]), ("shard", "=", name),
@@ -151,7 +160,7 @@ def select_rows(dataset: Dataset, *, split: str | None, keys: list[str] | None,
         matched = sorted({full for full in known for k in keys if full.startswith(k)})
         missing = [k for k in keys if not any(full.startswith(k) for full in matched)]
         if missing:
-            raise DatasetError(f"no document with key {missing[0]!r}")
+            raise cli.UsageError(f"--key {missing[0]}: no document with that key")
         rows = dataset.rows(filters + [("key", "in", matched)])
     else:
         rows = dataset.rows(filters + [("complete", "=", True)], limit=limit)
@@ -221,9 +230,21 @@ def trace(dataset: Dataset, name: str) -> list[str]:
 
 
 # ---- the command line ------------------------------------------------------------------------
+def verify_on_beam(args: argparse.Namespace, beam_argv: list[str]) -> int:
+    """``verify --runner …`` of the release before: ``python -m preprocess.verify`` with the same arguments,
+    in its own process (this command imports nothing of the Beam job); its exit status."""
+    print(f"{PROG}: warning: verify --runner is deprecated and goes in the next release; use "
+          "python -m preprocess.verify DIR --runner …", file=sys.stderr)
+    if importlib.util.find_spec("apache_beam") is None:
+        raise cli.UsageError("verify --runner needs the Beam job's dependencies: pip install 'codec-lm[preprocess]'")
+    command = [sys.executable, "-m", "preprocess.verify", args.dir, "--runner", args.runner, *beam_argv]
+    command += ["--no_decode"] * args.no_decode + (["--report", args.report] if args.report else [])
+    return subprocess.run(command).returncode
+
+
+@cli.command(PROG)
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="codec-shards", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = cli.parser(PROG, __doc__)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     p = commands.add_parser("summary", help="totals, splits, tokens per document, vocabulary use, rejections")
     p.add_argument("dir")
@@ -245,81 +266,76 @@ def main(argv: list[str] | None = None) -> int:
     p = commands.add_parser("sheet", help="a contact sheet PNG of decoded documents")
     p.add_argument("dir")
     p.add_argument("--out", required=True, help="PNG file to write")
-    p.add_argument("--n", type=int, default=64, help="documents on the sheet (default 64)")
+    p.add_argument("--num-documents", type=int, default=64, metavar="N", help="documents on the sheet (default 64)")
+    cli.deprecated(p, "--n", "--num-documents", type=int)
     p.add_argument("--split", choices=SPLITS, default="train")
-    p = commands.add_parser("trace", help="what happened to an input: which document, duplicate of which, or why rejected")
+    p = commands.add_parser("trace",
+                            help="what happened to an input: which document, duplicate of which, or why rejected")
     p.add_argument("dir")
     p.add_argument("inputs", nargs="+", metavar="FILE",
                    help="an input as the job named it (path, shard.tar#member, file.parquet#row), or its path's end")
     p = commands.add_parser(
         "verify", help="check everything; exit 1 listing each problem",
         description="Check the manifest, the index files, where every input went, and each shard (size, checksum, "
-                    "layout, ids, document boundaries, a strict decode of every document). Shards are checked on "
-                    "every core, or, given --runner and other Beam pipeline options, by a Beam pipeline on that "
-                    "runner (needs the preprocess extra), with the same report and exit status.")
+                    "layout, ids, document boundaries, a strict decode of every document), the shards on every "
+                    "core. On a Beam runner: python -m preprocess.verify DIR --runner … (same report and exit "
+                    "status).")
     p.add_argument("dir")
     p.add_argument("--no-decode", action="store_true", help="skip the (slow) strict decode of every document")
     p.add_argument("--workers", type=int, help="processes checking shards locally (default: one per core)")
-    p.add_argument("--runner", help="check the shards with a Beam pipeline on this runner (DirectRunner, "
-                                    "DataflowRunner, FlinkRunner …); other Beam options pass through")
-    p.add_argument("--report", help="with --runner: the JSON file the pipeline writes its findings to (default: a "
-                                    "temporary file locally, under --temp_location on remote runners)")
+    p.add_argument("--runner", help=argparse.SUPPRESS)  # deprecated: python -m preprocess.verify
+    p.add_argument("--report", help=argparse.SUPPRESS)  # with --runner only
     args, beam_argv = parser.parse_known_args(argv)
     if args.command != "verify" and beam_argv:
         parser.error(f"unrecognized arguments: {' '.join(beam_argv)}")
     if args.command == "verify" and beam_argv and not args.runner:
-        parser.error(f"unrecognized arguments: {' '.join(beam_argv)} (Beam pipeline options need --runner)")
+        parser.error(f"unrecognized arguments: {' '.join(beam_argv)} (Beam pipeline options need "
+                     "python -m preprocess.verify DIR --runner …)")
     if args.command == "verify" and args.workers is not None and args.workers < 1:
         parser.error(f"--workers must be positive, not {args.workers}")
     if args.command == "verify" and args.runner and args.workers is not None:
         parser.error("--workers is for local checking; with --runner the runner's own options say how many workers")
     if args.command == "verify" and args.report and not args.runner:
         parser.error("--report is where a --runner pipeline writes its findings; a local verify prints them")
+    return run_command(args, beam_argv)
 
-    try:
-        dataset = Dataset.open(args.dir)
-        if args.command == "summary":
-            summary = summarize(dataset, args.max_shards)
-            print(json.dumps(summary, indent=2)) if args.json else print_summary(summary)
-        elif args.command == "show":
-            print(show(dataset, args.shard, args.index, args.bytes))
-        elif args.command == "decode":
-            rows = select_rows(dataset, split=args.split, keys=args.key, limit=args.limit)
-            written = decode_documents(dataset, args.out, rows, raw=args.raw)
-            skipped = int((~dataset.column("complete")).sum())
-            print(f"wrote {len(written)} files to {args.out}"
-                  + (f" ({skipped} documents cut at shard ends cannot be rebuilt)" if skipped and not args.key else ""))
-        elif args.command == "sheet":
-            print(f"wrote {sheet(dataset, args.out, args.n, args.split)}")
-        elif args.command == "trace":
-            missing = []
-            for name in args.inputs:
-                lines = trace(dataset, name)
-                print("\n".join(lines) if lines else f"{name}: no input of that name")
-                missing += [] if lines else [name]
-            if missing:
-                print(f"codec-shards: {len(missing)} names matched no input. Inputs are named as the job read them "
-                      "(a path as --input spelled it, shard.tar#member, file.parquet#row, sample:name); the end of "
-                      "a path also matches.", file=sys.stderr)
-                return 1
-        else:
-            beam_argv = ["--runner", args.runner, *beam_argv] if args.runner else None
-            problems = verify(dataset, decode=not args.no_decode, workers=args.workers, beam_argv=beam_argv,
-                              report=args.report)
-            for problem in problems:
-                print(f"PROBLEM {problem}")
-            if problems:
-                print(f"{len(problems)} problems found in {dataset.root}")
-                return 1
-            print(f"OK: {dataset.root}: {len(dataset.manifest['shards'])} shards, "
-                  f"{dataset.manifest['totals']['sequences']:,} sequences, {dataset.manifest['totals']['documents']:,} "
-                  "documents" + ("" if args.no_decode else ", every document decodes strictly")
-                  + ("" if "inputs" in dataset.manifest else f"; not checked per input (no {INPUTS}: an older dataset)"))
-    except DatasetError as error:
-        print(f"codec-shards: error: {error}", file=sys.stderr)
-        return 2
-    except BrokenPipeError:  # `codec-shards show … | head`
-        sys.stderr.close()
+
+def run_command(args: argparse.Namespace, beam_argv: list[str]) -> int:
+    """The subcommand ``args`` names: a missing DIR or unwritable --out is a usage error (2), a folder that
+    is not a readable dataset a failure (1)."""
+    cli.existing_dir(args.dir, "dataset")
+    if args.command == "verify" and args.runner:
+        return verify_on_beam(args, beam_argv)
+    dataset = Dataset.open(args.dir)
+    if args.command in ("decode", "sheet"):
+        cli.writable(args.out, "--out", folder=args.command == "decode")
+    if args.command == "summary":
+        summary = summarize(dataset, args.max_shards)
+        print(json.dumps(summary, indent=2)) if args.json else print_summary(summary)
+    elif args.command == "show":
+        print(show(dataset, args.shard, args.index, args.bytes))
+    elif args.command == "decode":
+        rows = select_rows(dataset, split=args.split, keys=args.key, limit=args.limit)
+        written = decode_documents(dataset, args.out, rows, raw=args.raw)
+        skipped = int((~dataset.column("complete")).sum())
+        print(f"wrote {len(written)} files to {args.out}"
+              + (f" ({skipped} documents cut at shard ends cannot be rebuilt)" if skipped and not args.key else ""))
+    elif args.command == "sheet":
+        print(f"wrote {sheet(dataset, args.out, args.num_documents, args.split)}")
+    elif args.command == "trace":
+        missing = []
+        for name in args.inputs:
+            lines = trace(dataset, name)
+            print("\n".join(lines) if lines else f"{name}: no input of that name")
+            missing += [] if lines else [name]
+        if missing:
+            print(f"{PROG}: {len(missing)} names matched no input. Inputs are named as the job read them "
+                  "(a path as --input spelled it, shard.tar#member, file.parquet#row, sample:name); the end of "
+                  "a path also matches.", file=sys.stderr)
+            return 1
+    else:
+        problems = verify(dataset, decode=not args.no_decode, workers=args.workers)
+        return print_report(dataset, problems, decode=not args.no_decode)
     return 0
 
 

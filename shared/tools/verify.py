@@ -1,9 +1,10 @@
-"""`codec-shards verify`: every check a dataset must pass, its shards on every core or on a Beam runner.
+"""`codec-shards verify`: every check a dataset must pass, its shards on every core.
 
 The dataset-level checks (tokenizer, index files, unknown files, totals, where every input went) run in
 the calling process. Each shard's checks (size, checksum, tar layout, ids, document boundaries, the
 strict decode of every document) depend on that shard alone, so they run in a pool of processes (one
-per core by default) or as a Beam pipeline (``preprocess.verify``) on the engine that wrote the data.
+per core by default), or, through ``check_shards``, elsewhere: ``python -m preprocess.verify`` runs them
+as a Beam pipeline on the engine that wrote the data, with the same report (``print_report``).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import multiprocessing
 import os
 import tarfile
 from collections import Counter
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from typing import Any
@@ -24,7 +26,7 @@ import pyarrow.compute as pc
 from tqdm import tqdm
 
 from shared.codec.errors import InvalidMediaError
-from shared.format.dataset import Dataset, DatasetError
+from shared.format.dataset import Dataset
 from shared.format.files import exists, read_bytes
 from shared.format.shards import (
     DOCUMENTS,
@@ -282,22 +284,29 @@ def verify_shards(dataset: Dataset, *, decode: bool, workers: int | None = None,
     return [reports[shard["path"]] for shard in shards]
 
 
-def verify(dataset: Dataset, *, decode: bool = True, workers: int | None = None, beam_argv: list[str] | None = None,
-           report: str | None = None) -> list[str]:
-    """Every problem found, as sentences; an empty list means the dataset is sound. With ``beam_argv``
-    (``--runner`` and other Beam options) the shards are checked by a Beam pipeline, ``report`` being
-    the file its workers write their findings to."""
-    if beam_argv:  # before the dataset-level checks, which take minutes at 23M documents
-        try:
-            from preprocess.verify import verify_shards_on_beam
-        except ImportError as error:
-            raise DatasetError(f"verify --runner needs the Beam job's dependencies ({error}): "
-                               "pip install 'codec-lm[preprocess]'") from None
+def verify(dataset: Dataset, *, decode: bool = True, workers: int | None = None,
+           check_shards: Callable[[Dataset], list[ShardReport]] | None = None) -> list[str]:
+    """Every problem found, as sentences; an empty list means the dataset is sound. ``check_shards``
+    checks every shard instead of the local pool (``preprocess.verify``: a Beam pipeline)."""
     problems = check_dataset(dataset)
     if problems and problems[-1].endswith("nothing else can be checked"):
         return problems
-    if beam_argv:
-        reports = verify_shards_on_beam(dataset, decode=decode, argv=beam_argv, report=report)
+    if check_shards is not None:
+        reports = check_shards(dataset)
     else:
         reports = verify_shards(dataset, decode=decode, workers=workers)
     return problems + [p for shard in reports for p in shard.problems]
+
+
+def print_report(dataset: Dataset, problems: list[str], *, decode: bool) -> int:
+    """What `codec-shards verify` prints, and its exit status: 1 when there are problems."""
+    for problem in problems:
+        print(f"PROBLEM {problem}")
+    if problems:
+        print(f"{len(problems)} problems found in {dataset.root}")
+        return 1
+    totals = dataset.manifest["totals"]
+    print(f"OK: {dataset.root}: {len(dataset.manifest['shards'])} shards, {totals['sequences']:,} sequences, "
+          f"{totals['documents']:,} documents" + (", every document decodes strictly" if decode else "")
+          + ("" if "inputs" in dataset.manifest else f"; not checked per input (no {INPUTS}: an older dataset)"))
+    return 0
