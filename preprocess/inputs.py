@@ -92,7 +92,7 @@ class ExpandFile(beam.DoFn):
             table = pq.ParquetFile(handle)
             if self.parquet_column not in table.schema_arrow.names:
                 raise ValueError(f"no column {self.parquet_column!r} (columns: {table.schema_arrow.names}); "
-                                 "pass --parquet-column")
+                                 "pass --parquet_column")
             row = 0
             for batch in table.iter_batches(columns=[self.parquet_column], batch_size=256):
                 for value in batch.column(0).to_pylist():
@@ -106,7 +106,7 @@ class ExpandFile(beam.DoFn):
                     else:
                         yield beam.pvalue.TaggedOutput(REJECTED, rejection(
                             source, "unreadable", f"the row holds {type(data).__name__}, not bytes; "
-                                                  "pass the binary column with --parquet-column"))
+                                                  "pass the binary column with --parquet_column"))
 
 
 class ReadInputs(beam.PTransform):

@@ -19,8 +19,8 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     checkpoints after steps 3 and 6 and the final one. Returns the run's out_dir; the data sits beside it."""
     root = tmp_path_factory.mktemp("tiny-run")
     data = root / "data"
-    run(["--output", str(data), "--profile", "jpeg-64-q25", "--seq-len", "1023", "--sample-size", "60",
-         "--val-fraction", "0.2", "--direct_running_mode", "in_memory", "--direct_num_workers", "1"])
+    run(["--output", str(data), "--profile", "jpeg-64-q25", "--seq_len", "1023", "--sample_size", "60",
+         "--val_fraction", "0.2", "--direct_running_mode", "in_memory", "--direct_num_workers", "1"])
     done = subprocess.run(["litgpt", "pretrain", "--config", str(ROOT / "train" / "jpeg-tiny.yaml"), "--data.path",
                            str(data), "--out_dir", str(root / "out"), "--train.max_tokens", str(6 * 8 * 1023),
                            "--train.micro_batch_size", "8", "--train.global_batch_size", "8", "--precision", "32-true",

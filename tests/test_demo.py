@@ -1,7 +1,7 @@
 """The README's main command, shortened: the tiny Jpeg-LM learns something that carries to photos it never saw.
 
 The dataset is split by source photo (the embedded sample's default), so the held-out loss is measured on
-crops of photos that no training crop came from. "Before" is the model exactly as `litgpt pretrain`
+crops of photos that no training crop came from. "Before" is the model exactly as `python -m train.pretrain`
 initialises it (same seed, same weight initialisation), scored on every held-out window.
 """
 
@@ -23,6 +23,7 @@ from litgpt.utils import chunked_cross_entropy
 from preprocess.run import run
 from shared.format.dataset import Dataset
 from train.checkpoint import load_model
+from train.parallel import init_weights
 
 ROOT = Path(__file__).resolve().parents[1]
 IN_MEMORY = ["--direct_running_mode", "in_memory", "--direct_num_workers", "1"]
@@ -45,24 +46,26 @@ def held_out_loss(model: GPT, dataset: Path) -> float:
 
 
 def initial_model() -> GPT:
-    """The model as `litgpt pretrain` builds it before the first step (seed, then GPT-NeoX init)."""
+    """The model as `python -m train.pretrain` builds it before the first step (LitGPT's GPT-NeoX init, each
+    weight then drawn from the seed and its name)."""
     settings = yaml.safe_load(CONFIG.read_text())
     config = Config(**settings["model_config"])
     fabric = L.Fabric(accelerator="cpu", devices=1)
     fabric.seed_everything(settings["seed"])
     model = GPT(config)
     initialize_weights(fabric, model, n_layer=config.n_layer, n_embd=config.n_embd)
+    init_weights(model, settings["seed"])
     return model
 
 
 def test_the_tiny_model_learns_on_photos_it_never_saw(tmp_path: Path) -> None:
     dataset, out = tmp_path / "jpeg-tiny", tmp_path / "out"
-    run(["--output", str(dataset), "--profile", "jpeg-64-q25", "--seq-len", "1023", "--val-fraction", "0.21",
-         "--sample-size", "800", *IN_MEMORY])
+    run(["--output", str(dataset), "--profile", "jpeg-64-q25", "--seq_len", "1023", "--val_fraction", "0.21",
+         "--sample_size", "800", *IN_MEMORY])
     env = {**os.environ, "TORCH_COMPILE_DISABLE": "1"}  # a short run: compiling costs more than it saves
-    subprocess.run(["litgpt", "pretrain", "--config", str(CONFIG), "--data.path", str(dataset), "--out_dir", str(out),
-                    "--train.max_tokens", str(TRAIN_TOKENS), "--eval.interval", "10", "--eval.max_iters", "4"],
-                   check=True, env=env, cwd=ROOT, capture_output=True)
+    subprocess.run([sys.executable, "-m", "train.pretrain", "--config", str(CONFIG), "--data.path", str(dataset),
+                    "--out_dir", str(out), "--train.max_tokens", str(TRAIN_TOKENS), "--eval.interval", "10",
+                    "--eval.max_iters", "4"], check=True, env=env, cwd=ROOT, capture_output=True, timeout=1800)
 
     before = held_out_loss(initial_model(), dataset)
     after = held_out_loss(load_model(out / "final", torch.device("cpu")), dataset)

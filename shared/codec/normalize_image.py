@@ -1,6 +1,6 @@
 """Any Pillow-readable image -> an upright RGB square of the profile's size.
 
-Rules (documented in the README):
+Rules (docs/codecs.md explains them):
 - EXIF orientation is applied; for animated/multi-page files the first frame is used.
 - Alpha (LA, RGBA, PA, P with transparency) is composited over white.
 - 16-bit and 32-bit integer greyscale (I;16*, I) is mapped from the 16-bit range to 8 bits;
