@@ -57,5 +57,16 @@ def test_plot_of_a_run_with_a_resumed_log(tmp_path: Path, capsys: pytest.Capture
     assert main([str(out)]) == 0
     assert "last evaluation in metrics.csv is at 3,000 of 4,000 tokens" in capsys.readouterr().out
 
+    # usage errors (status 2), one line each; a missing folder is named before anything else
+    missing = tmp_path / "missing"
+    assert main([str(missing), "--dataset", str(tmp_path / "no-dataset")]) == 2
+    assert capsys.readouterr().err == f"python -m train.plot: error: RUN_DIR {missing}: no such folder\n"
+    assert main([str(out), "--dataset", str(missing)]) == 2
+    assert capsys.readouterr().err == f"python -m train.plot: error: --dataset {missing}: no such folder\n"
+    (tmp_path / "empty").mkdir()
     assert main([str(tmp_path / "empty")]) == 2
-    assert "logger_name: csv" in capsys.readouterr().err
+    (error,) = capsys.readouterr().err.splitlines()
+    assert error.startswith("python -m train.plot: error: ") and "logger_name: csv" in error
+    # --out: the PNG, anywhere
+    assert main([str(out), "--dataset", str(data), "--out", str(tmp_path / "plots" / "loss.png")]) == 0
+    assert (tmp_path / "plots" / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -21,8 +21,9 @@ from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import Checkpoi
 from litgpt_metrics import losses
 from preprocess.run import run
 from train.estimate import GPUS, LayerMemory, estimate, gpu_table, layer_memory
+from train.estimate import main as estimate_main
 from train.parallel import FSDP2Strategy, init_weights
-from train.pretrain import SWAPPED, blocks_to_checkpoint, checkpoint_blocks, swapped_into_litgpt
+from train.pretrain import CHOICES, SWAPPED, blocks_to_checkpoint, checkpoint_blocks, swapped_into_litgpt
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_SETTINGS = yaml.safe_load((ROOT / "train" / "jpeg-tiny.yaml").read_text())
@@ -110,13 +111,41 @@ def test_checkpointed_blocks_recompute_and_keep_gradients_and_names(choice: str,
         assert torch.allclose(a.grad, b.grad, atol=1e-6), name
 
 
-def test_bad_choices_are_refused() -> None:
+PRETRAIN_ERROR = "python -m train.pretrain: error: "
+
+
+def test_bad_choices_are_refused(tmp_path: Path) -> None:
     for choice in ("every-0", "half", "every-", "2"):
         with pytest.raises(ValueError, match="none, full or every-N"):
             blocks_to_checkpoint(choice)
-    done = subprocess.run(["python", "-m", "train.pretrain", "--config", "train/jpeg-tiny.yaml",
-                           "--activation_checkpointing", "most"], cwd=ROOT, capture_output=True, text=True)
-    assert done.returncode != 0 and "none, full or every-N" in done.stderr
+    done = subprocess.run(["python", "-m", "train.pretrain", "--config", "train/jpeg-tiny.yaml", "--data.path",
+                           str(tmp_path), "--activation_checkpointing", "most"], cwd=ROOT, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 2  # a usage error, one line (docs/cli.md)
+    assert done.stderr.splitlines() == [f"{PRETRAIN_ERROR}--activation_checkpointing must be {CHOICES}, not 'most'"]
+
+
+def test_missing_paths_are_named_first(tmp_path: Path) -> None:
+    """A missing --config file or dataset folder (typed, or given by the config) is the one complaint, with
+    status 2, although the layout is wrong too (3 processes do not divide the global batch): nothing starts."""
+    missing = tmp_path / "missing"
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump({**TINY_SETTINGS, "data": {**TINY_SETTINGS["data"],
+                                                                "init_args": {"path": str(missing)}}}))
+    cases = {
+        (f"--config={missing}.yaml",): f"--config {missing}.yaml: no such file",
+        ("--config", "train/jpeg-tiny.yaml", "--data.path", str(missing)): f"--data.path {missing}: no such folder",
+        ("--config", str(config)): f"--data.path {missing}: no such folder",
+    }
+
+    def refused(flags: tuple[str, ...]) -> subprocess.CompletedProcess:
+        return subprocess.run(["python", "-m", "train.pretrain", *flags, "--devices", "3", "--out_dir",
+                               str(tmp_path / "out")], cwd=ROOT, capture_output=True, text=True, timeout=300)
+
+    with ThreadPoolExecutor(2) as pool:  # independent start-ups
+        for (flags, message), done in zip(cases.items(), pool.map(refused, cases)):
+            assert (done.returncode, done.stderr.splitlines()) == (2, [PRETRAIN_ERROR + message]), flags
+    assert not (tmp_path / "out").exists()
 
 
 def test_print_config_is_litgpts_plus_the_choice() -> None:
@@ -223,13 +252,31 @@ def test_estimate_tells_which_gpu_fits(layers_7b: LayerMemory) -> None:
 
 def test_estimate_cli_prints_the_table_as_json() -> None:
     done = subprocess.run(["python", "-m", "train.estimate", "--config", "train/jpeg-tiny.yaml", "--json",
-                           "--activation_checkpointing", "every-2"], cwd=ROOT, capture_output=True, text=True, check=True)
+                           "--activation-checkpointing", "every-2"], cwd=ROOT, capture_output=True, text=True,
+                          check=True, timeout=300)
+    assert done.stderr == ""
     printed = json.loads(done.stdout)
     every_2 = len(range(0, TINY_LAYERS, 2))  # blocks 0, 2, ...
     assert printed["estimate"]["checkpointed_layers"] == every_2
     assert printed["layer_memory"]["checkpointed"] == 2 * TINY.n_embd
     assert {row["activation_checkpointing"] for row in printed["gpus"]} == {"none", "full", "every-2"}
     assert len(printed["gpus"]) == 3 * len(GPUS) and all(row["fits"] for row in printed["gpus"])
+
+
+def test_estimate_old_flag_spelling_warns_and_works(capsys: pytest.CaptureFixture) -> None:
+    config = str(ROOT / "train" / "jpeg-tiny.yaml")
+    assert estimate_main(["--config", config, "--json", "--activation_checkpointing", "every-2"]) == 0
+    printed = capsys.readouterr()
+    assert printed.err.splitlines() == ["python -m train.estimate: warning: --activation_checkpointing is deprecated "
+                                        "and goes in the next release; use --activation-checkpointing"]
+    assert json.loads(printed.out)["estimate"]["activation_checkpointing"] == "every-2"
+    assert json.loads(printed.out)["estimate"]["checkpointed_layers"] == len(range(0, TINY_LAYERS, 2))
+    # a missing --config is named before the bad choice
+    assert estimate_main(["--config", "missing.yaml", "--activation-checkpointing", "most"]) == 2
+    assert capsys.readouterr().err == "python -m train.estimate: error: --config missing.yaml: no such file\n"
+    assert estimate_main(["--config", config, "--activation-checkpointing", "most"]) == 2
+    assert capsys.readouterr().err == ("python -m train.estimate: error: --activation-checkpointing must be "
+                                       f"{CHOICES}, not 'most'\n")
 
 
 def test_gpu_benchmark_says_it_needs_cuda_and_runs_its_steps_on_a_small_config(tmp_path: Path) -> None:

@@ -23,23 +23,32 @@ import socket
 import subprocess
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
+from litgpt import GPT, Config
 
 from litgpt_metrics import losses
 from preprocess.run import run
+from shared.errors import CodecLmError
 from train.checkpoint import (
     MARKER,
     SHARDED,
     WEIGHTS,
+    CheckpointError,
+    consolidate,
+    load_for_sampling,
     load_lit_weights,
+    load_model_config,
     newest_complete,
+    open_dataset,
     recorded_dataset,
     sharded_weights,
 )
+from train.consolidate import main as consolidate_main
 from train.evaluate import EvaluationError, check_fingerprint
 from train.export import export
 from train.pretrain import main as pretrain_main
@@ -212,7 +221,7 @@ def test_a_sharded_checkpoint_generates_and_exports_wherever_it_is_moved(two_pro
     dataset.rename(hidden)  # the recorded dataset path no longer exists
     try:
         done = subprocess.run([sys.executable, "-m", "train.generate", "--checkpoint", str(moved), "--unconditional",
-                               "--num-samples", "2", "--max-new-tokens", "40", "--device", "cpu", "--out",
+                               "2", "--max-new-tokens", "40", "--device", "cpu", "--out",
                                str(tmp_path / "samples")], cwd=tmp_path, capture_output=True, text=True,
                               timeout=RUN_LIMIT)
         assert done.returncode == 0, done.stderr[-3000:]
@@ -237,8 +246,8 @@ def test_a_sharded_checkpoint_generates_and_exports_wherever_it_is_moved(two_pro
     shutil.rmtree(moved)
     shutil.copytree(two_processes / "step-00000006", moved)
     # python -m train.consolidate writes lit_model.pth for LitGPT's tools
-    done = subprocess.run([sys.executable, "-m", "train.consolidate", str(moved)], capture_output=True, text=True,
-                          cwd=ROOT, timeout=RUN_LIMIT)
+    done = subprocess.run([sys.executable, "-m", "train.consolidate", "--checkpoint", str(moved)], capture_output=True,
+                          text=True, cwd=ROOT, timeout=RUN_LIMIT)
     assert done.returncode == 0, done.stderr
     assert set(torch.load(moved / WEIGHTS, weights_only=True)) == set(weights(two_processes / "final"))
 
@@ -263,15 +272,49 @@ def test_bad_layouts_and_data_are_refused_before_any_process_starts(dataset: Pat
 
     def refused(devices: int, *flags: str) -> str:  # the CLI in this process: it stops before launching any
         monkeypatch.setattr(sys, "argv", command(dataset, out, devices, *flags)[2:])
-        with pytest.raises(SystemExit) as stopped:
-            pretrain_main()
-        return str(stopped.value)
+        assert pretrain_main() == 2  # a usage error
+        (line,) = capsys.readouterr().err.splitlines()
+        assert line.startswith("python -m train.pretrain: error: ")
+        return line
 
     uneven = refused(3)  # 3 processes x micro-batch 1 do not divide 4
     assert "error: --train.global_batch_size 4 is not a multiple of 3 processes x --train.micro_batch_size 1" in uneven
     crowded = refused(4, "--train.global_batch_size", "40", "--train.micro_batch_size", "10")
     assert "has 34 train sequences for 4 processes x micro-batch 10: train needs 40" in crowded
-    assert not out.exists() and "Traceback" not in capsys.readouterr().err
+    assert not out.exists()
+
+
+# One process of a run fails (here: in train_dataloader, after the process group is up and the model sharded).
+FAILING_RANK = """
+import os, sys
+import train.data
+from shared.format.dataset import DatasetError
+
+if os.environ.get("LOCAL_RANK", "0") == os.environ["FAIL_RANK"]:
+    def broken(self):
+        raise DatasetError(f"rank {os.environ.get('LOCAL_RANK', '0')} cannot read its data")
+    train.data.CodecShards.train_dataloader = broken
+
+from train.pretrain import main
+sys.exit(main())
+"""
+
+
+@pytest.mark.parametrize("rank", [0, 1])
+def test_a_failing_rank_stops_the_run_with_its_one_line_error(dataset: Path, tmp_path: Path, rank: int) -> None:
+    """Rank 1 fails: Lightning ends rank 0. Rank 0 fails: it ends rank 1, which would wait for it in a
+    collective. Either way: the error in one line, a non-zero status, no process left, well within the limit."""
+    (tmp_path / "failing_rank.py").write_text(FAILING_RANK)
+    argv = [sys.executable, "-m", "failing_rank", *command(dataset, tmp_path / "out", 2)[3:]]
+    log = tmp_path / "run.log"
+    process = start(argv, log, env={"FAIL_RANK": str(rank), "PYTHONPATH": f"{tmp_path}{os.pathsep}{ROOT}"})
+    output = finish(process, log, ok=False)
+    errors = [line for line in output.splitlines() if ": error: " in line]
+    assert f"python -m train.pretrain: error: rank {rank} cannot read its data" in errors, output[-3000:]
+    assert all(line.startswith("python -m train.pretrain: error: ") for line in errors), errors
+    assert "Traceback" not in output
+    with pytest.raises(ProcessLookupError):  # every process of the run has ended
+        os.killpg(process.pid, 0)
 
 
 def test_a_checkpoint_of_another_model_or_global_batch_is_refused(dataset: Path, one_process: Path,
@@ -281,7 +324,9 @@ def test_a_checkpoint_of_another_model_or_global_batch_is_refused(dataset: Path,
     before = sorted((p.relative_to(out), p.stat().st_size) for p in out.rglob("*") if p.is_file())
     other_batch = train(dataset, out, 1, "--resume", "auto", "--train.global_batch_size", "8",
                         "--train.micro_batch_size", "8", ok=False)
-    assert "was trained with --train.global_batch_size 4, this run has 8" in other_batch
+    (error,) = [line for line in other_batch.splitlines() if ": error: " in line]  # one line (docs/cli.md)
+    assert error.startswith("python -m train.pretrain: error: ") and "Traceback" not in other_batch
+    assert "was trained with --train.global_batch_size 4, this run has 8" in error
     other_model = train(dataset, out, 1, "--resume", "auto", "--model_config.n_layer", "3", ok=False)
     assert "is a checkpoint of another model: n_layer 2 there, 3 here" in other_model
     after = sorted((p.relative_to(out), p.stat().st_size) for p in out.rglob("*")
@@ -300,3 +345,41 @@ def test_a_relative_dataset_path_is_found_from_any_working_directory(tmp_path: P
     (ran_in / "data" / "jpeg-tiny").mkdir(parents=True)
     (ran_in / "data" / "jpeg-tiny" / "manifest.json").write_text("{}")
     assert recorded_dataset(checkpoint) == str(ran_in / "data" / "jpeg-tiny")
+
+
+def test_unreadable_checkpoints_raise_checkpoint_error(dataset: Path, tmp_path: Path,
+                                                       capsys: pytest.CaptureFixture) -> None:
+    """Library functions raise a typed error (a CodecLmError), which each command's main() reports."""
+    assert issubclass(CheckpointError, CodecLmError)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(CheckpointError, match="has no model_config.yaml"):
+        load_model_config(empty)
+    with pytest.raises(CheckpointError, match="not a readable sharded checkpoint"):
+        sharded_weights(empty)
+    with pytest.raises(CheckpointError, match="nothing to consolidate"):
+        consolidate(empty)
+    (empty / "hyperparameters.yaml").write_text("out_dir: out\n")
+    with pytest.raises(CheckpointError, match="records no dataset"):
+        open_dataset(empty, None)
+    with pytest.raises(CheckpointError, match="cannot read the training dataset .*--dataset DIR"):
+        open_dataset(empty, str(tmp_path / "missing"))
+    other = tmp_path / "other"
+    other.mkdir()
+    torch.save({"optimizer": {}}, other / WEIGHTS)
+    with pytest.raises(CheckpointError, match="holds no LitGPT model weights"):
+        load_lit_weights(other)
+    # a model with fewer embedding rows than the dataset's tokenizer has ids
+    small = Config(name="small", padded_vocab_size=256, vocab_size=256, n_layer=1, n_head=1, n_embd=8, block_size=16)
+    (other / "model_config.yaml").write_text(yaml.safe_dump(asdict(small)))
+    torch.save(GPT(small).state_dict(), other / WEIGHTS)
+    with pytest.raises(CheckpointError, match="the model knows 256 ids, its tokenizer 320"):
+        load_for_sampling(other, dataset=str(dataset), device=torch.device("cpu"))
+    # train.consolidate: a missing folder is named first (status 2), in one line; the old spelling still works
+    assert consolidate_main([str(empty), "--checkpoint", str(tmp_path / "missing")]) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        "python -m train.consolidate: warning: checkpoint folders as plain arguments are deprecated and go in the next "
+        "release; use --checkpoint DIR [DIR ...]",
+        f"python -m train.consolidate: error: --checkpoint {tmp_path / 'missing'}: no such folder"]
+    assert consolidate_main(["--checkpoint", str(empty)]) == 2
+    assert "not a checkpoint folder" in capsys.readouterr().err

@@ -22,6 +22,7 @@ from litgpt_metrics import losses
 from preprocess.run import run
 from shared.format.dataset import Dataset, DatasetError
 from train.data import CodecShards, ResumableLoader, StreamBatches
+from train.pretrain import check_data
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_LR = str(yaml.safe_load((ROOT / "train" / "jpeg-tiny.yaml").read_text())["optimizer"]["init_args"]["lr"])
@@ -190,13 +191,17 @@ def test_validation_reads_the_val_split(dataset: Path) -> None:
 
 
 def test_mismatches_are_caught_before_training(dataset: Path, tmp_path: Path) -> None:
-    def litgpt_main() -> None:  # LitGPT's main() holds the model config when it connects the data
-        config = Config(name="small-vocab", padded_vocab_size=256, vocab_size=256, n_layer=1, n_head=1, n_embd=8)
-        assert config
-        module(dataset)
-
-    with pytest.raises(ValueError, match=r"vocabulary \(320 ids\) is larger than the model's \(256\)"):
-        litgpt_main()
+    small = Config(name="small-vocab", padded_vocab_size=256, vocab_size=256, n_layer=1, n_head=1, n_embd=8)
+    too_many_ids = r"vocabulary \(320 ids\) is larger than the model's \(256\)"
+    with pytest.raises(ValueError, match=too_many_ids):  # python -m train.pretrain, before any process starts
+        check_data(CodecShards(path=str(dataset)), 1, 4, small)
+    with pytest.raises(ValueError, match=too_many_ids):  # the data module's own setting (plain litgpt pretrain)
+        CodecShards(path=str(dataset), model_vocab_size=256).connect(batch_size=4)
+    fits = CodecShards(path=str(dataset))
+    check_data(fits, 1, 4, Config(name="fits", padded_vocab_size=320, vocab_size=320, n_layer=1, n_head=1, n_embd=8))
+    assert fits.model_vocab_size == 320  # what every rank's connect() checks again
+    with pytest.warns(UserWarning, match="the model's vocabulary is not checked against the dataset's 320 ids"):
+        module(dataset)  # unset, as under plain litgpt pretrain: said, not silent
     with pytest.raises(DatasetError, match="not a codec-LM dataset"):
         module(tmp_path)
     broken = tmp_path / "broken"

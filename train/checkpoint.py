@@ -32,6 +32,7 @@ from litgpt.utils import lazy_load
 
 from shared.codec.profile import CodecProfile
 from shared.codec.token_constraint import TokenConstraint
+from shared.errors import CodecLmError
 from shared.format.dataset import Dataset, DatasetError
 from shared.format.files import open_atomic, read_bytes, write_json_atomic
 from shared.format.shards import MANIFEST, TOKENIZER
@@ -44,7 +45,7 @@ WEIGHTS = "lit_model.pth"
 DATASET = "dataset"  # the training dataset's description inside a checkpoint folder
 
 
-class CheckpointError(Exception):
+class CheckpointError(CodecLmError):
     """A checkpoint folder that cannot be read, or does not fit the run that reads it."""
 
 
@@ -133,8 +134,8 @@ def load_model_config(checkpoint: Path) -> Config:
     hyperparameters = read_hyperparameters(checkpoint)
     if isinstance(hyperparameters.get("model_config"), dict):
         return Config(**hyperparameters["model_config"])
-    raise SystemExit(f"{checkpoint} has no model_config.yaml and its hyperparameters.yaml has no model_config: "
-                     "pass a checkpoint folder written by `litgpt pretrain`")
+    raise CheckpointError(f"{checkpoint} has no model_config.yaml and its hyperparameters.yaml has no model_config: "
+                          "pass a checkpoint folder written by `litgpt pretrain`")
 
 
 def read_hyperparameters(checkpoint: Path) -> dict[str, Any]:
@@ -159,8 +160,8 @@ def load_lit_weights(checkpoint: Path) -> dict[str, Any]:
     state = lazy_load(checkpoint / WEIGHTS)
     weights = state.get("model", state)
     if not isinstance(weights, dict) or "transformer.wte.weight" not in weights:
-        raise SystemExit(f"{checkpoint / WEIGHTS} holds no LitGPT model weights "
-                         f"(keys: {', '.join(list(state)[:6])})")
+        raise CheckpointError(f"{checkpoint / WEIGHTS} holds no LitGPT model weights "
+                              f"(keys: {', '.join(list(state)[:6])})")
     return weights
 
 
@@ -173,11 +174,11 @@ def sharded_weights(folder: Path) -> dict[str, torch.Tensor]:
     try:
         entries = reader.read_metadata().state_dict_metadata
     except (OSError, ValueError, EOFError) as error:
-        raise SystemExit(f"{folder} is not a readable sharded checkpoint ({error})") from None
+        raise CheckpointError(f"{folder} is not a readable sharded checkpoint ({error})") from None
     weights = {name: torch.empty(entry.size, dtype=entry.properties.dtype) for name, entry in entries.items()
                if name.startswith("model.") and isinstance(entry, TensorStorageMetadata)}
     if "model.transformer.wte.weight" not in weights:
-        raise SystemExit(f"{folder} holds no LitGPT model weights")
+        raise CheckpointError(f"{folder} holds no LitGPT model weights")
     dcp.load(weights, storage_reader=reader, no_dist=True)  # this process alone, also inside a process group
     return {name.removeprefix("model."): tensor for name, tensor in weights.items()}
 
@@ -210,7 +211,7 @@ def single_process_state(folder: Path, target: Path) -> Path:
 def consolidate(checkpoint: Path) -> Path:
     """Write ``checkpoint/lit_model.pth`` (the model weights, as LitGPT's tools read them) from its shards."""
     if not (checkpoint / SHARDED).is_dir():
-        raise SystemExit(f"{checkpoint} has no {SHARDED}/ folder: nothing to consolidate")
+        raise CheckpointError(f"{checkpoint} has no {SHARDED}/ folder: nothing to consolidate")
     weights = sharded_weights(checkpoint / SHARDED)
     with open_atomic(checkpoint / WEIGHTS) as handle:
         torch.save(weights, handle)
@@ -255,13 +256,13 @@ def open_dataset(checkpoint: Path, dataset: str | None) -> Dataset:
             sha256 = carried.manifest["tokenizer"].get("sha256")
             return found if found is not None and found.manifest["tokenizer"].get("sha256") == sha256 else carried
         if dataset is None:
-            raise SystemExit(f"{checkpoint / 'hyperparameters.yaml'} records no dataset (data.init_args.path); "
-                             "pass --dataset DIR")
+            raise CheckpointError(f"{checkpoint / 'hyperparameters.yaml'} records no dataset (data.init_args.path); "
+                                  "pass --dataset DIR")
     try:
         return Dataset.open(str(dataset))
     except DatasetError as error:
-        raise SystemExit(f"cannot read the training dataset {dataset} ({where}): {error}; "
-                         "the checkpoint needs its manifest.json and tokenizer.json (--dataset DIR)") from None
+        raise CheckpointError(f"cannot read the training dataset {dataset} ({where}): {error}; "
+                              "the checkpoint needs its manifest.json and tokenizer.json (--dataset DIR)") from None
 
 
 def load_model(checkpoint: Path, device: torch.device) -> GPT:
@@ -290,7 +291,7 @@ def load_for_sampling(checkpoint: Path, *, dataset: str | None = None, device: t
     profile, tokenizer = data.profile, data.tokenizer
     model = load_model(Path(checkpoint), device)
     if model.config.padded_vocab_size < tokenizer.vocab_size:
-        raise SystemExit(f"{checkpoint}: the model knows {model.config.padded_vocab_size} ids, "
-                         f"its tokenizer {tokenizer.vocab_size}")
+        raise CheckpointError(f"{checkpoint}: the model knows {model.config.padded_vocab_size} ids, "
+                              f"its tokenizer {tokenizer.vocab_size}")
     constraint = TokenConstraint(profile.grammar(), tokenizer.token_bytes, tokenizer.eos_id) if constrained else None
     return Sampler(data, profile, tokenizer, model, constraint)

@@ -1,13 +1,14 @@
 """Write a sharded checkpoint's model as one ``lit_model.pth``, for LitGPT's own tools.
 
-    python -m train.consolidate out/jpeg7b/step-00005000 [out/jpeg7b/step-00010000 ...]
+    python -m train.consolidate --checkpoint out/jpeg7b/step-00005000 [out/jpeg7b/step-00010000 ...]
 
 A run on several processes saves each checkpoint as shards (``CHECKPOINT/sharded/``, one file per rank);
 its ``final/`` gets a consolidated ``lit_model.pth`` by itself. This does the same for any other
 checkpoint: the model weights (not the optimizer state) gathered in this one process, written
 atomically beside the shards. ``train.generate``, ``train.evaluate`` and ``train.export`` read sharded
 checkpoints without it; ``litgpt generate``, ``litgpt convert_from_litgpt`` and the like need it. Memory:
-the whole model, once (~13 GB for the 7B configs in bf16).
+the whole model, once (~13 GB for the 7B configs in bf16). (Checkpoint folders given as plain arguments, the
+old spelling, still work, with a warning.)
 """
 
 from __future__ import annotations
@@ -16,24 +17,39 @@ import argparse
 import sys
 from pathlib import Path
 
+from shared.tools import cli
 from train.checkpoint import WEIGHTS, consolidate, weights_files
 
+PROG = "python -m train.consolidate"
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m train.consolidate", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("checkpoints", nargs="+", type=Path, help="checkpoint folders holding sharded/")
+
+@cli.command(PROG)
+def main(argv: list[str] | None = None) -> int:
+    parser = cli.parser(PROG, __doc__)
+    parser.add_argument("--checkpoint", nargs="+", type=Path, default=[], metavar="DIR",
+                        help="checkpoint folders holding sharded/")
+    parser.add_argument("old_checkpoints", nargs="*", type=Path, help=argparse.SUPPRESS)  # the old spelling
     parser.add_argument("--overwrite", action="store_true", help=f"replace an existing {WEIGHTS}")
     args = parser.parse_args(argv)
-    for checkpoint in args.checkpoints:
+    if args.old_checkpoints:
+        print(f"{PROG}: warning: checkpoint folders as plain arguments are deprecated and go in the next release; "
+              "use --checkpoint DIR [DIR ...]", file=sys.stderr)
+    checkpoints = [*args.checkpoint, *args.old_checkpoints]
+    if not checkpoints:
+        raise cli.UsageError("--checkpoint DIR [DIR ...] is required")
+    for checkpoint in checkpoints:  # every missing folder named before any other complaint
+        cli.existing_dir(checkpoint, "--checkpoint")
+    for checkpoint in checkpoints:
         if not weights_files(checkpoint):
-            parser.error(f"{checkpoint} is not a checkpoint folder (no {WEIGHTS}, no sharded/ with .metadata)")
+            raise cli.UsageError(f"--checkpoint {checkpoint}: not a checkpoint folder (no {WEIGHTS}, no sharded/ "
+                                 "with .metadata)")
         if (checkpoint / WEIGHTS).exists() and not args.overwrite:
-            parser.error(f"{checkpoint / WEIGHTS} exists; pass --overwrite to write it again from the shards")
-    for checkpoint in args.checkpoints:
+            raise cli.UsageError(f"{checkpoint / WEIGHTS} exists; pass --overwrite to write it again from the shards")
+    for checkpoint in checkpoints:
         written = consolidate(checkpoint)
         print(f"{written}: {written.stat().st_size / 2**20:,.1f} MiB", file=sys.stderr)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

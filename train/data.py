@@ -41,8 +41,8 @@ one more batch before it stops, so ``final/`` is one batch ahead; ``--resume aut
 
 from __future__ import annotations
 
-import inspect
 import io
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -279,12 +279,17 @@ class CodecShards(DataModule):
         seed: seeds the shuffling of shards and examples; each epoch differs, the same seed repeats.
         num_workers: dataloader worker processes per rank (a resumed run may use another number).
         verify_checksums: check each shard's sha256 against the manifest when it is read.
+        model_vocab_size: the model's ``padded_vocab_size``: ``connect()`` refuses a dataset whose tokenizer has
+            more ids. LitGPT does not tell a data module its model; ``python -m train.pretrain`` checks the
+            vocabulary before any work and sets this. Unset under plain ``litgpt pretrain``, the check is skipped
+            with a warning.
     """
 
     path: str = "data/jpeg"
     seed: int = 42
     num_workers: int = 2
     verify_checksums: bool = True
+    model_vocab_size: int | None = None
     batch_size: int = field(default=1, init=False, repr=False)
     max_seq_length: int = field(default=-1, init=False, repr=False)
 
@@ -300,10 +305,13 @@ class CodecShards(DataModule):
         if self.max_seq_length > seq_len:
             raise ValueError(f"the model's context ({self.max_seq_length} tokens) is longer than the dataset's "
                              f"sequences ({seq_len}); preprocess with --seq-len {self.max_seq_length} or more")
-        config = _model_config_of_caller()
-        if config is not None and config.padded_vocab_size < dataset.manifest["vocab_size"]:
-            raise ValueError(f"the dataset's vocabulary ({dataset.manifest['vocab_size']} ids) is larger than the "
-                             f"model's ({config.padded_vocab_size}); set model_config.padded_vocab_size and vocab_size")
+        if self.model_vocab_size is not None:
+            self.check_vocabulary(self.model_vocab_size)
+        else:  # LitGPT's connect() is not told the model: say so, rather than fail later without a reason
+            warnings.warn(f"{self.path}: the model's vocabulary is not checked against the dataset's "
+                          f"{dataset.manifest['vocab_size']} ids (set data.init_args.model_vocab_size to "
+                          "model_config.padded_vocab_size; `python -m train.pretrain` checks it by itself): a smaller "
+                          "model fails at its first step, an index out of range in its embedding", stacklevel=2)
         self.check_world(rank_and_world()[1], batch_size)
         for shard in dataset.shards():
             path = dataset.path(shard["path"])
@@ -314,6 +322,13 @@ class CodecShards(DataModule):
             if found != shard["bytes"]:
                 raise DatasetError(f"{path} is {found} bytes, the manifest says {shard['bytes']}: "
                                    "the shard is truncated or was replaced (run `codec-shards verify`)")
+
+    def check_vocabulary(self, model_vocab_size: int) -> None:
+        """The model has an embedding row for every id of the dataset's tokenizer."""
+        dataset = getattr(self, "dataset", None) or Dataset.open(str(self.path))
+        if model_vocab_size < dataset.manifest["vocab_size"]:
+            raise ValueError(f"the dataset's vocabulary ({dataset.manifest['vocab_size']} ids) is larger than the "
+                             f"model's ({model_vocab_size}); set model_config.padded_vocab_size and vocab_size")
 
     def check_world(self, world: int, micro_batch: int) -> None:
         """Every rank needs a micro-batch of training sequences and a validation sequence."""
@@ -356,19 +371,3 @@ def rank_and_world() -> tuple[int, int]:
         return dist.get_rank(), dist.get_world_size()
     return 0, 1
 
-
-def _model_config_of_caller() -> Any:
-    """The litgpt Config of the ``litgpt pretrain`` run that is connecting this module, if any.
-
-    LitGPT's ``connect()`` is not told the model, but its ``main()`` holds the config two frames up;
-    without it (another caller) the vocabulary check is skipped.
-    """
-    from litgpt import Config
-
-    frame = inspect.currentframe()
-    while frame is not None:
-        for value in frame.f_locals.values():
-            if isinstance(value, Config):
-                return value
-        frame = frame.f_back
-    return None

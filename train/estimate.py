@@ -1,8 +1,11 @@
 """What a config costs: parameters, tokens per optimizer step, memory per GPU, tokens/s per GPU, with and
 without activation checkpointing, and which GPUs it fits.
 
-    python -m train.estimate --config train/jpeg7b.yaml [--activation_checkpointing full] [--gpus-per-node 8]
+    python -m train.estimate --config train/jpeg7b.yaml [--activation-checkpointing full] [--gpus-per-node 8]
         [--strategy fsdp2|fsdp1] [--hfu 0.4] [--json]
+
+``--activation-checkpointing`` takes what ``python -m train.pretrain --activation_checkpointing`` takes (LitGPT
+spells its flags in snake_case); the old spelling ``--activation_checkpointing`` here still works, with a warning.
 
 Memory follows the config's ``precision``: ``bf16-true`` keeps weights, gradients and both AdamW moments in
 bf16 (8 bytes per parameter), ``bf16-mixed`` / ``32-true`` in fp32 (16 bytes), sharded across the GPUs of
@@ -27,9 +30,9 @@ stays under 90% of its memory (room for the CUDA context, NCCL buffers and fragm
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
+import sys
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -38,7 +41,10 @@ import yaml
 from litgpt import GPT, Config
 from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import CheckpointWrapper
 
+from shared.tools import cli
 from train.pretrain import CHOICES, blocks_to_checkpoint, checkpoint_blocks
+
+PROG = "python -m train.estimate"
 
 
 @dataclass(frozen=True)
@@ -139,7 +145,8 @@ def flops_per_token(config: Config, checkpointed_layers: int = 0) -> tuple[float
     """(model FLOPs, hardware FLOPs) per trained token: forward + backward, causal attention included;
     hardware FLOPs add the forward pass of the checkpointed layers again."""
     with torch.device("meta"):
-        block_parameters = sum(p.numel() for p in GPT(replace(config, n_layer=1, block_size=8)).transformer.h.parameters())
+        block = GPT(replace(config, n_layer=1, block_size=8)).transformer.h
+    block_parameters = sum(p.numel() for p in block.parameters())
     attention = 2 * config.n_embd * config.block_size  # causal attention's forward FLOPs per layer and token
     model = 6 * count_parameters(config) + 3 * config.n_layer * attention
     return model, model + checkpointed_layers * (2 * block_parameters + attention)
@@ -209,11 +216,12 @@ def gpu_table(config: Config, *, gpus_per_node: int, hfu: float, layers: LayerMe
     return rows
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m train.estimate", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+@cli.command(PROG)
+def main(argv: list[str] | None = None) -> int:
+    parser = cli.parser(PROG, __doc__)
     parser.add_argument("--config", type=Path, required=True, help="a litgpt pretrain YAML (train/jpeg7b.yaml …)")
-    parser.add_argument("--activation_checkpointing", default="none", help=f"{CHOICES} (default: none)")
+    parser.add_argument("--activation-checkpointing", default="none", help=f"{CHOICES} (default: none)")
+    cli.deprecated(parser, "--activation_checkpointing", "--activation-checkpointing")
     parser.add_argument("--gpus-per-node", type=int, default=8, help="FSDP shards the state across these")
     parser.add_argument("--hfu", type=float, default=0.4,
                         help="share of the GPU's dense bf16 peak the step runs at, recompute included (default 0.4)")
@@ -221,17 +229,27 @@ def main(argv: list[str] | None = None) -> None:
                         help="fsdp2: python -m train.pretrain (default); fsdp1: litgpt pretrain")
     parser.add_argument("--json", action="store_true", help="print everything as JSON")
     args = parser.parse_args(argv)
+    cli.existing(args.config, "--config", "file")
     try:
         blocks_to_checkpoint(args.activation_checkpointing)
     except ValueError as error:
-        parser.error(str(error))
-    settings = yaml.safe_load(args.config.read_text())
+        raise cli.UsageError(str(error).replace("--activation_checkpointing", "--activation-checkpointing")) from None
+    if args.gpus_per_node < 1 or not 0 < args.hfu <= 1:
+        raise cli.UsageError(f"--gpus-per-node must be 1 or more (not {args.gpus_per_node}) and --hfu in (0, 1] "
+                             f"(not {args.hfu})")
+    try:
+        settings = yaml.safe_load(args.config.read_text())
+    except yaml.YAMLError as error:
+        raise cli.UsageError(f"--config {args.config}: not YAML ({' '.join(str(error).split())})") from None
+    if not isinstance(settings, dict) or not all(isinstance(settings.get(k), dict) for k in ("model_config", "train")):
+        raise cli.UsageError(f"--config {args.config}: no model_config and train sections: pass a litgpt pretrain "
+                             "config (train/jpeg7b.yaml …)")
     config = Config(**settings["model_config"])
     train = settings["train"]
     layers = layer_memory(config)
     precision = settings.get("precision") or "bf16-true"
     if precision not in STATE_BYTES:
-        parser.error(f"{args.config}: precision {precision!r} is not one of {', '.join(STATE_BYTES)}")
+        raise cli.UsageError(f"--config {args.config}: precision {precision!r} is not one of {', '.join(STATE_BYTES)}")
     result = estimate(config, micro_batch=train["micro_batch_size"], global_batch=train["global_batch_size"],
                       gpus_per_node=args.gpus_per_node, activation_checkpointing=args.activation_checkpointing,
                       layers=layers, strategy=args.strategy, precision=precision)
@@ -242,7 +260,7 @@ def main(argv: list[str] | None = None) -> None:
         print(json.dumps({"config": str(args.config), "strategy": args.strategy, "precision": precision,
                           "estimate": asdict(result), "layer_memory": asdict(layers),
                           "gpus": table}, indent=2))
-        return
+        return 0
     print(f"{config.name}: {result.parameters:,} parameters, {result.tokens_per_step:,} tokens per optimizer step, "
           f"context {config.block_size:,}")
     print(f"  kept per layer and token (bf16, measured): {layers.plain / 1e3:,.1f} KB, checkpointed "
@@ -261,7 +279,8 @@ def main(argv: list[str] | None = None) -> None:
         print(f"  {row['gpu']:11s} {row['activation_checkpointing']:13s} {row['memory_gb']:7.1f}  "
               f"{'yes' if row['fits'] else 'no':4s} {row['largest_micro_batch']:15d} {row['tokens_per_second']:12,d} "
               f"{row['mfu']:5.0%}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

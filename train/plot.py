@@ -3,15 +3,15 @@
     python -m train.plot out/jpeg-tiny                 # writes out/jpeg-tiny/loss.png, prints the figures
     python -m train.plot out/jpeg7b --dataset gs://bucket/jpeg-lm --out loss.png
 
-Reads LitGPT's own CSV log (OUT_DIR/logs/csv/version_*/metrics.csv; a resumed run's versions are joined,
-later ones winning), so it works on any `litgpt pretrain` output folder with `logger_name: csv`. Bits per
-byte need the dataset's bytes per token: the dataset the run records in its hyperparameters.yaml, or
---dataset. A uniform guess over 256 byte values scores 8.0 bits per byte.
+RUN_DIR is the folder a run wrote (its ``--out_dir``); ``--out`` is the PNG this writes. Reads LitGPT's own
+CSV log (RUN_DIR/logs/csv/version_*/metrics.csv; a resumed run's versions are joined, later ones winning), so
+it works on any `litgpt pretrain` output folder with `logger_name: csv`. Bits per byte need the dataset's
+bytes per token: the dataset the run records in its hyperparameters.yaml, or --dataset. A uniform guess over
+256 byte values scores 8.0 bits per byte.
 """
 
 from __future__ import annotations
 
-import argparse
 import csv
 import io
 import math
@@ -25,10 +25,12 @@ import yaml
 
 from shared.format.dataset import Dataset, DatasetError
 from shared.format.files import write_atomic
+from shared.tools import cli
 
 matplotlib.use("Agg")  # files only: no display needed
 import matplotlib.pyplot as plt  # noqa: E402 — after choosing the backend
 
+PROG = "python -m train.plot"
 UNIFORM_BITS_PER_BYTE = 8.0
 
 
@@ -128,27 +130,31 @@ def summary(curves: Curves, per_token: float | None) -> str:
     return "\n".join(lines)
 
 
+@cli.command(PROG)
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m train.plot", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("out_dir", type=Path, help="a litgpt pretrain out_dir")
+    parser = cli.parser(PROG, __doc__)
+    parser.add_argument("run", type=Path, metavar="RUN_DIR",
+                        help="the folder a litgpt pretrain run wrote (its --out_dir)")
     parser.add_argument("--dataset", help="the training dataset (default: the one the run records)")
-    parser.add_argument("--out", type=Path, help="PNG to write (default: OUT_DIR/loss.png)")
+    parser.add_argument("--out", type=Path, help="the PNG to write (default: RUN_DIR/loss.png)")
     args = parser.parse_args(argv)
+    cli.existing_dir(args.run, "RUN_DIR")
+    if args.dataset is not None:
+        cli.existing_dir(args.dataset, "--dataset")
+    out = args.out or args.run / "loss.png"
+    cli.writable(out, "--out", folder=False)
     try:
-        curves = read_metrics(args.out_dir)
+        curves = read_metrics(args.run)
     except FileNotFoundError as error:
-        print(f"train.plot: error: {error}", file=sys.stderr)
-        return 2
-    dataset_path = args.dataset or run_dataset(args.out_dir)
+        raise cli.UsageError(str(error)) from None
+    dataset_path = args.dataset or run_dataset(args.run)
     per_token = None
     if dataset_path:
         try:
             per_token = bytes_per_token(Dataset.open(dataset_path))
         except DatasetError as error:
-            print(f"train.plot: no bits per byte ({error})", file=sys.stderr)
-    out = args.out or args.out_dir / "loss.png"
-    write_atomic(out, plot(curves, per_token, f"{args.out_dir.name}: loss against tokens seen"))
+            print(f"{PROG}: warning: no bits per byte ({error})", file=sys.stderr)
+    write_atomic(out, plot(curves, per_token, f"{args.run.name}: loss against tokens seen"))
     print(summary(curves, per_token))
     print(f"wrote {out}")
     return 0

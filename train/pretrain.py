@@ -24,8 +24,11 @@ a GPU, ``--devices N`` starts N CPU processes. What it does beyond `litgpt pretr
 - **Elastic resume**: ``--resume auto`` takes the newest complete ``step-*`` checkpoint (it says which
   newer ones it skipped, and why), on the same or another number of processes at the same global batch:
   model and optimizer state reshard on load, and the data continues at the exact next sequence.
-- **Checks before any work**: a world size or micro-batch that does not divide the global batch, more
-  processes than the data has sequences, a checkpoint of another model or another global batch.
+- **Checks before any work**: a missing ``--config`` file, dataset or checkpoint folder (named first), a world
+  size or micro-batch that does not divide the global batch, more processes than the data has sequences, a
+  dataset with more token ids than the model has embedding rows, a checkpoint of another model or another
+  global batch. Errors are one line, ``python -m train.pretrain: error: …``, exit status 2 for the command
+  line and 1 for the work (docs/cli.md); when one process of a run fails, the others are ended.
 
 How: this runs LitGPT's own ``litgpt.pretrain.setup`` (Fabric, the training loop, evaluation, logging:
 nothing is copied here) with names of the ``litgpt.pretrain`` module swapped while it runs. These are the
@@ -54,7 +57,11 @@ from __future__ import annotations
 
 import inspect
 import re
+import subprocess
+import sys
+import time
 import warnings
+from argparse import ArgumentError
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict
@@ -66,10 +73,11 @@ import torch
 import yaml
 from jsonargparse import CLI, set_parsing_settings
 from litgpt.model import GPT, Block, Config
-from litgpt.utils import parse_devices
+from litgpt.utils import extend_checkpoint_dir, parse_devices
 from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import CheckpointWrapper
 
-from shared.format.dataset import DatasetError
+from shared.errors import CodecLmError
+from shared.tools import cli
 from train.checkpoint import (
     SHARDED,
     WEIGHTS,
@@ -88,6 +96,7 @@ from train.data import CodecShards
 from train.parallel import MIXED_PRECISION, FSDP2Strategy, init_weights
 from train.parallel import apply_ac as checkpoint_blocks  # one device: the same wrappers FSDP2 applies
 
+PROG = "python -m train.pretrain"
 CHOICES = "none, full or every-N (N >= 1: every N-th block)"
 LITGPT_SETUP = litgpt_pretrain.setup
 SWAPPED = ("setup", "FSDPStrategy", "GPT", "initialize_weights", "find_resume_path", "fit", "save_checkpoint")
@@ -117,10 +126,10 @@ def run_layout(devices: int | str, num_nodes: int, train: Any) -> dict[str, int]
     world = parse_devices(devices) * num_nodes
     per_iteration = world * train.micro_batch_size
     if train.global_batch_size % per_iteration:
-        raise CheckpointError(f"--train.global_batch_size {train.global_batch_size} is not a multiple of "
-                              f"{world} processes x --train.micro_batch_size {train.micro_batch_size}: every "
-                              "optimizer step must be whole iterations of every process (choose a micro-batch "
-                              "or a number of devices that divides it)")
+        raise ValueError(f"--train.global_batch_size {train.global_batch_size} is not a multiple of "
+                         f"{world} processes x --train.micro_batch_size {train.micro_batch_size}: every "
+                         "optimizer step must be whole iterations of every process (choose a micro-batch "
+                         "or a number of devices that divides it)")
     return {"world_size": world, "micro_batch_size": train.micro_batch_size,
             "global_batch_size": train.global_batch_size}
 
@@ -147,10 +156,78 @@ def check_resumable(folder: Path, config: Config, layout: dict[str, int]) -> Non
                               "of processes and micro-batch that divide it)")
 
 
-def check_data(data: Any, world: int, micro_batch: int) -> None:
-    """More processes than the data has sequences: refused before any process starts."""
+def check_data(data: Any, world: int, micro_batch: int, config: Config) -> None:
+    """More processes than the data has sequences, or more token ids than the model has embedding rows:
+    refused before any process starts."""
+    if not isinstance(data, CodecShards):
+        return
+    data.check_world(world, micro_batch)
+    data.check_vocabulary(config.padded_vocab_size)
+    if data.model_vocab_size is None:
+        data.model_vocab_size = config.padded_vocab_size  # connect() checks it again in every rank
+
+
+def check_paths(litgpt_arguments: dict[str, Any]) -> None:
+    """What the run reads and is not there, named before any other complaint (also paths a --config gave)."""
+    data = litgpt_arguments.get("data")
     if isinstance(data, CodecShards):
-        data.check_world(world, micro_batch)
+        cli.existing_dir(data.path, "--data.path")
+    if isinstance(litgpt_arguments.get("resume"), Path):
+        cli.existing(litgpt_arguments["resume"], "--resume")
+    if litgpt_arguments.get("initial_checkpoint_dir") is not None:  # found as LitGPT finds it (under checkpoints/)
+        cli.existing_dir(extend_checkpoint_dir(litgpt_arguments["initial_checkpoint_dir"]), "--initial_checkpoint_dir")
+
+
+# paths typed on the command line, checked before jsonargparse reads them (a --config file names the others)
+TYPED_PATHS = {"--config": "file", "--data.path": "folder", "--data.init_args.path": "folder"}
+
+
+def check_typed_paths(argv: list[str]) -> None:
+    """A --config file or dataset folder typed on the command line that is not there: named before anything."""
+    for index, argument in enumerate(argv):
+        flag, equals, value = argument.partition("=")
+        if flag not in TYPED_PATHS or (not equals and index + 1 == len(argv)):
+            continue  # jsonargparse says that a value is missing
+        value = value if equals else argv[index + 1]
+        if value.lstrip().startswith("{") or "\n" in value:  # a config given inline
+            continue
+        if TYPED_PATHS[flag] == "folder":
+            cli.existing_dir(value, flag)
+        else:
+            cli.existing(value, flag, "file")
+
+
+class RankError(CodecLmError):
+    """Another process of a run failed (it printed why)."""
+
+
+def stop_ranks(strategies: list[FSDP2Strategy], error: BaseException) -> BaseException | None:
+    """This process failed: end the ranks it started, which would otherwise wait for it in their next
+    collective until the process group's timeout. Returns the error to report instead of ``error`` when
+    this process only failed because one of them had (a collective with a process that is gone)."""
+    started = []
+    for strategy in strategies:
+        procs = getattr(strategy.launcher, "procs", [])  # empty where another tool started the ranks
+        started += procs
+        procs.clear()  # Lightning's observer thread watches this list: it would SIGKILL this process too
+    consequence = not isinstance(error, (*cli.FAILURES, KeyboardInterrupt))
+    if consequence:  # let ranks that failed first finish failing
+        deadline = time.monotonic() + 10
+        for process in started:
+            try:
+                process.wait(timeout=max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                break
+    failed = [(rank, process.returncode) for rank, process in enumerate(started, 1)
+              if process.poll() not in (None, 0)]
+    for process in started:
+        if process.poll() is None:
+            process.kill()
+        process.wait()
+    if failed and consequence:
+        rank, status = failed[0]
+        return RankError(f"local rank {rank} failed first (exit status {status}; its error is above)")
+    return None
 
 
 # ---- the swaps -----------------------------------------------------------------------------------
@@ -239,6 +316,10 @@ def swapped_into_litgpt(*, checkpointed: Callable[[torch.nn.Module], bool] | Non
         setattr(litgpt_pretrain, name, value)
     try:
         yield
+    except BaseException as error:
+        if (instead := stop_ranks(made, error)) is not None:
+            raise instead from None
+        raise
     finally:
         for name, value in ORIGINALS.items():
             setattr(litgpt_pretrain, name, value)
@@ -249,23 +330,21 @@ def is_rank_zero() -> bool:
 
 
 def setup(activation_checkpointing: str | None = "none", **litgpt_arguments: Any) -> None:
+    check_paths(litgpt_arguments)
     try:
         checkpointed = blocks_to_checkpoint(activation_checkpointing)
         train = litgpt_arguments["train"]
         layout = run_layout(litgpt_arguments.get("devices", "auto"), litgpt_arguments.get("num_nodes", 1), train)
-        check_data(litgpt_arguments.get("data"), layout["world_size"], train.micro_batch_size)
         precision = litgpt_arguments.get("precision") or litgpt_pretrain.get_default_supported_precision(training=True)
         if layout["world_size"] > 1 and precision not in MIXED_PRECISION:
             raise ValueError(f"--precision {precision} is not supported sharded; choose {', '.join(MIXED_PRECISION)}")
-    except (ValueError, CheckpointError, DatasetError) as error:
-        raise SystemExit(f"python -m train.pretrain: error: {error}") from None
-    config = litgpt_arguments.get("model_config") or Config.from_name(litgpt_arguments["model_name"])
+        config = litgpt_arguments.get("model_config") or Config.from_name(litgpt_arguments["model_name"])
+        check_data(litgpt_arguments.get("data"), layout["world_size"], train.micro_batch_size, config)
+    except ValueError as error:  # flags that do not fit each other, the data or the model
+        raise cli.UsageError(str(error)) from None
     with swapped_into_litgpt(checkpointed=checkpointed, seed=litgpt_arguments.get("seed", 42), precision=precision,
                              config=config, layout=layout, data=litgpt_arguments.get("data")):
-        try:
-            LITGPT_SETUP(**litgpt_arguments)
-        except CheckpointError as error:
-            raise SystemExit(f"python -m train.pretrain: error: {error}") from None
+        LITGPT_SETUP(**litgpt_arguments)
 
 
 # The command line is litgpt pretrain's: its parameters (and their documentation), then ours.
@@ -281,14 +360,23 @@ setup.__doc__ = (LITGPT_SETUP.__doc__ or "").rstrip() + f"""
 """
 
 
-def main() -> None:
+@cli.command(PROG)
+def main(argv: list[str] | None = None) -> int:
+    """``argv``: the command line (default: ``sys.argv[1:]``, which the ranks a run starts and each checkpoint's
+    hyperparameters.yaml read in any case)."""
+    argv = sys.argv[1:] if argv is None else argv
+    check_typed_paths(argv)
     # As `litgpt pretrain` (litgpt/__main__.py): docstrings as help, configs from files or URLs, TF32 matmuls.
     set_parsing_settings(docstring_parse_attribute_docstrings=True, config_read_mode_urls_enabled=True)
     warnings.filterwarnings("ignore", message=r"The epoch parameter in `scheduler.step\(\)` was not necessary.*",
                             category=UserWarning, module=r".*torch\.optim\.lr_scheduler.*")
     torch.set_float32_matmul_precision("high")
-    CLI(setup)
+    try:
+        CLI(setup, args=argv, prog=PROG, exit_on_error=False)  # usage errors raised, as one line, not printed
+    except ArgumentError as error:
+        raise cli.UsageError(" ".join(str(error).split())) from None
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
