@@ -72,7 +72,8 @@ class ExpandFile(beam.DoFn):
                 self.skipped.inc()
         except Exception as error:  # noqa: BLE001 — whatever a broken file provokes, the job goes on
             # An unreadable container counts as one rejected input; members already yielded stay counted.
-            yield beam.pvalue.TaggedOutput(REJECTED, rejection(path, "unreadable-container", f"{type(error).__name__}: {error}"))
+            reason = f"{type(error).__name__}: {error}"
+            yield beam.pvalue.TaggedOutput(REJECTED, rejection(path, "unreadable-container", reason))
 
     def tar_members(self, readable: fileio.ReadableFile, path: str) -> Iterator[Any]:
         """Media members, chosen like plain files; links cannot be followed in a stream and are rejected."""
@@ -119,6 +120,7 @@ class ReadInputs(beam.PTransform):
         self.parquet_column = parquet_column
 
     def expand(self, pipeline: beam.Pipeline) -> beam.pvalue.DoOutputsTuple:
+        expand_file = beam.ParDo(ExpandFile(self.modality, self.parquet_column))
         return (
             pipeline
             | "Patterns" >> beam.Create(self.patterns)
@@ -127,7 +129,7 @@ class ReadInputs(beam.PTransform):
             | "Unique" >> beam.Distinct()  # overlapping patterns must not read a file twice
             # bytes as stored: a ".gz" name must not make Beam decompress (tar reads .tar.gz itself)
             | "Read" >> fileio.ReadMatches(compression=CompressionTypes.UNCOMPRESSED)
-            | "Expand" >> beam.ParDo(ExpandFile(self.modality, self.parquet_column)).with_outputs(REJECTED, main="media")
+            | "Expand" >> expand_file.with_outputs(REJECTED, main="media")
         )
 
 

@@ -106,7 +106,9 @@ class WriteShardFn(beam.DoFn):
             "split": [split] * len(documents), "stream_bytes": [d.stream_bytes for d in documents],
             "tokens": [len(d.tokens) for d in documents], "shard": [name] * len(documents),
             "sequence": [s for s, _ in packed.placements], "offset": [o for _, o in packed.placements],
-            "complete": [s * width + o + len(d.tokens) <= packed.tokens for d, (s, o) in zip(documents, packed.placements)],
+            "complete": [
+                s * width + o + len(d.tokens) <= packed.tokens for d, (s, o) in zip(documents, packed.placements)
+            ],
         }
         buffer = pa.BufferOutputStream()
         pq.write_table(pa.table(rows, schema=DOCUMENT_SCHEMA), buffer)

@@ -187,7 +187,8 @@ def orphan_duplicate(folder: Path) -> None:
     (rename_an_input, "inputs.parquet: its documents differ from documents.parquet's"),
     (orphan_duplicate, "1 duplicates name a document that does not exist"),
 ])
-def test_verify_catches_corruption(dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture, corrupt, expected: str) -> None:
+def test_verify_catches_corruption(dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture, corrupt,
+                                   expected: str) -> None:
     copy = tmp_path / "copy"
     shutil.copytree(dataset, copy)
     corrupt(copy)
@@ -209,7 +210,8 @@ def test_verify_on_every_core_and_on_a_beam_runner_agree(dataset: Path, tmp_path
     assert verify_on_beam([str(copy), "--runner", "DirectRunner", "--direct_num_workers", "2",
                            "--direct_running_mode", "multi_processing"]) == 1
     reports.append(capsys.readouterr().out)
-    assert reports[0] == reports[1] == reports[2] and "sha256 differs" in reports[0] and "totals.documents" in reports[0]
+    assert reports[0] == reports[1] == reports[2]
+    assert "sha256 differs" in reports[0] and "totals.documents" in reports[0]
     assert verify_on_beam([str(dataset), "--runner", "DirectRunner", "--direct_running_mode", "in_memory"]) == 0
     assert "every document decodes strictly" in capsys.readouterr().out
     assert verify_on_beam(["--direct_running_mode", "in_memory", str(dataset), "--no_decode"]) == 0  # DIR anywhere
@@ -316,7 +318,8 @@ def test_a_dataset_on_another_filesystem_reads_the_same(dataset: Path, capsys: p
     assert type(filesystem).__name__ == "GcsFileSystem" and target == "bucket/data/documents.parquet"
 
 
-def test_flipped_byte_is_caught_without_the_checksum(dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+def test_flipped_byte_is_caught_without_the_checksum(dataset: Path, tmp_path: Path,
+                                                     capsys: pytest.CaptureFixture) -> None:
     """Even when someone 'fixes' the manifest's checksum, the data checks notice the change."""
     copy = tmp_path / "copy"
     shutil.copytree(dataset, copy)
@@ -363,7 +366,8 @@ def test_video_dataset_decodes_to_mp4_and_raw_streams(tmp_path: Path) -> None:
                  "--num-documents", "2"]) == 0
 
 
-def test_hostile_manifests_and_shards_get_clear_errors(dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+def test_hostile_manifests_and_shards_get_clear_errors(dataset: Path, tmp_path: Path,
+                                                       capsys: pytest.CaptureFixture) -> None:
     outside = tmp_path / "outside"
     shutil.copytree(dataset, outside)
     manifest = json.loads((outside / "manifest.json").read_text())

@@ -225,7 +225,9 @@ def test_webdataset_and_parquet_inputs(tmp_path: Path) -> None:
     assert manifest["totals"]["inputs"] == 7 and manifest["totals"]["encoded"] == 6
     assert manifest["rejection_reasons"] == {"empty": 1}
     sources = {r["source"] for r in pq.read_table(tmp_path / "out" / "documents.parquet").to_pylist()}
-    assert {f"{tar_path}#{i:09d}.jpg" for i in range(4)} | {f"{tmp_path / 'in' / 'hf.parquet'}#{i}" for i in range(2)} == sources
+    tar_members = {f"{tar_path}#{i:09d}.jpg" for i in range(4)}
+    parquet_rows = {f"{tmp_path / 'in' / 'hf.parquet'}#{i}" for i in range(2)}
+    assert tar_members | parquet_rows == sources
     streams = documents_from_shards(tmp_path / "out")
     for index in range(4):
         if f"{tar_path}#{index:09d}.jpg" in streams:

@@ -16,9 +16,9 @@ import torch
 import yaml
 from litgpt import GPT, Config
 from litgpt.model import Block
+from litgpt_metrics import losses
 from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import CheckpointWrapper
 
-from litgpt_metrics import losses
 from preprocess.run import run
 from train.estimate import GPUS, LayerMemory, estimate, gpu_table, layer_memory
 from train.estimate import main as estimate_main

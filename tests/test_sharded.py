@@ -30,8 +30,8 @@ import pytest
 import torch
 import yaml
 from litgpt import GPT, Config
-
 from litgpt_metrics import losses
+
 from preprocess.run import run
 from shared.errors import CodecLmError
 from train.checkpoint import (

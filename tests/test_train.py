@@ -17,8 +17,8 @@ import torch
 import yaml
 from litgpt import GPT, Config
 from litgpt.utils import CycleIterator
-
 from litgpt_metrics import losses
+
 from preprocess.run import run
 from shared.format.dataset import Dataset, DatasetError
 from train.data import CodecShards, ResumableLoader, StreamBatches
@@ -38,7 +38,8 @@ def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return output
 
 
-def module(path: Path, batch_size: int = 4, context: int | None = None, workers: int = 2, seed: int = 42) -> CodecShards:
+def module(path: Path, batch_size: int = 4, context: int | None = None, workers: int = 2,
+           seed: int = 42) -> CodecShards:
     data = CodecShards(path=str(path), seed=seed, num_workers=workers)
     data.connect(batch_size=batch_size, max_seq_length=context)
     data.setup()
@@ -219,7 +220,8 @@ def test_mismatches_are_caught_before_training(dataset: Path, tmp_path: Path) ->
 
 # ---- litgpt pretrain on the CPU -------------------------------------------------------------------
 def pretrain(config: str, dataset: Path, out: Path, *flags: str) -> None:
-    env = {**os.environ, "TORCH_COMPILE_DISABLE": "1"}  # LitGPT compiles the model; on 2 CPU cores that costs more than it saves here
+    # LitGPT compiles the model; on 2 CPU cores that costs more than it saves here
+    env = {**os.environ, "TORCH_COMPILE_DISABLE": "1"}
     subprocess.run(["litgpt", "pretrain", "--config", str(ROOT / config), "--data.path", str(dataset),
                     "--out_dir", str(out), *flags], check=True, env=env, cwd=ROOT, capture_output=True)
 
@@ -250,7 +252,10 @@ def test_tiny_pretrain_trains_and_resumes_exactly(dataset: Path, tmp_path: Path)
     assert state["consumed"] == 10 * 8 and 80 > examples  # the loop's position, one epoch and a bit in
 
 
-@pytest.mark.parametrize("config, parameters", [("train/jpeg7b.yaml", 6_478_893_056), ("train/avc7b.yaml", 6_484_660_224)])
+@pytest.mark.parametrize("config, parameters", [
+    ("train/jpeg7b.yaml", 6_478_893_056),
+    ("train/avc7b.yaml", 6_484_660_224),
+])
 def test_7b_configs_parse_and_instantiate_on_meta(config: str, parameters: int) -> None:
     printed = subprocess.run(["litgpt", "pretrain", "--config", str(ROOT / config), "--print_config"], check=True,
                              capture_output=True, text=True, cwd=ROOT).stdout

@@ -139,7 +139,8 @@ def normalize_image(source: ImageSource | Image.Image, size: int, max_pixels: in
         # Decode at 1/2, 1/4 or 1/8 scale in the DCT domain; draft never goes below the request.
         width, height = image.size
         short = min(width, height)
-        image.draft(image.mode if image.mode in ("RGB", "L") else None, (-(-size * width // short), -(-size * height // short)))
+        requested = (-(-size * width // short), -(-size * height // short))  # ceiling division
+        image.draft(image.mode if image.mode in ("RGB", "L") else None, requested)
     try:
         image.load()
         image = ImageOps.exif_transpose(image)

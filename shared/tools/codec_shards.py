@@ -102,7 +102,8 @@ def print_summary(summary: dict[str, Any]) -> None:
         print(f"  {split:5s}: {figures['shards']:,} shards, {figures['sequences']:,} sequences, "
               f"{figures['documents']:,} documents, {figures['tokens']:,} tokens")
     per = summary["tokens_per_document"]
-    print(f"  tokens per document: mean {per['mean']:,.0f}, p50 {per['p50']:,.0f}, p95 {per['p95']:,.0f}, max {per['max']:,}")
+    print(f"  tokens per document: mean {per['mean']:,.0f}, p50 {per['p50']:,.0f}, "
+          f"p95 {per['p95']:,.0f}, max {per['max']:,}")
     vocab = summary["vocabulary"]
     print(f"  vocabulary: {vocab['ids_used']} of {summary['vocab_size']} ids used ({vocab['share_used']:.1%}), "
           f"over {vocab['shards_read']} shards; most frequent:")
@@ -179,7 +180,10 @@ def decode_documents(dataset: Dataset, out: str, rows: list[dict[str, Any]], *, 
     written: list[str] = []
     names: set[str] = set()
     for row, _, stream in tqdm(dataset.document_streams(rows), total=len(rows), desc="decoding", unit="doc"):
-        suffix, data = (profile.file_suffix, profile.restore(stream)) if raw else (profile.view_suffix, profile.viewable(stream))
+        if raw:
+            suffix, data = profile.file_suffix, profile.restore(stream)
+        else:
+            suffix, data = profile.view_suffix, profile.viewable(stream)
         name = safe_file_name(row["key"], suffix, limit=150, fallback="document")
         if name in names:  # two keys that sanitise alike: keep both files
             stem, dot, suffix = name.rpartition(".")

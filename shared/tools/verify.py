@@ -64,11 +64,11 @@ def check_dataset(dataset: Dataset) -> list[str]:
         if (tokenizer.vocab_size, tokenizer.bos_id, tokenizer.eos_id) != (
                 manifest["vocab_size"], manifest["bos_id"], manifest["eos_id"]):
             problems.append(f"{TOKENIZER}: vocabulary/BOS/EOS disagree with the manifest")
-    except Exception as error:
+    except Exception as error:  # noqa: BLE001 — each filesystem and tokenizer parser raises its own: a reported problem
         return problems + [f"{TOKENIZER}: cannot be read ({error}); nothing else can be checked"]
     try:
         documents = dataset.documents_table(["key", "source", "split", "shard", "tokens"])
-    except Exception as error:
+    except Exception as error:  # noqa: BLE001 — each filesystem and Parquet reader raises its own: a reported problem
         return problems + [f"{DOCUMENTS}: cannot be read ({error}); nothing else can be checked"]
 
     known = {MANIFEST, manifest["tokenizer"]["path"], manifest["documents"], manifest["rejected"]}
@@ -83,7 +83,8 @@ def check_dataset(dataset: Dataset) -> list[str]:
     if repeated:
         problems.append(f"{DOCUMENTS}: {len(repeated)} keys name more than one document (first: {repeated[0]})")
     shards_used = documents.group_by(["split", "shard"]).aggregate([]).to_pylist()
-    places = {(r["split"], r["shard"]) for r in shards_used} - {(s["split"], shard_name_of(s)) for s in manifest["shards"]}
+    listed = {(s["split"], shard_name_of(s)) for s in manifest["shards"]}
+    places = {(r["split"], r["shard"]) for r in shards_used} - listed
     for split, name in sorted(places):
         problems.append(f"{DOCUMENTS}: documents in {split}/{name}, a shard the manifest does not list")
     totals = manifest["totals"]
@@ -92,8 +93,10 @@ def check_dataset(dataset: Dataset) -> list[str]:
     for name, value in expected.items():
         if totals.get(name) != value:
             problems.append(f"{MANIFEST}: totals.{name} is {totals.get(name)}, the data has {value}")
-    if totals["inputs"] != totals["encoded"] + totals["rejected"] or totals["encoded"] != totals["documents"] + totals["duplicates"]:
-        problems.append(f"{MANIFEST}: totals do not add up (inputs = encoded + rejected, encoded = documents + duplicates)")
+    if (totals["inputs"] != totals["encoded"] + totals["rejected"]
+            or totals["encoded"] != totals["documents"] + totals["duplicates"]):
+        problems.append(f"{MANIFEST}: totals do not add up "
+                        "(inputs = encoded + rejected, encoded = documents + duplicates)")
 
     rejected: Counter[tuple[str, str]] = Counter()
     rejected_path = dataset.path(manifest["rejected"])
@@ -138,7 +141,7 @@ def check_inputs(dataset: Dataset, documents: pa.Table, rejected: Counter[tuple[
                 duplicate_keys.append(group.filter(pc.fill_null(pc.equal(outcome, "duplicate"), False))["key"])
                 rows = group.filter(is_rejected).select(["source", "reason"]).to_pylist()
                 found_rejected.update((r["source"], r["reason"]) for r in rows)
-    except Exception as error:
+    except Exception as error:  # noqa: BLE001 — as above, for the inputs table
         return problems + [f"{INPUTS}: cannot be read ({error})"]
 
     if sum(counts.values()) != totals["inputs"]:
@@ -194,11 +197,13 @@ def verify_shard(dataset: Dataset, shard: dict[str, Any], *, decode: bool) -> Sh
         with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as tar:
             for index, member in enumerate(tar.getmembers()):
                 if member.name != f"{sample_key(name, index)}.npy" or not member.isfile():
-                    problems.append(f"{where}: member {index} is {member.name!r}, expected {sample_key(name, index)}.npy")
+                    problems.append(f"{where}: member {index} is {member.name!r}, "
+                                    f"expected {sample_key(name, index)}.npy")
                     continue
                 ids = np.load(io.BytesIO(tar.extractfile(member).read()), allow_pickle=False)
                 if ids.shape != (width,) or ids.dtype != dtype:
-                    problems.append(f"{where}: {member.name} is {ids.dtype}{list(ids.shape)}, expected {dtype}[{width}]")
+                    problems.append(f"{where}: {member.name} is {ids.dtype}{list(ids.shape)}, "
+                                    f"expected {dtype}[{width}]")
                     continue
                 if ids.size and int(ids.max()) >= vocab:
                     problems.append(f"{where}: {member.name} holds id {int(ids.max())} >= vocab_size {vocab}")
@@ -215,7 +220,8 @@ def verify_shard(dataset: Dataset, shard: dict[str, Any], *, decode: bool) -> Sh
     for row in (row for row in rows if row["complete"]):
         stream = dataset.tokenizer.decode(document_tokens(windows_2d, row["sequence"], row["offset"], row["tokens"]))
         if len(stream) != row["stream_bytes"]:
-            problems.append(f"{where}: document {row['key']} has {len(stream)} stream bytes, {DOCUMENTS} says {row['stream_bytes']}")
+            problems.append(f"{where}: document {row['key']} has {len(stream)} stream bytes, "
+                            f"{DOCUMENTS} says {row['stream_bytes']}")
             continue
         try:
             dataset.profile.decode(stream, strict=True)

@@ -25,7 +25,9 @@ from shared.codec.jpeg.grammar import JpegGrammar
 from shared.codec.normalize_image import ImageSource, normalize_image
 
 SUBSAMPLINGS = {"4:4:4": "444", "4:2:2": "422", "4:2:0": "420"}
-NAME = re.compile(r"jpeg-(?P<size>\d+)-q(?P<quality>\d+)(?:-(?P<subsampling>444|422|420))?(?:-ri(?P<restart_interval>\d+))?")
+NAME = re.compile(
+    r"jpeg-(?P<size>\d+)-q(?P<quality>\d+)(?:-(?P<subsampling>444|422|420))?(?:-ri(?P<restart_interval>\d+))?"
+)
 
 
 @dataclass(frozen=True)
@@ -75,7 +77,8 @@ class JpegProfile:
     file_suffix: ClassVar[str] = ".jpg"
     view_suffix: ClassVar[str] = ".jpg"
     sheet_cell: ClassVar[int] = 128
-    token_boundary: ClassVar[tuple[str, str]] = (r"\u28ff[\u28d0-\u28d7]", "merged_with_previous")  # FF D0..D7 ends an interval
+    # FF D0..D7 ends an interval
+    token_boundary: ClassVar[tuple[str, str]] = (r"\u28ff[\u28d0-\u28d7]", "merged_with_previous")
 
     def __post_init__(self) -> None:
         if self.subsampling not in SUBSAMPLINGS:
@@ -222,8 +225,10 @@ class JpegProfile:
             repaired = stream
         else:  # keep valid intervals, fill the rest with grey, rewrite the markers in order
             layout = self.layout
-            pieces = [piece if i < len(check.valid) and check.valid[i] else neutral_interval(layout, layout.interval_mcus(i))
-                      for i, piece in enumerate(check.intervals + (b"",) * (layout.intervals - len(check.intervals)))]
+            padded = check.intervals + (b"",) * (layout.intervals - len(check.intervals))
+            valid = [i < len(check.valid) and check.valid[i] for i in range(len(padded))]
+            pieces = [piece if valid[i] else neutral_interval(layout, layout.interval_mcus(i))
+                      for i, piece in enumerate(padded)]
             repaired = pieces[0]
             for index, piece in enumerate(pieces[1:]):
                 repaired += bytes((0xFF, 0xD0 + index % 8)) + piece
@@ -269,7 +274,9 @@ class JpegProfile:
         if not 0.0 <= ratio <= 1.0:
             raise ValueError(f"prompt ratio must be in [0, 1], not {ratio}")
         if not self.restart_interval:
-            raise ValueError(f"{self.name} has no restart markers, so a prompt cannot be cut; use restart_interval >= 1")
+            raise ValueError(
+                f"{self.name} has no restart markers, so a prompt cannot be cut; use restart_interval >= 1"
+            )
         if ratio == 1.0:
             return self.layout.mcus  # the last interval may be short
         intervals = math.floor(ratio * self.layout.mcus + 1e-9) // self.restart_interval  # 0.29 * 100 is 28.999…
