@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -142,7 +143,7 @@ def two_checkpoints(tiny_run: Path) -> list[str]:
 
 
 def settings_for(checkpoints: list[str], images: Path, out: Path, features: Path, **changes: object) -> Settings:
-    base = dict(num_images=10, prompt_ratios=[0.25, 0.5, 0.75], seeds=2, unconditional=4, batch_size=4, grid_images=3)
+    base = dict(num_images=10, prompt_ratio=[0.25, 0.5, 0.75], seeds=2, unconditional=4, batch_size=4, grid_images=3)
     return Settings(checkpoints, str(images), str(out), inception_weights=str(features), **{**base, **changes})
 
 
@@ -200,7 +201,7 @@ def test_evaluation_reports_consistent_numbers_tables_and_pictures(two_checkpoin
 
 def test_val_split_of_a_dataset_has_no_ceiling(checkpoint: Path, features_file: Path, tmp_path: Path) -> None:
     dataset = checkpoint.parent.parent / "data"
-    results = evaluate(Settings([str(checkpoint)], str(dataset), str(tmp_path), num_images=5, prompt_ratios=[0.5],
+    results = evaluate(Settings([str(checkpoint)], str(dataset), str(tmp_path), num_images=5, prompt_ratio=[0.5],
                                 seeds=1, inception_weights=str(features_file), batch_size=5))
     assert results["images"]["kind"] == "dataset val split" and results["images"]["count"] == 5
     assert results["codec_ceiling"] is None
@@ -210,7 +211,7 @@ def test_val_split_of_a_dataset_has_no_ceiling(checkpoint: Path, features_file: 
 def test_workers_share_the_sampling_and_a_plain_run_writes_the_report(checkpoint: Path, image_folder: Path,
                                                                       features_file: Path, tmp_path: Path) -> None:
     def settings(worker: str | None) -> Settings:
-        return Settings([str(checkpoint)], str(image_folder), str(tmp_path), num_images=6, prompt_ratios=[0.5], seeds=1,
+        return Settings([str(checkpoint)], str(image_folder), str(tmp_path), num_images=6, prompt_ratio=[0.5], seeds=1,
                         inception_weights=str(features_file), batch_size=2, worker=worker)
 
     def batch_files() -> dict[str, bytes]:
@@ -241,7 +242,7 @@ def test_overwritten_weights_and_odd_grid_sizes(tiny_run: Path, image_folder: Pa
     shutil.copytree(tiny_run / "final", copy)
 
     def settings(grid_images: int) -> Settings:
-        return Settings([str(copy)], str(image_folder), str(tmp_path / "eval"), num_images=3, prompt_ratios=[0.5],
+        return Settings([str(copy)], str(image_folder), str(tmp_path / "eval"), num_images=3, prompt_ratio=[0.5],
                         seeds=1, inception_weights=str(features_file), grid_images=grid_images)
 
     assert evaluate(settings(0))["checkpoints"][0]["grids"] == {}  # no pictures asked for, none kept
@@ -251,9 +252,10 @@ def test_overwritten_weights_and_odd_grid_sizes(tiny_run: Path, image_folder: Pa
         evaluate(settings(0))
 
 
-def run_cli(out: Path, checkpoint: Path, images: Path, features: Path, *extra: str) -> subprocess.Popen:
+def run_cli(out: Path, checkpoint: Path, images: Path, features: Path, *extra: str,
+            ratios: str = "--prompt-ratio") -> subprocess.Popen:
     command = [sys.executable, "-m", "train.evaluate", "--checkpoint", str(checkpoint), "--images", str(images),
-               "--num-images", "4", "--prompt-ratios", "0.25", "0.5", "--seeds", "1", "--batch-size", "2",
+               "--num-images", "4", ratios, "0.25", "0.5", "--seeds", "1", "--batch-size", "2",
                "--inception-weights", str(features), "--max-new-tokens", "64", "--out", str(out), *extra]
     return subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, "TORCH_COMPILE_DISABLE": "1"})
@@ -272,10 +274,17 @@ def test_a_killed_evaluation_continues_where_it_stopped(checkpoint: Path, image_
     assert kept and not (tmp_path / "killed" / "results.json").exists()
 
     resumed = run_cli(tmp_path / "killed", checkpoint, image_folder, features_file)
-    whole = run_cli(tmp_path / "whole", checkpoint, image_folder, features_file)
+    # the old spelling of --prompt-ratio still works for a release (warned): the same completions
+    whole = run_cli(tmp_path / "whole", checkpoint, image_folder, features_file, ratios="--prompt-ratios")
+    errors = []
     for process in (resumed, whole):
         _, stderr = process.communicate(timeout=600)
         assert process.returncode == 0, stderr
+        errors.append(stderr)
+    assert "python -m train.evaluate: warning: --prompt-ratios is deprecated" in errors[1]
+    assert "use --prompt-ratio" in errors[1] and "deprecated" not in errors[0]
+    last = [line for line in errors[1].splitlines() if " prompt-0.5-seed0: " in line][-1]  # progress, as generate's
+    assert re.search(r": 100% .* tok \[.*tok/s, 4/4 completions\]$", last), last
     assert all(path.read_bytes() == data for path, data in kept.items())  # finished batches reused, not redone
     again, once = (json.loads((tmp_path / name / "results.json").read_text()) for name in ("killed", "whole"))
     for ratio in ("0.25", "0.5"):  # the same completions, so the same numbers (timings aside)
@@ -286,14 +295,46 @@ def test_a_killed_evaluation_continues_where_it_stopped(checkpoint: Path, image_
 
     refused = run_cli(tmp_path / "whole", checkpoint, image_folder, features_file, "--top-k", "10")
     _, stderr = refused.communicate(timeout=300)
-    assert refused.returncode != 0 and "top_k: 50 then, 10 now" in stderr and "another --out" in stderr
+    assert refused.returncode == 1 and "top_k: 50 then, 10 now" in stderr and "another --out" in stderr
+    assert stderr.splitlines()[-1].startswith("python -m train.evaluate: error: ")
 
 
 def test_cli_help_and_bad_flags(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as done:
         main(["--help"])
     shown = capsys.readouterr().out
-    assert done.value.code == 0 and "--prompt-ratios" in shown and "inception-2015-12-05.pt" in shown
-    with pytest.raises(SystemExit) as bad:
-        main(["--checkpoint", "x", "--images", "y", "--out", "z", "--prompt-ratios", "1.5"])
-    assert "prompt ratios must be in [0, 1)" in str(bad.value.code)  # SystemExit("error: …"): printed, exit 1
+    assert done.value.code == 0 and "--prompt-ratio R [R ...]" in shown and "inception-2015-12-05.pt" in shown
+    assert "--prompt-ratios" not in shown  # the old spelling works but is not offered
+    for flag in ("--prompt-ratio", "--prompt-ratios"):
+        assert main(["--checkpoint", "x", "--images", "y", "--out", "z", flag, "0.5", "1.5"]) == 2  # before any path
+        error = capsys.readouterr().err
+        assert error.endswith("python -m train.evaluate: error: --prompt-ratio 1.5: prompt ratios must be in [0, 1)\n")
+        assert ("is deprecated" in error) == (flag == "--prompt-ratios")
+
+
+def test_missing_paths_are_named_first(checkpoint: Path, image_folder: Path, features_file: Path, tmp_path: Path,
+                                       capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(INCEPTION_ENV, raising=False)
+    absent = tmp_path / "absent"
+
+    def refused(checkpoints: list[str], images: str, *flags: str) -> str:
+        assert main(["--checkpoint", *checkpoints, "--images", images, *flags, "--out", str(tmp_path / "out")]) == 2
+        error = capsys.readouterr().err
+        assert error.count("\n") == 1 and error.startswith("python -m train.evaluate: error: ")
+        return error.removeprefix("python -m train.evaluate: error: ").strip()
+
+    weights = ["--inception-weights", str(features_file)]
+    assert refused([str(absent / "a"), str(checkpoint), str(absent / "b")], str(absent / "images"),
+                   "--inception-weights", str(absent / "net.pt")) == \
+        f"--checkpoint {absent / 'a'} {absent / 'b'}: no such folders"
+    assert refused([str(checkpoint)], str(absent / "images"), *weights) == \
+        f"--images {absent / 'images'}: no such file or folder"
+    assert refused([str(checkpoint)], str(absent / "*.png"), *weights) == f"--images {absent / '*.png'}: no files match"
+    assert refused([str(checkpoint)], str(image_folder), "--inception-weights", str(absent / "net.pt")) == \
+        f"--inception-weights {absent / 'net.pt'}: no such file"
+    assert INCEPTION_ENV in refused([str(checkpoint)], str(image_folder))  # neither the flag nor the variable
+    monkeypatch.setenv(INCEPTION_ENV, str(absent / "env.pt"))
+    assert refused([str(checkpoint)], str(image_folder)) == f"${INCEPTION_ENV} {absent / 'env.pt'}: no such file"
+    assert refused([str(checkpoint)], str(image_folder), *weights, "--dataset", str(absent / "data")) == \
+        f"--dataset {absent / 'data'}: no such folder"
+    assert not (tmp_path / "out").exists()  # nothing made before the checks passed

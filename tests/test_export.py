@@ -19,7 +19,8 @@ from preprocess.run import run
 from shared.codec.registry import profile_from_json
 from shared.format.dataset import Dataset
 from shared.format.tokenizer import bytes_to_text, text_to_bytes
-from train.export import export, main
+from train.checkpoint import CheckpointError
+from train.export import ExportError, export, main
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -43,7 +44,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 def exported(trained: tuple[Path, Path]) -> Path:
     _, checkpoint = trained
     hf = checkpoint.parent / "hf"
-    main(["--checkpoint", str(checkpoint), "--out", str(hf)])  # the dataset comes from hyperparameters.yaml
+    assert main(["--checkpoint", str(checkpoint), "--out", str(hf)]) == 0  # the dataset: from hyperparameters.yaml
     return hf
 
 
@@ -132,16 +133,49 @@ def edited_checkpoint(checkpoint: Path, tmp_path: Path, **changes: object) -> Pa
 
 def test_clear_errors(trained: tuple[Path, Path], exported: Path, tmp_path: Path) -> None:
     data, checkpoint = trained
-    with pytest.raises(SystemExit, match="no checkpoint at .*lit_model.pth"):
+    with pytest.raises(ExportError, match="no checkpoint at .*lit_model.pth"):
         export(tmp_path / "missing", tmp_path / "a")
-    with pytest.raises(SystemExit, match=r"cannot read the training dataset .*no manifest.json.*--dataset"):
+    with pytest.raises(CheckpointError, match=r"cannot read the training dataset .*no manifest.json.*--dataset"):
         export(checkpoint, tmp_path / "b", dataset=str(tmp_path / "nowhere"))
-    with pytest.raises(SystemExit, match="vocabulary mismatch: the model has vocab_size 1024"):
+    with pytest.raises(ExportError, match="vocabulary mismatch: the model has vocab_size 1024"):
         export(edited_checkpoint(checkpoint, tmp_path / "v", vocab_size=1024, padded_vocab_size=1024), tmp_path / "c")
-    with pytest.raises(SystemExit, match="not a Llama-shaped model.*mlp_class_name is 'GptNeoxMLP'"):
+    with pytest.raises(ExportError, match="not a Llama-shaped model.*mlp_class_name is 'GptNeoxMLP'"):
         export(edited_checkpoint(checkpoint, tmp_path / "m", mlp_class_name="GptNeoxMLP"), tmp_path / "d")
-    with pytest.raises(SystemExit, match="already exists; pass --overwrite"):
+    with pytest.raises(ExportError, match="already exists; pass --overwrite"):
         export(checkpoint, exported)
     assert not [p.name for p in tmp_path.iterdir() if p.name in {"a", "b", "c", "d"}]  # nothing half-written
     export(checkpoint, exported, dataset=str(data), overwrite=True)
     assert (exported / "model.safetensors").is_file()
+
+
+def test_cli_checks_paths_first_and_shows_its_stages(trained: tuple[Path, Path], exported: Path, tmp_path: Path,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    data, checkpoint = trained
+
+    def refused(*flags: str) -> str:
+        assert main(list(flags)) == 2
+        error = capsys.readouterr().err
+        assert error.count("\n") == 1 and error.startswith("python -m train.export: error: ")
+        return error.removeprefix("python -m train.export: error: ").strip()
+
+    absent = tmp_path / "absent"
+    assert refused("--checkpoint", str(absent / "ckpt"), "--dataset", str(absent / "data"), "--out",
+                   str(tmp_path / "hf")) == f"--checkpoint {absent / 'ckpt'}: no such folder"
+    assert refused("--checkpoint", str(data), "--out", str(tmp_path / "hf")).startswith(
+        f"--checkpoint {data}: no checkpoint in this folder")
+    assert refused("--checkpoint", str(checkpoint), "--dataset", str(absent / "data"), "--out",
+                   str(tmp_path / "hf")) == f"--dataset {absent / 'data'}: no such folder"
+    assert refused("--checkpoint", str(checkpoint), "--out", str(exported)) == \
+        f"--out {exported}: already exists; pass --overwrite to replace it"
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    assert refused("--checkpoint", str(checkpoint), "--out", str(blocker / "hf")).startswith(
+        f"--out {blocker / 'hf'}: cannot be written")
+    assert not (tmp_path / "hf").exists()
+
+    assert main(["--checkpoint", str(checkpoint), "--dataset", str(data), "--out", str(tmp_path / "hf")]) == 0
+    stages = capsys.readouterr().err.splitlines()
+    assert stages[0].startswith(f"loading the weights of {checkpoint} (1 file, ")
+    assert stages[-3] == "converting: 100% 17/17 tensor [" + stages[-3].split("[", 1)[1]  # 2 layers of 7, and 3
+    assert stages[-2].startswith("writing model.safetensors (") and stages[-1] == f"wrote {tmp_path / 'hf'}"
+    assert load_file(tmp_path / "hf" / "model.safetensors").keys() == load_file(exported / "model.safetensors").keys()

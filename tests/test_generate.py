@@ -5,9 +5,12 @@ from __future__ import annotations
 import dataclasses
 import io
 import json
+import os
 import random
 import re
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import av
@@ -139,7 +142,7 @@ def test_avc_grammar_follows_nal_structure() -> None:
 def test_constrained_generation_decodes_and_repeats_with_the_seed(checkpoint: Path, tmp_path: Path) -> None:
     prompt = tmp_path / "prompt.png"
     prompt.write_bytes(sample_crops(1, seed=9).__next__()[1])
-    settings = GenerateSettings(checkpoint=checkpoint, out=tmp_path / "a", prompts=[prompt], unconditional=True,
+    settings = GenerateSettings(checkpoint=checkpoint, out=tmp_path / "a", prompts=[prompt], unconditional=3,
                                 num_samples=3, seed=7, prompt_val=1)
     results = generate(settings)
     assert len(results) == 3  # the file prompt, one val document, unconditional
@@ -155,13 +158,13 @@ def test_constrained_generation_decodes_and_repeats_with_the_seed(checkpoint: Pa
         assert (tmp_path / "a" / name / "sheet.png").is_file()
     assert (tmp_path / "a" / "prompt" / "original.jpg").is_file() and (tmp_path / "a" / "prompt" / "prompt.jpg").is_file()
     generate(dataclasses.replace(settings, out=tmp_path / "b"))
-    generate(dataclasses.replace(settings, out=tmp_path / "c", unconditional=False, prompt_val=0, seed=8))
+    generate(dataclasses.replace(settings, out=tmp_path / "c", unconditional=0, prompt_val=0, seed=8))
     first, again, other = (tmp_path / d / "prompt" / "sample-000.jpg" for d in "abc")
     assert first.read_bytes() == again.read_bytes() and first.read_bytes() != other.read_bytes()
 
 
 def test_unconstrained_generation_reports_and_never_crashes(checkpoint: Path, tmp_path: Path) -> None:
-    results = generate(GenerateSettings(checkpoint=checkpoint, out=tmp_path, unconditional=True, num_samples=4, seed=1,
+    results = generate(GenerateSettings(checkpoint=checkpoint, out=tmp_path, unconditional=4, seed=1,
                                         constrained=False, max_new_tokens=300))
     record = json.loads((tmp_path / "unconditional" / "samples.json").read_text())
     assert len(record["samples"]) == 4 and results["unconditional"]["samples"] == 4
@@ -171,13 +174,91 @@ def test_unconstrained_generation_reports_and_never_crashes(checkpoint: Path, tm
             image.load()  # the tolerant decoder's repaired stream is a valid file
 
 
+PROGRESS = re.compile(r"^sampling: +(\d+)% (\S+)/(\S+) tok \[.*tok/s, (\d+)/(\d+) samples\]$")
+
+
+def progress_lines(stderr: str) -> list[re.Match[str]]:
+    return [match for match in map(PROGRESS.match, stderr.splitlines()) if match]
+
+
+def samples_written(folder: Path) -> int:
+    return len(json.loads((folder / "samples.json").read_text())["samples"])
+
+
 def test_generate_cli(checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    main(["--checkpoint", str(checkpoint), "--unconditional", "--num-samples", "2", "--max-new-tokens", "50",
-          "--no-constrained", "--out", str(tmp_path)])
-    assert "sheet:" in capsys.readouterr().out
-    with pytest.raises(SystemExit) as refused:
-        main(["--checkpoint", str(checkpoint), "--out", str(tmp_path)])
-    assert refused.value.code == 2 and "--unconditional" in capsys.readouterr().err
+    common = ["--checkpoint", str(checkpoint), "--max-new-tokens", "50", "--no-constrained", "--device", "cpu"]
+    assert main([*common, "--unconditional", "3", "--num-samples", "2", "--out", str(tmp_path / "count")]) == 0
+    shown = capsys.readouterr()
+    assert "sheet:" in shown.out and "warning" not in shown.err
+    assert samples_written(tmp_path / "count" / "unconditional") == 3  # a count: --num-samples is per prompt
+    # progress on stderr (not a terminal here: plain lines), the last one whole: tokens/s and samples done
+    last = progress_lines(shown.err)[-1]
+    assert last.group(1) == "100" and last.group(2) == last.group(3) and last.group(4, 5) == ("3", "3")
+
+    # the old switch: --num-samples samples from BOS, with a warning (for one release)
+    assert main([*common, "--unconditional", "--num-samples", "2", "--out", str(tmp_path / "switch")]) == 0
+    error = capsys.readouterr().err
+    assert error.startswith("python -m train.generate: warning: --unconditional without a count is deprecated")
+    assert "use --unconditional N" in error
+    assert samples_written(tmp_path / "switch" / "unconditional") == 2
+
+    assert main(["--checkpoint", str(checkpoint), "--out", str(tmp_path / "nothing")]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("python -m train.generate: error: give --prompt") and "--unconditional N" in error
+    with pytest.raises(SystemExit) as refused:  # argparse's own: not a count
+        main([*common, "--unconditional", "-1", "--out", str(tmp_path / "negative")])
+    assert refused.value.code == 2 and "--unconditional N: N must be >= 0" in capsys.readouterr().err
+
+
+def test_progress_shows_as_it_goes(checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TQDM_MININTERVAL", "0")  # a line per update, not one every 30 seconds
+    # the last tenth of a held-out image: constrained samples stop at EOS well before their 300-token budget
+    results = generate(GenerateSettings(checkpoint=checkpoint, out=tmp_path, prompt_val=1, prompt_ratio=0.9,
+                                        num_samples=3, max_new_tokens=300, seed=3, device="cpu"))
+    (name, summary), = results.items()
+    assert summary["stopped_by_eos"] == 3
+    lines = progress_lines(capsys.readouterr().err)
+    assert len(lines) > 10  # while sampling, not only at the end
+    done = [int(line.group(4)) for line in lines]
+    tokens = [float(line.group(2)) for line in lines]
+    assert done == sorted(done) and tokens == sorted(tokens) and lines[0].group(4, 5) == ("0", "3")
+    assert lines[-1].group(1) == "100" and lines[-1].group(4, 5) == ("3", "3")
+    # the total starts at the budgets and shrinks by what samples stopping at EOS leave unused: the tokens generated
+    record = json.loads((tmp_path / name / "samples.json").read_text())
+    generated = sum(row["tokens_generated"] for row in record["samples"])
+    assert float(lines[-1].group(3)) == generated < float(lines[0].group(3)) == 3 * 300  # small: no "k" suffix
+
+
+def test_missing_paths_are_named_first(checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    def refused(*flags: str) -> str:
+        assert main([*flags, "--out", str(tmp_path / "out")]) == 2
+        error = capsys.readouterr().err
+        assert error.count("\n") == 1 and error.startswith("python -m train.generate: error: ")
+        return error.removeprefix("python -m train.generate: error: ").strip()
+
+    absent = tmp_path / "absent"
+    assert refused("--checkpoint", str(absent / "ckpt"), "--dataset", str(absent / "data"), "--unconditional", "2",
+                   "--prompt", str(absent / "a.png")) == f"--checkpoint {absent / 'ckpt'}: no such folder"
+    assert refused("--checkpoint", str(tmp_path), "--unconditional", "2").startswith(
+        f"--checkpoint {tmp_path}: no checkpoint in this folder (no lit_model.pth or sharded/)")
+    assert refused("--checkpoint", str(checkpoint), "--dataset", str(absent / "data"), "--unconditional", "2") == \
+        f"--dataset {absent / 'data'}: no such folder"
+    prompt = tmp_path / "there.png"
+    prompt.write_bytes(next(sample_crops(1, seed=9))[1])
+    assert refused("--checkpoint", str(checkpoint), "--prompt", str(absent / "a.png"), str(prompt),
+                   str(absent / "b.png")) == f"--prompt {absent / 'a.png'} {absent / 'b.png'}: no such files"
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    assert main(["--checkpoint", str(checkpoint), "--unconditional", "2", "--out", str(blocker / "out")]) == 2
+    assert "--out " in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()  # the checks stopped before --out was made
+    # as a command: the same line and exit status, before anything is loaded
+    done = subprocess.run([sys.executable, "-m", "train.generate", "--checkpoint", "/no/such/folder", "--unconditional",
+                           "2", "--out", str(tmp_path / "out")], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "TORCH_COMPILE_DISABLE": "1"})
+    assert (done.returncode, done.stderr) == (
+        2, "python -m train.generate: error: --checkpoint /no/such/folder: no such folder\n")
 
 
 def test_a_row_samples_the_same_alone_or_batched_with_other_prompt_lengths(checkpoint: Path) -> None:
@@ -260,10 +341,9 @@ def test_a_prompt_that_fills_the_context_is_a_one_line_error(tiny_run: Path, tmp
     shutil.copytree(tiny_run / "final", short)
     config = short / "model_config.yaml"
     config.write_text(re.sub(r"block_size: \d+", "block_size: 40", config.read_text()))
-    with pytest.raises(SystemExit) as refused:
-        main(["--checkpoint", str(short), "--dataset", str(tiny_run.parent / "data"), "--prompt-val", "1",
-              "--unconditional", "--out", str(tmp_path / "out")])
+    assert main(["--checkpoint", str(short), "--dataset", str(tiny_run.parent / "data"), "--prompt-val", "1",
+                 "--unconditional", "4", "--out", str(tmp_path / "out")]) == 2
     error = capsys.readouterr().err
-    assert refused.value.code == 2 and error.count("\n") == 1 and "Traceback" not in error
+    assert error.count("\n") == 1 and error.startswith("python -m train.generate: error: the prompt of val-")
     assert "--prompt-frames" in error and "--prompt-ratio 0.5" in error and "40-token context" in error
-    assert not (tmp_path / "out").exists()  # refused before anything was sampled
+    assert not any((tmp_path / "out").iterdir())  # refused before anything was sampled (--out was checked writable)

@@ -160,7 +160,7 @@ def test_sampled_images_cut_by_the_token_budget_are_written_whole(checkpoint: Pa
     prompt.write_bytes(next(sample_crops(1, seed=9))[1])
     for budget in (2, 7, 19, 45):  # cuts inside Huffman codes, right after restart markers, mid-interval
         results = generate(GenerateSettings(checkpoint=checkpoint, out=tmp_path / str(budget), prompts=[prompt],
-                                            unconditional=True, num_samples=3, seed=budget, max_new_tokens=budget,
+                                            unconditional=3, num_samples=3, seed=budget, max_new_tokens=budget,
                                             constrained=constrained))
         for name, summary in results.items():
             assert summary["files_strictly_valid"] == 3

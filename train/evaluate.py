@@ -6,7 +6,7 @@
         --seeds 2 --unconditional 16 --out out/jpeg-tiny/eval        # with CODEC_LM_INCEPTION=inception-2015-12-05.pt
 
 Prompted completion: each evaluation image is normalised and encoded with the checkpoints' codec
-profile, cut after the first r of its MCUs (r in --prompt-ratios) and completed by the model until
+profile, cut after the first r of its MCUs (r in --prompt-ratio R [R ...]) and completed by the model until
 EOS. FID between the decoded completions and the originals, once per seed, is reported as mean (std)
 over --seeds. Unconditional: --unconditional N samples from BOS alone per seed, FID against the same
 originals (a held-out set: the model never trained on them). Also reported: the codec ceiling (FID of
@@ -23,14 +23,20 @@ completion per seed, original). OUT/work/ keeps the evaluation set, its features
 batch of completions: the same command continues where a killed run stopped, and adding checkpoints,
 ratios or seeds reuses everything already done. Changing what the finished work depends on (images,
 profile, sampling settings, feature network) is refused: use another --out.
+
+Progress goes to stderr as in ``train.generate``: per task (a prompt ratio or the unconditional samples, one
+seed) tokens sampled, tokens/s, an ETA and completions done; a bar on a terminal, a line every 30 seconds in a
+log (TQDM_MININTERVAL=S), none with TQDM_DISABLE=1.
 """
 
 from __future__ import annotations
 
-import argparse
+import contextlib
 import hashlib
 import io
 import json
+import os
+import sys
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -39,24 +45,35 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
 from shared.codec.errors import InvalidMediaError
 from shared.codec.profile import CodecProfile, Decoded
+from shared.errors import CodecLmError
 from shared.format.dataset import Dataset
 from shared.format.files import exists, join, matching, read_bytes, safe_file_name, write_atomic, write_json_atomic
 from shared.format.shards import MANIFEST
 from shared.format.tokenizer import ByteTokenizer
+from shared.tools import cli
 from shared.tools.contact_sheet import mark_filled, save_contact_sheet
 from train.checkpoint import Sampler, load_for_sampling, open_dataset, weights_files
-from train.fid import INCEPTION_ENV, INCEPTION_URL, FeatureExtractor, FidError, fid
-from train.generate import SamplingSettings, add_sampling_arguments, sample_rows
+from train.fid import INCEPTION_ENV, INCEPTION_URL, NO_FEATURE_NETWORK, FeatureExtractor, fid
+from train.generate import (
+    SamplingProgress,
+    SamplingSettings,
+    add_sampling_arguments,
+    existing_checkpoint,
+    existing_paths,
+    progress_bar,
+    sample_rows,
+    token_budget,
+)
 
+PROG = "python -m train.evaluate"
 UNCONDITIONAL = "unconditional"
 PROMPT_RATIOS = (0.25, 0.5, 0.75)  # the paper's Table 3
 
 
-class EvaluationError(Exception):
+class EvaluationError(CodecLmError):
     """Inputs or an output folder the evaluation cannot use."""
 
 
@@ -66,7 +83,7 @@ class Settings(SamplingSettings):
     images: str
     out: str
     num_images: int = 5000
-    prompt_ratios: list[float] = field(default_factory=lambda: list(PROMPT_RATIOS))
+    prompt_ratio: list[float] = field(default_factory=lambda: list(PROMPT_RATIOS))  # --prompt-ratio R [R ...]
     seeds: int = 3
     unconditional: int = 0
     inception_weights: str | None = None
@@ -87,6 +104,15 @@ class Settings(SamplingSettings):
         if not 0 <= index < count:
             raise EvaluationError(f"--worker must be K/N with 0 <= K < N (e.g. 0/8), not {self.worker!r}")
         return index, count
+
+    def check(self) -> None:
+        """The flags' values, before any work."""
+        for ratio in self.prompt_ratio:
+            if not 0.0 <= ratio < 1.0:
+                raise EvaluationError(f"--prompt-ratio {ratio:g}: prompt ratios must be in [0, 1)")
+        if self.seeds < 1 or self.num_images < 2 or self.batch_size < 1 or self.unconditional < 0:
+            raise EvaluationError("--seeds and --batch-size must be >= 1, --num-images >= 2, --unconditional >= 0")
+        self.share()  # a bad --worker fails now
 
     def fixed(self, profile: CodecProfile, extractor: FeatureExtractor) -> dict[str, Any]:
         """What finished work depends on: a resumed run must agree on all of it."""
@@ -193,7 +219,7 @@ def build_eval_set(settings: Settings, profile: CodecProfile, extractor: Feature
             originals.clear()
             round_trips.clear()
 
-    for key, original, stream in tqdm(items, total=settings.num_images, desc="evaluation images", unit="img"):
+    for key, original, stream in progress_bar(settings.num_images, "evaluation images", "img", iterable=items):
         keys.append(key)
         streams.append(stream)
         originals.append(original)
@@ -293,12 +319,17 @@ def run_task(folder: str, prompts: list[bytes], seeds: list[int], *, desc: str, 
             chunks[number] = chunk
     mine = [k for k in range(len(batches)) if share is None or k % share[1] == share[0]]
     todo = [k for k in mine if k not in chunks]
-    with tqdm(total=sum(len(batches[k]) for k in mine), initial=sum(len(batches[k]) for k in mine if k in chunks),
-              desc=desc, unit="img") as bar:
+    block = sampler.model.config.block_size
+    tokens = sum(token_budget(block, settings, len(sampler.tokenizer.encode(prompts[i], bos=True)))
+                 for number in todo for i in batches[number])  # at most: completions that reach EOS take less
+    progress = SamplingProgress(tokens, sum(len(batches[k]) for k in mine), desc=desc, what="completions",
+                                done=sum(len(batches[k]) for k in mine if k in chunks)) if todo else None
+    with progress or contextlib.nullcontext():  # a task already done shows no bar
         for number in todo:
             rows = batches[number]
             samples = sample_rows(sampler.model, sampler.tokenizer, [prompts[i] for i in rows],
-                                  [seeds[i] for i in rows], settings=settings, constraint=sampler.constraint)
+                                  [seeds[i] for i in rows], settings=settings, constraint=sampler.constraint,
+                                  progress=progress)
             decoded = [sampler.profile.decode(s.stream) for s in samples]
             chunk = {"index": np.array(rows, np.int64), **pack_bytes([s.stream for s in samples]),
                      "tokens": np.array([s.tokens for s in samples], np.int64),
@@ -310,7 +341,6 @@ def run_task(folder: str, prompts: list[bytes], seeds: list[int], *, desc: str, 
                      "features": extractor(np.stack([d.pictures[0] for d in decoded])).astype(np.float32)}
             save_arrays(join(folder, f"{number:06d}.npz"), **chunk)
             chunks[number] = chunk
-            bar.update(len(rows))
     if share is not None:
         return None
     parts = [chunks[k] for k in range(len(batches))]
@@ -345,7 +375,7 @@ def stream_loss(model: Any, tokenizer: ByteTokenizer, streams: list[bytes], batc
     windows.sort(key=len)
     nats, targets = 0.0, 0
     model.max_seq_length = block
-    for start in tqdm(range(0, len(windows), batch_size), desc="validation loss", unit="batch"):
+    for start in progress_bar(None, "validation loss", "batch", iterable=range(0, len(windows), batch_size)):
         batch = windows[start:start + batch_size]
         width = max(len(w) for w in batch) - 1
         inputs = torch.tensor([w[:-1] + [0] * (width + 1 - len(w)) for w in batch], device=device)
@@ -392,7 +422,7 @@ def evaluate_checkpoint(checkpoint: str, eval_set: EvalSet, *, settings: Setting
         write_json_atomic(loss_path, stream_loss(model, tokenizer, eval_set.streams, settings.batch_size))
 
     jobs: list[tuple[float | None, list[bytes]]] = [(r, [profile.prompt(s, r) for s in eval_set.streams])
-                                                    for r in settings.prompt_ratios]
+                                                    for r in settings.prompt_ratio]
     if settings.unconditional:
         jobs.append((None, [b""] * settings.unconditional))
     tokens, seconds, completions = 0, 0.0, 0
@@ -463,13 +493,8 @@ def save_grid(out: str, *, tag: str, label: str, profile: CodecProfile, eval_set
 # ---- the whole evaluation ----------------------------------------------------------------------
 def evaluate(settings: Settings) -> dict[str, Any]:
     """Run (or continue) an evaluation; writes OUT/results.json and OUT/report.md and returns the results."""
-    for ratio in settings.prompt_ratios:
-        if not 0.0 <= ratio < 1.0:
-            raise EvaluationError(f"prompt ratios must be in [0, 1), not {ratio}")
-    if settings.seeds < 1 or settings.num_images < 2 or settings.batch_size < 1 or settings.unconditional < 0:
-        raise EvaluationError("--seeds and --batch-size must be >= 1, --num-images >= 2, --unconditional >= 0")
+    settings.check()
     settings.checkpoints = list(dict.fromkeys(settings.checkpoints))
-    settings.share()  # a bad --worker fails now
     device = torch.device(settings.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     profiles = {checkpoint: open_dataset(Path(checkpoint), settings.dataset).profile for checkpoint in settings.checkpoints}
     if len({p.name for p in profiles.values()}) > 1:
@@ -513,7 +538,7 @@ def fid_cell(summary: dict[str, Any] | None) -> str:
 
 def render_report(results: dict[str, Any]) -> str:
     settings, images = results["settings"], results["images"]
-    ratios = [f"{r:g}" for r in settings["prompt_ratios"]]
+    ratios = [f"{r:g}" for r in settings["prompt_ratio"]]
     count, dims = images["count"], results["feature_network"]["dims"]
     unconditional = settings["unconditional"]
 
@@ -576,17 +601,18 @@ def render_report(results: dict[str, Any]) -> str:
     return "\n".join(lines).rstrip() + "\n"
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m train.evaluate", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+@cli.command(PROG)
+def main(argv: list[str] | None = None) -> int:
+    parser = cli.parser(PROG, __doc__)
     parser.add_argument("--checkpoint", nargs="+", required=True, metavar="CKPT_DIR",
                         help="litgpt pretrain checkpoint folder(s); one report row each")
     parser.add_argument("--images", required=True, metavar="PATTERN_OR_DATASET_DIR",
                         help="image files (glob or folder) or a preprocess.run dataset folder (its val split)")
     parser.add_argument("--num-images", type=int, default=Settings.num_images,
                         help="evaluation images (the paper: 5000 ImageNet val)")
-    parser.add_argument("--prompt-ratios", type=float, nargs="+", default=list(PROMPT_RATIOS),
-                        help="shares of each image given as the prompt")
+    parser.add_argument("--prompt-ratio", type=float, nargs="+", default=list(PROMPT_RATIOS), metavar="R",
+                        help="shares of each image given as the prompt (default: 0.25 0.5 0.75)")
+    cli.deprecated(parser, "--prompt-ratios", "--prompt-ratio", type=float, nargs="+")
     parser.add_argument("--seeds", type=int, default=Settings.seeds,
                         help="sampling runs per prompt ratio; FID is mean (std) over them")
     parser.add_argument("--unconditional", type=int, default=Settings.unconditional, metavar="N",
@@ -602,7 +628,8 @@ def main(argv: list[str] | None = None) -> None:
     add_sampling_arguments(parser, seed_help="chooses the images and seeds every completion")
     parser.add_argument("--dataset", help="the training dataset (default: the one each checkpoint records)")
     parser.add_argument("--device", help="cpu, cuda, cuda:1 … (default: cuda when available)")
-    parser.add_argument("--grid-images", type=int, default=Settings.grid_images, help="images shown in each picture grid")
+    parser.add_argument("--grid-images", type=int, default=Settings.grid_images,
+                        help="images shown in each picture grid")
     parser.add_argument("--worker", metavar="K/N",
                         help="sample only every N-th completion, from the K-th (one process per GPU, same --out); "
                              "then run once without --worker to write the report")
@@ -610,20 +637,43 @@ def main(argv: list[str] | None = None) -> None:
     args = vars(parser.parse_args(argv))
     settings = Settings(checkpoints=args.pop("checkpoint"), **args)
     try:
-        results = evaluate(settings)
-    except (EvaluationError, FidError) as error:
-        raise SystemExit(f"error: {error}") from None
+        settings.check()
+    except EvaluationError as error:
+        raise cli.UsageError(str(error)) from None
+    check_paths(settings)
+    results = evaluate(settings)
     if settings.worker is not None:
         print(f"worker {settings.worker}: its share is done; when every worker is, run the same command without "
               "--worker to write the report (it reuses all finished completions)")
-        return
+        return 0
     for row in results["checkpoints"]:
         cells = ", ".join(f"{ratio}: {fid_cell(summary)}" for ratio, summary in row["prompted"].items())
         print(f"{row['checkpoint']}: FID {cells}")
     if results["codec_ceiling"] is not None:
         print(f"codec ceiling: FID {results['codec_ceiling']['fid']:.2f}")
     print(f"report: {join(settings.out, 'report.md')}")
+    return 0
+
+
+def check_paths(settings: Settings) -> None:
+    """Every path the flags name, before any model is loaded: a missing one is named as missing first."""
+    existing_paths(settings.checkpoints, "--checkpoint", "folder")
+    for checkpoint in settings.checkpoints:
+        existing_checkpoint(checkpoint)
+    images = settings.images
+    if not cli.is_remote(images):  # object stores are listed by the work itself
+        if not any(magic in images for magic in "*?["):
+            cli.existing(images, "--images")
+        elif not image_files(images):
+            raise cli.UsageError(f"--images {images}: no files match")
+    weights = settings.inception_weights or os.environ.get(INCEPTION_ENV)
+    if not weights:
+        raise cli.UsageError(NO_FEATURE_NETWORK)
+    cli.existing(weights, "--inception-weights" if settings.inception_weights else f"${INCEPTION_ENV}", "file")
+    if settings.dataset is not None:
+        cli.existing_dir(settings.dataset, "--dataset")
+    cli.writable(settings.out, "--out")
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

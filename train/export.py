@@ -21,11 +21,12 @@ The output folder loads with ``transformers`` alone (this script does not need i
     README.md                            a short model card
 
 It is written into a temporary folder beside OUT and renamed into place, so OUT is never half-written.
+The stages (load, convert, write) are reported on stderr as they go, the conversion with a bar over the
+tensors (a line every 30 seconds in a log, none with TQDM_DISABLE=1).
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
@@ -40,10 +41,14 @@ from litgpt.scripts.convert_lit_checkpoint import check_conversion_supported, co
 from safetensors.torch import save_file
 
 from shared.codec.registry import CODECS
+from shared.errors import CodecLmError
 from shared.format.files import read_bytes
 from shared.format.tokenizer import BOS, BYTE_BASE, EOS
+from shared.tools import cli
 from train.checkpoint import load_lit_weights, load_model_config, open_dataset, weights_files
+from train.generate import existing_checkpoint, progress_bar
 
+PROG = "python -m train.export"
 FORMAT = "codec-lm-export/1"
 # Sampling as the paper's evaluation (top-k 50 at temperature 1).
 TOP_K, TEMPERATURE, TOP_P = 50, 1.0, 1.0
@@ -61,6 +66,10 @@ DECODING_NOTE = (
     "profiles). A sampled stream may be imperfect: profile.decode(stream) decodes tolerantly and reports "
     "how much of it was valid."
 )
+
+
+class ExportError(CodecLmError):
+    """A checkpoint that cannot be exported as a Llama folder, or an OUT that may not be written."""
 
 
 # ---- what Llama can hold -------------------------------------------------------------------------------
@@ -86,20 +95,24 @@ def llama_incompatibilities(config: Config) -> list[str]:
 
 
 def hf_state_dict(config: Config, lit_weights: dict[str, Any]) -> dict[str, torch.Tensor]:
-    """LitGPT names -> HF Llama names, by LitGPT's own converter (it splits the fused QKV projection)."""
+    """LitGPT names -> HF Llama names, by LitGPT's own converter (it splits the fused QKV projection), a
+    tensor at a time: a lazily loaded one is read here, so the bar over them is the loading's too."""
     check_conversion_supported(lit_weights)
     state: dict[str, torch.Tensor] = {}
-    try:
-        copy_weights_llama(config, state, lit_weights)
-    except KeyError as error:
-        raise SystemExit(f"the checkpoint has a weight Llama has no place for: {error}") from None
+    for name, tensor in progress_bar(len(lit_weights), "converting", "tensor", iterable=lit_weights.items()):
+        converted: dict[str, torch.Tensor] = {}
+        try:
+            copy_weights_llama(config, converted, {name: tensor})
+        except KeyError as error:
+            raise ExportError(f"the checkpoint has a weight Llama has no place for: {error}") from None
+        # safetensors refuses tensors that share memory (the split QKV views, tied embeddings): own copies
+        state |= {key: value.detach().clone().contiguous() for key, value in converted.items()}
     expected = expected_hf_names(config)
     if set(state) != expected:
         missing, extra = sorted(expected - set(state)), sorted(set(state) - expected)
-        raise SystemExit(f"the converted weights do not make a Llama model: missing {missing[:4]}, "
-                         f"unexpected {extra[:4]}")
-    # safetensors refuses tensors that share memory (the split QKV views, tied embeddings): own copies
-    return {name: tensor.detach().clone().contiguous() for name, tensor in state.items()}
+        raise ExportError(f"the converted weights do not make a Llama model: missing {missing[:4]}, "
+                          f"unexpected {extra[:4]}")
+    return state
 
 
 def expected_hf_names(config: Config) -> set[str]:
@@ -225,29 +238,32 @@ def export(checkpoint: Path, out: Path, dataset: str | None = None, overwrite: b
     """Write the HF folder for ``checkpoint`` at ``out``; returns ``out``."""
     checkpoint, out = Path(checkpoint), Path(out)
     if not weights_files(checkpoint):
-        raise SystemExit(f"no checkpoint at {checkpoint}: expected {checkpoint / 'lit_model.pth'} or sharded/ "
-                         "(a folder `litgpt pretrain` wrote, e.g. out/jpeg-tiny/final)")
+        raise ExportError(f"no checkpoint at {checkpoint}: expected {checkpoint / 'lit_model.pth'} or sharded/ "
+                          "(a folder `litgpt pretrain` wrote, e.g. out/jpeg-tiny/final)")
     if out.exists() and not overwrite:
-        raise SystemExit(f"{out} already exists; pass --overwrite to replace it")
+        raise ExportError(f"{out} already exists; pass --overwrite to replace it")
 
     config = load_model_config(checkpoint)
     problems = llama_incompatibilities(config)
     if problems:
-        raise SystemExit(f"{checkpoint} is not a Llama-shaped model, so it cannot be a LlamaForCausalLM: "
-                         + "; ".join(problems))
+        raise ExportError(f"{checkpoint} is not a Llama-shaped model, so it cannot be a LlamaForCausalLM: "
+                          + "; ".join(problems))
 
     data = open_dataset(checkpoint, dataset)
     manifest = data.manifest
     if config.vocab_size != manifest["vocab_size"] or config.padded_vocab_size < manifest["vocab_size"]:
-        raise SystemExit(f"vocabulary mismatch: the model has vocab_size {config.vocab_size} (padded "
-                         f"{config.padded_vocab_size}), the dataset {data.root} has {manifest['vocab_size']} ids; "
-                         "is this the dataset the model was trained on? (--dataset)")
+        raise ExportError(f"vocabulary mismatch: the model has vocab_size {config.vocab_size} (padded "
+                          f"{config.padded_vocab_size}), the dataset {data.root} has {manifest['vocab_size']} ids; "
+                          "is this the dataset the model was trained on? (--dataset)")
     tokenizer_json = read_bytes(data.path(manifest["tokenizer"]["path"]))
     tokenizer = data.tokenizer
     if (tokenizer.bos_id, tokenizer.eos_id) != (manifest["bos_id"], manifest["eos_id"]):
-        raise SystemExit(f"{data.root}: the tokenizer's BOS/EOS ids ({tokenizer.bos_id}, {tokenizer.eos_id}) "
-                         f"differ from the manifest's ({manifest['bos_id']}, {manifest['eos_id']})")
+        raise ExportError(f"{data.root}: the tokenizer's BOS/EOS ids ({tokenizer.bos_id}, {tokenizer.eos_id}) "
+                          f"differ from the manifest's ({manifest['bos_id']}, {manifest['eos_id']})")
 
+    files = weights_files(checkpoint)
+    stage(f"loading the weights of {checkpoint} ({len(files)} file{'s' * (len(files) > 1)}, "
+          f"{gigabytes(sum(f.stat().st_size for f in files))})")
     weights = hf_state_dict(config, load_lit_weights(checkpoint))
     dtype = weights["model.embed_tokens.weight"].dtype
     parameters = sum(t.numel() for t in weights.values())
@@ -255,6 +271,8 @@ def export(checkpoint: Path, out: Path, dataset: str | None = None, overwrite: b
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))  # same filesystem: rename is atomic
     try:
+        stage(f"writing model.safetensors ({parameters:,} parameters, {dtype}, "
+              f"{gigabytes(sum(t.numel() * t.element_size() for t in weights.values()))}) and the tokenizer files")
         save_file(weights, staging / "model.safetensors", metadata={"format": "pt"})  # transformers checks "format"
         write_json(staging / "config.json", llama_config(config, manifest, dtype))
         (staging / "tokenizer.json").write_bytes(tokenizer_json)
@@ -295,16 +313,34 @@ def write_json(path: Path, value: Any) -> None:
     path.write_text(json.dumps(value, indent=2) + "\n")
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def stage(message: str) -> None:
+    """Where the export is, on stderr: loading and writing a 7B model take minutes."""
+    print(message, file=sys.stderr, flush=True)
+
+
+def gigabytes(size: int) -> str:
+    return f"{size / 1e9:.2f} GB" if size >= 1e8 else f"{size / 1e6:.1f} MB"
+
+
+@cli.command(PROG)
+def main(argv: list[str] | None = None) -> int:
+    parser = cli.parser(PROG, __doc__)
     parser.add_argument("--checkpoint", required=True, type=Path, help="a litgpt pretrain checkpoint folder")
     parser.add_argument("--out", required=True, type=Path, help="the Hugging Face model folder to write")
     parser.add_argument("--dataset", help="the training dataset (default: the one hyperparameters.yaml records)")
     parser.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
     args = parser.parse_args(argv)
+    # paths before any work, a missing one named as missing first
+    existing_checkpoint(args.checkpoint)
+    if args.dataset is not None:
+        cli.existing_dir(args.dataset, "--dataset")
+    if args.out.exists() and not args.overwrite:
+        raise cli.UsageError(f"--out {args.out}: already exists; pass --overwrite to replace it")
+    cli.writable(args.out, "--out", folder=False)  # OUT is made beside itself and renamed into place
     out = export(args.checkpoint, args.out, args.dataset, args.overwrite)
     print(f"wrote {out}", file=sys.stderr)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -20,14 +20,18 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from shared.errors import CodecLmError
+
 INCEPTION_ENV = "CODEC_LM_INCEPTION"
 INCEPTION_FILE = "inception-2015-12-05.pt"
 INCEPTION_URL = "https://nvlabs-fi-cdn.nvidia.com/stylegan2-ada-pytorch/pretrained/metrics/inception-2015-12-05.pt"
 WHERE = (f"NVIDIA's TorchScript Inception-v3 for FID, {INCEPTION_FILE}, published at {INCEPTION_URL} "
          "(the file StyleGAN2-ADA/StyleGAN3 and clean-fid use)")
+NO_FEATURE_NETWORK = (f"FID needs the Inception-v3 feature network as a local file: pass --inception-weights FILE or "
+                      f"set {INCEPTION_ENV}=FILE. It is {WHERE}. Nothing is downloaded at run time.")
 
 
-class FidError(Exception):
+class FidError(CodecLmError):
     """The feature network is missing or is not what FID needs."""
 
 
@@ -37,8 +41,7 @@ class FeatureExtractor:
     def __init__(self, path: str | os.PathLike | None, device: torch.device) -> None:
         given = path if path is not None else os.environ.get(INCEPTION_ENV)
         if not given:
-            raise FidError(f"FID needs the Inception-v3 feature network as a local file: pass --inception-weights FILE "
-                           f"or set {INCEPTION_ENV}=FILE. It is {WHERE}. Nothing is downloaded at run time.")
+            raise FidError(NO_FEATURE_NETWORK)
         self.path = Path(given)
         if not self.path.is_file():
             raise FidError(f"{self.path}: no such file. --inception-weights / {INCEPTION_ENV} must name {WHERE}.")

@@ -2,7 +2,7 @@
 
     python -m train.generate --checkpoint out/jpeg-tiny/final --prompt photo.png --prompt-ratio 0.5 \\
         --num-samples 8 --out out/samples
-    python -m train.generate --checkpoint out/jpeg-tiny/final --unconditional --num-samples 16 --out out/samples
+    python -m train.generate --checkpoint out/jpeg-tiny/final --unconditional 16 --out out/samples
     python -m train.generate --checkpoint out/avc-tiny/final --prompt clip.mp4 --prompt-frames 3 --out out/samples
     python -m train.generate --checkpoint out/jpeg-tiny/final --prompt-val 4 --out out/samples   # held-out images
 
@@ -27,13 +27,21 @@ judged from its own bytes (``check_viewable``). Per prompt OUT/NAME/ holds origi
 after the codec), prompt.jpg (the part the model saw, the rest grey), sample-000.jpg …, sheet.png (filled
 units tinted magenta) and samples.json (tokens generated, stopped_by, units written, filled and dropped,
 clean as sampled or not, the file's verdict); videos likewise as .mp4 with frame strips.
+
+Progress goes to stderr as the tokens come: tokens/s, an ETA and samples done. On a terminal it is a tqdm bar;
+in a log or a pipe a plain line every 30 seconds (TQDM_MININTERVAL=S changes it) and one at the end;
+TQDM_DISABLE=1 turns it off. The ETA is an upper bound: samples that stop at EOS take their unused tokens off.
 """
 
 from __future__ import annotations
 
 import argparse
+import io
+import os
 import sys
 import time
+import warnings
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,19 +49,24 @@ from typing import Any
 import numpy as np
 import torch
 from litgpt import GPT
+from tqdm import tqdm
 
 from shared.codec.errors import InvalidMediaError
 from shared.codec.profile import CodecProfile, Decoded, view
 from shared.codec.token_constraint import TokenConstraint
+from shared.errors import CodecLmError
 from shared.format.dataset import Dataset
 from shared.format.files import safe_file_name, write_atomic, write_json_atomic
 from shared.format.tokenizer import ByteTokenizer
+from shared.tools import cli
 from shared.tools.contact_sheet import mark_filled, save_contact_sheet, strip
-from train.checkpoint import load_for_sampling
+from train.checkpoint import SHARDED, WEIGHTS, load_for_sampling, load_model_config, open_dataset, weights_files
+
+PROG = "python -m train.generate"
 
 
-class GenerateError(ValueError):
-    """Prompts or flags that cannot be sampled from; the CLI prints it as one line."""
+class GenerateError(CodecLmError):
+    """Prompts or flags that cannot be sampled from (found before any sampling); the CLI prints it as one line."""
 
 
 @dataclass
@@ -91,6 +104,86 @@ def add_sampling_arguments(parser: argparse.ArgumentParser, seed_help: str | Non
                         help="mask tokens that would make the stream invalid (default: on)")
 
 
+def token_budget(block_size: int, settings: SamplingSettings, prompt_tokens: int) -> int:
+    """The most tokens a row whose prompt is ``prompt_tokens`` long (BOS included) may generate."""
+    return max(0, min(settings.max_new_tokens or block_size, block_size - prompt_tokens))
+
+
+# ---- progress ------------------------------------------------------------------------------------
+LOG_INTERVAL = 30.0  # seconds between progress lines when stderr is a log or a pipe, not a terminal
+
+
+class LogLines(io.TextIOBase):
+    """Where a progress bar draws when stderr is not a terminal: each redraw becomes one whole line (tqdm
+    redraws in place with carriage returns, which a log file shows as one ever longer line)."""
+
+    def __init__(self, stream: Any) -> None:
+        self.stream = stream
+
+    def write(self, text: str) -> int:
+        line = text.replace("\r", "").strip()
+        if line:  # tqdm's clearing writes (blanks, a lone newline) are dropped
+            self.stream.write(line + "\n")
+            self.stream.flush()
+        return len(text)
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+
+def progress_bar(total: float | None, desc: str, unit: str, iterable: Iterable[Any] | None = None,
+                 postfix: str | None = None) -> tqdm:
+    """A tqdm bar on stderr, drawn at most every tenth of a second on a terminal; in a log or a pipe a plain
+    line every LOG_INTERVAL seconds (``TQDM_MININTERVAL``) and one at the end. ``TQDM_DISABLE=1``: none."""
+    stderr = sys.stderr
+    scaled = unit == "tok" and (total or 0) >= 10_000  # many tokens read best as 59.4k; the rest as they are
+    if getattr(stderr, "isatty", lambda: False)():
+        return tqdm(iterable, total=total, desc=desc, unit=unit, unit_scale=scaled, dynamic_ncols=True, file=stderr,
+                    postfix=postfix)
+    interval = float(os.environ.get("TQDM_MININTERVAL", LOG_INTERVAL))
+    return tqdm(iterable, total=total, desc=desc, unit=unit, unit_scale=scaled, file=LogLines(stderr), postfix=postfix,
+                mininterval=interval, maxinterval=interval,
+                bar_format="{desc}: {percentage:3.0f}% {n_fmt}/{total_fmt} {unit} [{elapsed}<{remaining}, "
+                           "{rate_fmt}{postfix}]")
+
+
+class SamplingProgress:
+    """One bar over a whole run's sampling: tokens sampled, tokens/s, an ETA, and samples done.
+
+    The total is every sample's token budget; a sample that stops early (EOS) takes its unused tokens off,
+    so the ETA is an upper bound that tightens as samples finish and the bar ends at 100%. Updating costs
+    a counter per decoding step; tqdm redraws at most every ``mininterval`` seconds.
+    """
+
+    def __init__(self, tokens: int, samples: int, *, desc: str = "sampling", what: str = "samples",
+                 done: int = 0) -> None:
+        self.bar = progress_bar(tokens, desc, "tok", postfix=f"{done}/{samples} {what}")
+        self.samples, self.done, self.what = samples, done, what
+
+    def step(self, tokens: int) -> None:
+        self.bar.update(tokens)
+
+    def finished(self, unused: int = 0) -> None:
+        """A sample is done; ``unused``: the tokens of its budget it did not take."""
+        self.done += 1
+        if unused and self.bar.total is not None:
+            self.bar.total -= unused
+        self.bar.set_postfix_str(f"{self.done}/{self.samples} {self.what}", refresh=False)
+
+    def write(self, line: str) -> None:
+        """A line to stdout without tearing the bar."""
+        self.bar.write(line, file=sys.stdout)
+
+    def close(self) -> None:
+        self.bar.close()
+
+    def __enter__(self) -> SamplingProgress:
+        return self
+
+    def __exit__(self, *exception: object) -> None:
+        self.close()
+
+
 def filter_logits(logits: torch.Tensor, temperature: float, top_k: int | None, top_p: float) -> torch.Tensor:
     """Temperature, then top-k, then nucleus (top-p) filtering; masked entries are -inf."""
     logits = logits / max(temperature, 1e-5)
@@ -106,7 +199,7 @@ def filter_logits(logits: torch.Tensor, temperature: float, top_k: int | None, t
 
 
 def sample(model: GPT, tokenizer: ByteTokenizer, prompt: bytes, count: int, *, settings: SamplingSettings,
-           constraint: TokenConstraint | None = None) -> list[Sample]:
+           constraint: TokenConstraint | None = None, progress: SamplingProgress | None = None) -> list[Sample]:
     """``count`` continuations of ``prompt`` (a stream prefix), sampled together with the KV cache;
     row ``i`` is seeded ``settings.seed + i``."""
     length = len(tokenizer.encode(prompt, bos=True))
@@ -114,12 +207,13 @@ def sample(model: GPT, tokenizer: ByteTokenizer, prompt: bytes, count: int, *, s
         raise ValueError(f"the prompt ({length} tokens) leaves no room in the model's "
                          f"{model.config.block_size}-token context")
     return sample_rows(model, tokenizer, [prompt] * count, [settings.seed + row for row in range(count)],
-                       settings=settings, constraint=constraint)
+                       settings=settings, constraint=constraint, progress=progress)
 
 
 @torch.inference_mode()
 def sample_rows(model: GPT, tokenizer: ByteTokenizer, prompts: list[bytes], seeds: list[int], *,
-                settings: SamplingSettings, constraint: TokenConstraint | None = None) -> list[Sample]:
+                settings: SamplingSettings, constraint: TokenConstraint | None = None,
+                progress: SamplingProgress | None = None) -> list[Sample]:
     """One continuation per prompt, all rows sampled as one batch through the KV cache. ``seeds`` has
     one seed per row; ``settings.seed`` is not used here.
 
@@ -128,20 +222,23 @@ def sample_rows(model: GPT, tokenizer: ByteTokenizer, prompts: list[bytes], seed
     own next token before anything attends to it. Each row draws from its own seeded generator, so a
     row's sample does not depend on which other rows share its batch (bit-exact repeats on a GPU still
     need the same batches: kernels' reduction order depends on the batch shape). A prompt that fills
-    the whole context cannot be continued: its row comes back unchanged, stopped by "context".
+    the whole context cannot be continued: its row comes back unchanged, stopped by "context". ``progress``
+    counts every decoding step's tokens and every finished row.
     """
     device = next(model.parameters()).device
     top_k = settings.top_k if settings.top_k is not None and settings.top_k > 0 else None  # 0: no top-k
     temperature, top_p = settings.temperature, settings.top_p
-    max_new_tokens = settings.max_new_tokens or model.config.block_size
     encoded = [tokenizer.encode(prompt, bos=True).tolist() for prompt in prompts]
     lengths = [len(ids) for ids in encoded]
     kept = [row for row, length in enumerate(lengths) if length < model.config.block_size]
     if len(kept) < len(prompts):
         done = dict(zip(kept, sample_rows(model, tokenizer, [prompts[r] for r in kept], [seeds[r] for r in kept],
-                                          settings=settings, constraint=constraint) if kept else []))
+                                          settings=settings, constraint=constraint, progress=progress) if kept else []))
+        if progress is not None:
+            for _ in range(len(prompts) - len(kept)):  # nothing to sample: done at once
+                progress.finished()
         return [done.get(row, Sample(0, "context", prompts[row], 0.0)) for row in range(len(prompts))]
-    budgets = [min(max_new_tokens, model.config.block_size - length) for length in lengths]
+    budgets = [token_budget(model.config.block_size, settings, length) for length in lengths]
     count, vocab = len(prompts), tokenizer.vocab_size
     generators = [torch.Generator(device=device).manual_seed(seed) for seed in seeds]
     model.max_seq_length = cache_length = max(length + budget for length, budget in zip(lengths, budgets))
@@ -165,12 +262,18 @@ def sample_rows(model: GPT, tokenizer: ByteTokenizer, prompts: list[bytes], seed
             chosen, states = judge_draws(constraint, states, chosen, filtered, generators, finished,
                                          logits=logits, temperature=temperature, top_k=top_k, top_p=top_p)
             judging += time.perf_counter() - judged
+        appended = 0
         for row, token in enumerate(chosen):
             if finished[row]:
                 continue
             generated[row].append(token)
+            appended += 1
             if token == tokenizer.eos_id or len(generated[row]) == budgets[row]:
                 finished[row] = True
+                if progress is not None:
+                    progress.finished(budgets[row] - len(generated[row]))
+        if progress is not None:
+            progress.step(appended)
         if all(finished):
             break
         # finished rows keep running (batch shapes stay fixed) at a clamped position nobody reads
@@ -376,13 +479,22 @@ class GenerateSettings(SamplingSettings):
     checkpoint: Path  # a litgpt pretrain checkpoint folder
     out: Path
     prompts: list[Path] = field(default_factory=list)  # media files to complete
-    unconditional: bool = False  # also sample from BOS alone
+    unconditional: int = 0  # also N samples from BOS alone, sampled as one batch
     prompt_val: int = 0  # also prompt with the first N documents of the training dataset's val split
     num_samples: int = 4  # per prompt, sampled as one batch
     prompt_ratio: float = 0.5  # share of the prompt media's units (MCUs, frames) the model is given
     prompt_frames: int | None = None  # exactly this many units instead (frames of a video)
     dataset: str | None = None  # default: the one the checkpoint records
     device: str | None = None  # default: cuda when available
+
+    def unconditional_count(self) -> int:
+        """``unconditional`` as a count; ``True``, the old switch, still means --num-samples of them."""
+        if isinstance(self.unconditional, bool):
+            if self.unconditional:
+                warnings.warn("GenerateSettings(unconditional=True) is deprecated and goes in the next release; "
+                              "give the count: unconditional=N", DeprecationWarning, stacklevel=4)
+            return self.num_samples if self.unconditional else 0
+        return self.unconditional
 
 
 def prompt_prefix(profile: CodecProfile, stream: bytes, settings: GenerateSettings) -> bytes:
@@ -392,63 +504,124 @@ def prompt_prefix(profile: CodecProfile, stream: bytes, settings: GenerateSettin
     return profile.prompt(stream, settings.prompt_ratio)
 
 
-def generate(settings: GenerateSettings) -> dict[str, Any]:
-    device = torch.device(settings.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    sampler = load_for_sampling(settings.checkpoint, dataset=settings.dataset, device=device,
-                                constrained=settings.constrained)
-    profile = sampler.profile
-    recorded = {"checkpoint": str(settings.checkpoint), "profile": profile.name, "num_samples": settings.num_samples,
-                "temperature": settings.temperature, "top_k": settings.top_k, "top_p": settings.top_p,
-                "seed": settings.seed, "constrained": settings.constrained,
-                "max_new_tokens": settings.max_new_tokens or sampler.model.config.block_size,
-                "prompt_ratio": settings.prompt_ratio, "prompt_frames": settings.prompt_frames}
-    jobs: list[tuple[str, bytes | None, bytes]] = []  # (name, whole media stream, prompt prefix)
+@dataclass
+class Job:
+    name: str  # the folder under --out
+    whole: bytes | None  # the whole media stream; None: unconditional
+    prefix: bytes  # what the model is given
+    count: int  # samples, sampled as one batch
+
+
+def prompt_jobs(settings: GenerateSettings, data: Dataset, context: int) -> list[Job]:
+    """Every prompt encoded and cut, checked to leave room in the model's ``context``: before any sampling."""
+    profile, tokenizer = data.profile, data.tokenizer
+    jobs: list[Job] = []
     for source in settings.prompts:
         try:
             whole = profile.encode(Path(source).read_bytes())
-            jobs.append((safe_file_name(Path(source).stem, limit=80, fallback="prompt"), whole,
-                         prompt_prefix(profile, whole, settings)))
+            jobs.append(Job(safe_file_name(Path(source).stem, limit=80, fallback="prompt"), whole,
+                            prompt_prefix(profile, whole, settings), settings.num_samples))
         except (InvalidMediaError, ValueError) as error:
             raise GenerateError(f"--prompt {source}: {error}") from None
-    for name, whole in val_prompts(sampler.dataset, settings.prompt_val):
+    for name, whole in val_prompts(data, settings.prompt_val):
         try:
-            jobs.append((name, whole, prompt_prefix(profile, whole, settings)))
+            jobs.append(Job(name, whole, prompt_prefix(profile, whole, settings), settings.num_samples))
         except ValueError as error:  # e.g. --prompt-frames N that is no whole restart interval of an image
             raise GenerateError(f"--prompt-val: {error}") from None
-    context = sampler.model.config.block_size
-    for name, whole, prefix in jobs:  # before any sampling: a prompt that fills the context is refused
-        length = len(sampler.tokenizer.encode(prefix, bos=True))
+    for job in jobs:  # a prompt that fills the context is refused
+        length = len(tokenizer.encode(job.prefix, bos=True))
         if length >= context:
             given = f"--prompt-frames {settings.prompt_frames}" if settings.prompt_frames is not None else \
                 f"--prompt-ratio {settings.prompt_ratio}"
-            raise GenerateError(f"the prompt of {name} ({given}) is {length} tokens and leaves no room in the model's "
-                                f"{context}-token context: give fewer {profile.unit}s with --prompt-frames N or a "
-                                "smaller --prompt-ratio")
-    if settings.unconditional:
-        jobs.append(("unconditional", None, b""))
+            raise GenerateError(f"the prompt of {job.name} ({given}) is {length} tokens and leaves no room in the "
+                                f"model's {context}-token context: give fewer {profile.unit}s with --prompt-frames N "
+                                "or a smaller --prompt-ratio")
+    unconditional = settings.unconditional_count()
+    if unconditional:
+        jobs.append(Job("unconditional", None, b"", unconditional))
+    return jobs
+
+
+def generate(settings: GenerateSettings) -> dict[str, Any]:
+    """Sample every job into ``settings.out``; returns each job's summary by name. Prompts are read and checked
+    against the model's context before the model is loaded."""
+    checkpoint = Path(settings.checkpoint)
+    data = open_dataset(checkpoint, settings.dataset)
+    profile, tokenizer = data.profile, data.tokenizer
+    context = load_model_config(checkpoint).block_size
+    jobs = prompt_jobs(settings, data, context)
+    device = torch.device(settings.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    sampler = load_for_sampling(checkpoint, dataset=settings.dataset, device=device, constrained=settings.constrained)
+    recorded = {"checkpoint": str(settings.checkpoint), "profile": profile.name, "num_samples": settings.num_samples,
+                "temperature": settings.temperature, "top_k": settings.top_k, "top_p": settings.top_p,
+                "seed": settings.seed, "constrained": settings.constrained,
+                "max_new_tokens": settings.max_new_tokens or context,
+                "prompt_ratio": settings.prompt_ratio, "prompt_frames": settings.prompt_frames,
+                "unconditional": sum(job.count for job in jobs if job.whole is None)}
+    budgets = [job.count * token_budget(context, settings, len(tokenizer.encode(job.prefix, bos=True))) for job in jobs]
     results = {}
     out = Path(settings.out)
-    for name, whole, prefix in jobs:
-        samples = sample(sampler.model, sampler.tokenizer, prefix, settings.num_samples, settings=settings,
-                         constraint=sampler.constraint)
-        record = write_outputs(out / name, profile, samples, original=whole,
-                               prompt=prefix if whole is not None else None, settings=recorded)
-        results[name] = record["summary"]
-        print(f"{out / name}: {record['summary']['decoded_cleanly']}/{settings.num_samples} decode cleanly, "
-              f"{record['summary']['stopped_by_eos']} stopped by EOS, "
-              f"{record['summary']['tokens_per_second']:.0f} tokens/s; sheet: {out / name / 'sheet.png'}")
+    with SamplingProgress(sum(budgets), sum(job.count for job in jobs)) as progress:
+        for job in jobs:
+            samples = sample(sampler.model, tokenizer, job.prefix, job.count, settings=settings,
+                             constraint=sampler.constraint, progress=progress)
+            record = write_outputs(out / job.name, profile, samples, original=job.whole,
+                                   prompt=job.prefix if job.whole is not None else None, settings=recorded)
+            summary = results[job.name] = record["summary"]
+            progress.write(f"{out / job.name}: {summary['decoded_cleanly']}/{job.count} decode cleanly, "
+                           f"{summary['stopped_by_eos']} stopped by EOS, {summary['tokens_per_second']:.0f} tokens/s; "
+                           f"sheet: {out / job.name / 'sheet.png'}")
     return results
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m train.generate", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+# ---- the command line ----------------------------------------------------------------------------
+BARE = -1  # --unconditional without a count (deprecated): --num-samples of them
+
+
+class CountOrSwitch(argparse.Action):
+    """``--unconditional N``; the old switch, ``--unconditional`` alone, still works for a release, warned."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: str | None = None) -> None:
+        if values is None:
+            print(f"{parser.prog}: warning: {option_string} without a count is deprecated and goes in the next "
+                  f"release; use {option_string} N (N samples from BOS alone; it meant --num-samples of them)",
+                  file=sys.stderr)
+            values = BARE
+        elif values < 0:
+            parser.error(f"{option_string} N: N must be >= 0, not {values}")
+        setattr(namespace, self.dest, values)
+
+
+def existing_paths(paths: Sequence[str | os.PathLike[str]], flag: str, what: str = "file") -> None:
+    """Every path exists, or one usage error naming each missing one."""
+    absent = [str(path) for path in paths if not cli.is_remote(path) and not Path(path).exists()]
+    if len(absent) == 1:
+        cli.existing(absent[0], flag, what)
+    elif absent:
+        raise cli.UsageError(f"{flag} {' '.join(absent)}: no such {what}s")
+
+
+def existing_checkpoint(path: str | os.PathLike[str], flag: str = "--checkpoint") -> Path:
+    """A checkpoint folder with weights in it, or a usage error: a missing folder is named as missing."""
+    folder = cli.existing_dir(path, flag)
+    if not weights_files(folder):
+        raise cli.UsageError(f"{flag} {path}: no checkpoint in this folder (no {WEIGHTS} or {SHARDED}/): give a "
+                             "folder `litgpt pretrain` wrote, e.g. out/jpeg-tiny/final")
+    return folder
+
+
+@cli.command(PROG)
+def main(argv: list[str] | None = None) -> int:
+    parser = cli.parser(PROG, __doc__)
     parser.add_argument("--checkpoint", type=Path, required=True, help="a litgpt pretrain checkpoint folder")
     parser.add_argument("--prompt", dest="prompts", type=Path, nargs="+", default=[], metavar="FILE",
                         help="images (or videos) to complete")
     parser.add_argument("--prompt-val", type=int, default=GenerateSettings.prompt_val, metavar="N",
                         help="also prompt with the first N documents of the training dataset's val split")
-    parser.add_argument("--unconditional", action="store_true", help="also sample from BOS alone")
+    parser.add_argument("--unconditional", type=int, nargs="?", action=CountOrSwitch,
+                        default=GenerateSettings.unconditional, metavar="N",
+                        help="also N samples from BOS alone, sampled as one batch")
     parser.add_argument("--prompt-ratio", type=float, default=GenerateSettings.prompt_ratio,
                         help="share of an image's MCUs (a video's frames) the model is given")
     parser.add_argument("--prompt-frames", type=int, default=GenerateSettings.prompt_frames, metavar="N",
@@ -460,15 +633,26 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--device", help="cpu, cuda, cuda:1 … (default: cuda when available)")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
+    if args.unconditional == BARE:
+        args.unconditional = args.num_samples
     if not args.prompts and not args.unconditional and not args.prompt_val:
-        parser.error("give --prompt FILE …, --prompt-val N and/or --unconditional")
+        raise cli.UsageError("give --prompt FILE …, --prompt-val N and/or --unconditional N")
     if not 0.0 <= args.prompt_ratio <= 1.0:
-        parser.error("--prompt-ratio must be in [0, 1]")
+        raise cli.UsageError(f"--prompt-ratio must be in [0, 1], not {args.prompt_ratio}")
+    if args.num_samples < 1 or args.prompt_val < 0:
+        raise cli.UsageError("--num-samples must be >= 1 and --prompt-val >= 0")
+    # paths before any work, a missing one named as missing first
+    existing_checkpoint(args.checkpoint)
+    if args.dataset is not None:
+        cli.existing_dir(args.dataset, "--dataset")
+    existing_paths(args.prompts, "--prompt")
+    cli.writable(args.out, "--out")
     try:
         generate(GenerateSettings(**vars(args)))
-    except GenerateError as error:
-        parser.exit(2, f"{parser.prog}: error: {error}\n")
+    except GenerateError as error:  # a prompt the flags make unusable: found before any sampling
+        raise cli.UsageError(str(error)) from None
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
