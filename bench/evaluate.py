@@ -21,9 +21,9 @@ import torch
 
 from shared.samples.photos import sample_crops
 from shared.tools import cli
-from train.checkpoint import load_for_sampling
+from train.checkpoint import existing_checkpoint, load_for_sampling
 from train.fid import frechet_distance
-from train.generate import SamplingSettings, existing_checkpoint, sample_rows
+from train.generate import SamplingSettings, sample_rows
 
 
 def sqrtm_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray) -> float:

@@ -23,12 +23,11 @@ import torch
 
 from shared.codec.profile import CodecProfile, view
 from shared.tools import cli
-from train.checkpoint import load_for_sampling
+from train.checkpoint import existing_checkpoint, load_for_sampling
 from train.generate import (
     Sample,
     SamplingSettings,
     avc_clean_shares,
-    existing_checkpoint,
     fill_counts,
     sample,
 )

@@ -166,21 +166,24 @@ def test_evaluation_reports_consistent_numbers_tables_and_pictures(two_checkpoin
             assert len(per_seed) == 2 and summary["fid"]["mean"] == pytest.approx(np.mean(per_seed))
             assert summary["fid"]["std"] == pytest.approx(np.std(per_seed, ddof=1))
             assert ceiling < min(per_seed)  # nothing beats the codec's own round trip
-            assert summary["clean_share"] == 1.0 and summary["generated_mcus_valid_share"] == 1.0  # constrained decoding
+            # constrained decoding
+            assert summary["clean_share"] == 1.0 and summary["generated_mcus_valid_share"] == 1.0
         assert row["unconditional"]["seeds"][0]["completions"] == 4 and row["unconditional"]["fid"]["mean"] > ceiling
         validation = row["validation"]
         assert validation["bits_per_byte"] == pytest.approx(
             validation["loss"] * validation["tokens"] / math.log(2) / sum(len(s) for s in streams))
         assert row["throughput"]["tokens_per_second"] > 0 and row["throughput"]["completions_per_second"] > 0
         # a reported FID recomputed from the stored completions: prompt kept, decoded, featurized anew
-        task = [load_arrays(str(p)) for p in sorted((tmp_path / "work" / row["tag"] / "prompt-0.5-seed1").glob("*/*.npz"))]
+        task_dir = tmp_path / "work" / row["tag"] / "prompt-0.5-seed1"
+        task = [load_arrays(str(p)) for p in sorted(task_dir.glob("*/*.npz"))]
         order = np.argsort(np.concatenate([c["index"] for c in task]))
         completions = [s for c in task for s in unpack_bytes(c)]
         completions = [completions[i] for i in order]
         for stream, completion in zip(streams, completions):
             assert completion.startswith(PROFILE.prompt(stream, 0.5)) and completion != stream
         pictures = np.stack([np.asarray(PROFILE.decode(c).image) for c in completions])
-        assert fid(extractor(pictures), reference) == pytest.approx(row["prompted"]["0.5"]["fid"]["per_seed"][1], rel=1e-4)
+        reported = row["prompted"]["0.5"]["fid"]["per_seed"][1]
+        assert fid(extractor(pictures), reference) == pytest.approx(reported, rel=1e-4)
     # the two checkpoints are different models, so their completions differ
     assert results["checkpoints"][0]["prompted"]["0.5"] != results["checkpoints"][1]["prompted"]["0.5"]
 

@@ -71,7 +71,8 @@ def test_folder_and_records(trained: tuple[Path, Path], exported: Path) -> None:
     assert "U+2800" in record["decoding"] and "restore" in record["decoding"]
     tokens, stream = a_document(data)
     assert profile_from_json(record["profile"]).restore(stream) == dataset.profile.restore(stream)
-    assert dataset.profile.restore(stream).startswith(b"\xff\xd8") and dataset.profile.restore(stream).endswith(b"\xff\xd9")
+    restored = dataset.profile.restore(stream)
+    assert restored.startswith(b"\xff\xd8") and restored.endswith(b"\xff\xd9")
 
 
 def test_step_and_bare_checkpoints_give_the_same_weights(trained: tuple[Path, Path], exported: Path,

@@ -19,11 +19,11 @@ import pytest
 import torch
 from PIL import Image
 
-from shared.codec.avc.profile import AvcProfile
 from shared.codec.avc.grammar import AvcGrammar
-from shared.codec.jpeg.profile import JpegProfile
+from shared.codec.avc.profile import AvcProfile
 from shared.codec.jpeg.entropy import check_stream
 from shared.codec.jpeg.grammar import JpegGrammar
+from shared.codec.jpeg.profile import JpegProfile
 from shared.codec.token_constraint import TokenConstraint
 from shared.samples.clips import sample_clip
 from shared.samples.photos import sample_crops
@@ -156,7 +156,8 @@ def test_constrained_generation_decodes_and_repeats_with_the_seed(checkpoint: Pa
             with av.open(str(tmp_path / "a" / name / sample["file"]), format="jpeg_pipe") as container:
                 assert next(container.decode(video=0)).width == 64  # FFmpeg opens it too
         assert (tmp_path / "a" / name / "sheet.png").is_file()
-    assert (tmp_path / "a" / "prompt" / "original.jpg").is_file() and (tmp_path / "a" / "prompt" / "prompt.jpg").is_file()
+    prompt_dir = tmp_path / "a" / "prompt"
+    assert (prompt_dir / "original.jpg").is_file() and (prompt_dir / "prompt.jpg").is_file()
     generate(dataclasses.replace(settings, out=tmp_path / "b"))
     generate(dataclasses.replace(settings, out=tmp_path / "c", unconditional=0, prompt_val=0, seed=8))
     first, again, other = (tmp_path / d / "prompt" / "sample-000.jpg" for d in "abc")

@@ -20,6 +20,7 @@ A folder (``out_dir/step-NNNNNNNN/``, ``out_dir/final/``) holds:
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +38,7 @@ from shared.format.dataset import Dataset, DatasetError
 from shared.format.files import open_atomic, read_bytes, write_json_atomic
 from shared.format.shards import MANIFEST, TOKENIZER
 from shared.format.tokenizer import ByteTokenizer
+from shared.tools import cli
 
 MARKER = "checkpoint.json"
 MARKER_FORMAT = "codec-lm-checkpoint/1"
@@ -295,3 +297,12 @@ def load_for_sampling(checkpoint: Path, *, dataset: str | None = None, device: t
                               f"its tokenizer {tokenizer.vocab_size}")
     constraint = TokenConstraint(profile.grammar(), tokenizer.token_bytes, tokenizer.eos_id) if constrained else None
     return Sampler(data, profile, tokenizer, model, constraint)
+
+
+def existing_checkpoint(path: str | os.PathLike[str], flag: str = "--checkpoint") -> Path:
+    """A checkpoint folder with weights in it, or a usage error: a missing folder is named as missing."""
+    folder = cli.existing_dir(path, flag)
+    if not weights_files(folder):
+        raise cli.UsageError(f"{flag} {path}: no checkpoint in this folder (no {WEIGHTS} or {SHARDED}/): give a "
+                             "folder `python -m train.pretrain` wrote, e.g. out/jpeg-tiny/final")
+    return folder

@@ -202,7 +202,8 @@ class FromBatch(DistributedSampler):
     already chosen by the dataset, and Fabric must neither wrap it nor rebuild the loader.
     """
 
-    def __init__(self, dataset: TorchDataset) -> None:  # noqa: the parent's init would split by rank again
+    # No super().__init__(): the parent's would split the data by rank again.
+    def __init__(self, dataset: TorchDataset) -> None:
         self.dataset = dataset
         self.start = 0
 
@@ -304,7 +305,7 @@ class CodecShards(DataModule):
         self.max_seq_length = seq_len if max_seq_length is None else max_seq_length
         if self.max_seq_length > seq_len:
             raise ValueError(f"the model's context ({self.max_seq_length} tokens) is longer than the dataset's "
-                             f"sequences ({seq_len}); preprocess with --seq-len {self.max_seq_length} or more")
+                             f"sequences ({seq_len}); preprocess with --seq_len {self.max_seq_length} or more")
         if self.model_vocab_size is not None:
             self.check_vocabulary(self.model_vocab_size)
         else:  # LitGPT's connect() is not told the model: say so, rather than fail later without a reason
@@ -340,7 +341,7 @@ class CodecShards(DataModule):
             if examples < needed:  # a rank without data would stop early or fail while the others wait
                 raise ValueError(f"{self.path} has {examples} {split} sequences for {world} processes x micro-batch "
                                  f"{micro_batch}: {split} needs {needed}; preprocess with more data, a larger "
-                                 "--val-fraction or a shorter --seq-len, or train on fewer processes")
+                                 "--val_fraction or a shorter --seq_len, or train on fewer processes")
 
     def layout(self, split: str) -> Layout:
         shards = self.dataset.shards(split)

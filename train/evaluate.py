@@ -55,15 +55,13 @@ from shared.format.shards import MANIFEST
 from shared.format.tokenizer import ByteTokenizer
 from shared.tools import cli
 from shared.tools.contact_sheet import mark_filled, save_contact_sheet
-from train.checkpoint import Sampler, load_for_sampling, open_dataset, weights_files
+from shared.tools.progress import progress_bar
+from train.checkpoint import Sampler, existing_checkpoint, load_for_sampling, open_dataset, weights_files
 from train.fid import INCEPTION_ENV, INCEPTION_URL, NO_FEATURE_NETWORK, FeatureExtractor, fid
 from train.generate import (
     SamplingProgress,
     SamplingSettings,
     add_sampling_arguments,
-    existing_checkpoint,
-    existing_paths,
-    progress_bar,
     sample_rows,
     token_budget,
 )
@@ -191,11 +189,13 @@ def dataset_images(root: str, profile: CodecProfile, *, count: int,
     """(key, decoded stream, stream) for ``count`` complete documents of a dataset's val split."""
     data = Dataset.open(root)
     if data.profile.name != profile.name:
-        raise EvaluationError(f"--images {root} holds {data.profile.name} streams, the checkpoints model {profile.name}")
+        raise EvaluationError(f"--images {root} holds {data.profile.name} streams, "
+                              f"the checkpoints model {profile.name}")
     held_out = [("split", "=", "val"), ("complete", "=", True)]
     keys = [row["key"] for row in data.rows(held_out, columns=["key"])]
     if not keys:
-        raise EvaluationError(f"--images {root}: its val split has no complete documents (preprocess with --val-fraction)")
+        raise EvaluationError(f"--images {root}: its val split has no complete documents "
+                              "(preprocess with --val_fraction)")
     chosen = [keys[i] for i in np.random.default_rng(seed).permutation(len(keys))[:count]]
     for row, _, stream in data.document_streams(data.rows(held_out + [("key", "in", chosen)])):
         yield row["key"], profile.decode(stream).pictures[0], stream
@@ -496,7 +496,8 @@ def evaluate(settings: Settings) -> dict[str, Any]:
     settings.check()
     settings.checkpoints = list(dict.fromkeys(settings.checkpoints))
     device = torch.device(settings.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    profiles = {checkpoint: open_dataset(Path(checkpoint), settings.dataset).profile for checkpoint in settings.checkpoints}
+    profiles = {checkpoint: open_dataset(Path(checkpoint), settings.dataset).profile
+                for checkpoint in settings.checkpoints}
     if len({p.name for p in profiles.values()}) > 1:
         raise EvaluationError("the checkpoints model different codec profiles "
                               f"({', '.join(f'{c}: {p.name}' for c, p in profiles.items())}); compare like with like")
@@ -552,26 +553,31 @@ def render_report(results: dict[str, Any]) -> str:
         "## FID ↓ against the originals", "",
         f"Prompted completion at each prompt ratio{' and unconditional samples' if unconditional else ''}; "
         f"cells are mean (std) over seeds (sample standard deviation).", "",
-        "| model | " + " | ".join(f"{float(r):.0%}" for r in ratios) + (f" | unconditional ({unconditional})" if unconditional else "") + " |",
+        "| model | " + " | ".join(f"{float(r):.0%}" for r in ratios)
+        + (f" | unconditional ({unconditional})" if unconditional else "") + " |",
         "|---|" + "---:|" * (len(ratios) + bool(unconditional)),
     ]
     ceiling = results["codec_ceiling"]
     if ceiling is not None:
         lines.append(f"| codec ceiling: `{results['profile']}` round trip | "
-                     + " | ".join(f"{ceiling['fid']:.2f}" for _ in ratios) + (" | –" if unconditional else "") + " |")
+                     + " | ".join(f"{ceiling['fid']:.2f}" for _ in ratios)
+                     + (" | –" if unconditional else "") + " |")
     for row in results["checkpoints"]:
         lines.append(f"| `{row['checkpoint']}` | " + " | ".join(fid_cell(row["prompted"][r]) for r in ratios)
                      + (f" | {fid_cell(row.get(UNCONDITIONAL))}" if unconditional else "") + " |")
     lines += ["", "## Streams and sampling", "",
-              "Validation loss: cross-entropy of the images' whole streams (nats per token); bits per byte of the stream. "
+              "Validation loss: cross-entropy of the images' whole streams (nats per token); "
+              "bits per byte of the stream. "
               "Clean: completions whose every MCU entropy-decodes and that end where the image ends; the others are "
               "written with their valid MCUs kept and the rest filled grey (tinted magenta in the grids).", "",
               "| model | val loss | bits/byte | " + " | ".join(f"clean {float(r):.0%}" for r in ratios)
-              + (" | clean uncond." if unconditional else "") + " | stopped by EOS | files valid | tokens/s | completions/s |",
+              + (" | clean uncond." if unconditional else "")
+              + " | stopped by EOS | files valid | tokens/s | completions/s |",
               "|---|" + "---:|" * (len(ratios) + bool(unconditional) + 6)]
     for row in results["checkpoints"]:
         summaries = [row["prompted"][r] for r in ratios] + ([row[UNCONDITIONAL]] if unconditional else [])
-        lines.append(f"| `{row['checkpoint']}` | {row['validation']['loss']:.3f} | {row['validation']['bits_per_byte']:.3f} | "
+        validation = row["validation"]
+        lines.append(f"| `{row['checkpoint']}` | {validation['loss']:.3f} | {validation['bits_per_byte']:.3f} | "
                      + " | ".join(f"{s['clean_share']:.0%}" for s in summaries)
                      + f" | {np.mean([s['eos_share'] for s in summaries]):.0%}"
                      + f" | {np.min([s['files_sound_share'] for s in summaries]):.0%}"
@@ -582,9 +588,9 @@ def render_report(results: dict[str, Any]) -> str:
         notes.append("No codec ceiling: the images are a dataset's codec streams, so the originals are already "
                      "codec output (give image files to measure it).")
     if count <= dims:
-        notes.append(f"{count} images for {dims}-dimensional features: the covariance is rank-deficient and FID is biased "
-                     "upward at small sample sizes; compare only numbers computed on the same images (the paper: 5000 "
-                     "ImageNet, 1000 FFHQ).")
+        notes.append(f"{count} images for {dims}-dimensional features: the covariance is rank-deficient "
+                     "and FID is biased upward at small sample sizes; compare only numbers computed on the same "
+                     "images (the paper: 5000 ImageNet, 1000 FFHQ).")
     if count < settings["num_images"]:
         notes.append(f"{settings['num_images']} images asked for, {count} usable found.")
     if images["rejected"]:
@@ -657,7 +663,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def check_paths(settings: Settings) -> None:
     """Every path the flags name, before any model is loaded: a missing one is named as missing first."""
-    existing_paths(settings.checkpoints, "--checkpoint", "folder")
+    cli.existing_paths(settings.checkpoints, "--checkpoint", "folder")
     for checkpoint in settings.checkpoints:
         existing_checkpoint(checkpoint)
     images = settings.images

@@ -45,8 +45,8 @@ from shared.errors import CodecLmError
 from shared.format.files import read_bytes
 from shared.format.tokenizer import BOS, BYTE_BASE, EOS
 from shared.tools import cli
-from train.checkpoint import load_lit_weights, load_model_config, open_dataset, weights_files
-from train.generate import existing_checkpoint, progress_bar
+from shared.tools.progress import progress_bar
+from train.checkpoint import existing_checkpoint, load_lit_weights, load_model_config, open_dataset, weights_files
 
 PROG = "python -m train.export"
 FORMAT = "codec-lm-export/1"
@@ -136,7 +136,8 @@ def llama_config(config: Config, manifest: dict[str, Any], dtype: torch.dtype) -
         "num_key_value_heads": config.n_query_groups,
         "head_dim": config.head_size,
         "hidden_act": "silu",
-        "vocab_size": config.padded_vocab_size,  # the embedding's rows; ids past the tokenizer's are never sampled in practice
+        # the embedding's rows; ids past the tokenizer's are never sampled in practice
+        "vocab_size": config.padded_vocab_size,
         "max_position_embeddings": config.block_size,
         "rms_norm_eps": config.norm_eps,
         "rope_theta": float(config.rope_base),

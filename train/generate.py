@@ -36,12 +36,9 @@ TQDM_DISABLE=1 turns it off. The ETA is an upper bound: samples that stop at EOS
 from __future__ import annotations
 
 import argparse
-import io
-import os
 import sys
 import time
 import warnings
-from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,7 +46,6 @@ from typing import Any
 import numpy as np
 import torch
 from litgpt import GPT
-from tqdm import tqdm
 
 from shared.codec.errors import InvalidMediaError
 from shared.codec.profile import CodecProfile, Decoded, view
@@ -60,7 +56,8 @@ from shared.format.files import safe_file_name, write_atomic, write_json_atomic
 from shared.format.tokenizer import ByteTokenizer
 from shared.tools import cli
 from shared.tools.contact_sheet import mark_filled, save_contact_sheet, strip
-from train.checkpoint import SHARDED, WEIGHTS, load_for_sampling, load_model_config, open_dataset, weights_files
+from shared.tools.progress import progress_bar
+from train.checkpoint import existing_checkpoint, load_for_sampling, load_model_config, open_dataset
 
 PROG = "python -m train.generate"
 
@@ -110,43 +107,6 @@ def token_budget(block_size: int, settings: SamplingSettings, prompt_tokens: int
 
 
 # ---- progress ------------------------------------------------------------------------------------
-LOG_INTERVAL = 30.0  # seconds between progress lines when stderr is a log or a pipe, not a terminal
-
-
-class LogLines(io.TextIOBase):
-    """Where a progress bar draws when stderr is not a terminal: each redraw becomes one whole line (tqdm
-    redraws in place with carriage returns, which a log file shows as one ever longer line)."""
-
-    def __init__(self, stream: Any) -> None:
-        self.stream = stream
-
-    def write(self, text: str) -> int:
-        line = text.replace("\r", "").strip()
-        if line:  # tqdm's clearing writes (blanks, a lone newline) are dropped
-            self.stream.write(line + "\n")
-            self.stream.flush()
-        return len(text)
-
-    def flush(self) -> None:
-        self.stream.flush()
-
-
-def progress_bar(total: float | None, desc: str, unit: str, iterable: Iterable[Any] | None = None,
-                 postfix: str | None = None) -> tqdm:
-    """A tqdm bar on stderr, drawn at most every tenth of a second on a terminal; in a log or a pipe a plain
-    line every LOG_INTERVAL seconds (``TQDM_MININTERVAL``) and one at the end. ``TQDM_DISABLE=1``: none."""
-    stderr = sys.stderr
-    scaled = unit == "tok" and (total or 0) >= 10_000  # many tokens read best as 59.4k; the rest as they are
-    if getattr(stderr, "isatty", lambda: False)():
-        return tqdm(iterable, total=total, desc=desc, unit=unit, unit_scale=scaled, dynamic_ncols=True, file=stderr,
-                    postfix=postfix)
-    interval = float(os.environ.get("TQDM_MININTERVAL", LOG_INTERVAL))
-    return tqdm(iterable, total=total, desc=desc, unit=unit, unit_scale=scaled, file=LogLines(stderr), postfix=postfix,
-                mininterval=interval, maxinterval=interval,
-                bar_format="{desc}: {percentage:3.0f}% {n_fmt}/{total_fmt} {unit} [{elapsed}<{remaining}, "
-                           "{rate_fmt}{postfix}]")
-
-
 class SamplingProgress:
     """One bar over a whole run's sampling: tokens sampled, tokens/s, an ETA, and samples done.
 
@@ -593,24 +553,6 @@ class CountOrSwitch(argparse.Action):
         setattr(namespace, self.dest, values)
 
 
-def existing_paths(paths: Sequence[str | os.PathLike[str]], flag: str, what: str = "file") -> None:
-    """Every path exists, or one usage error naming each missing one."""
-    absent = [str(path) for path in paths if not cli.is_remote(path) and not Path(path).exists()]
-    if len(absent) == 1:
-        cli.existing(absent[0], flag, what)
-    elif absent:
-        raise cli.UsageError(f"{flag} {' '.join(absent)}: no such {what}s")
-
-
-def existing_checkpoint(path: str | os.PathLike[str], flag: str = "--checkpoint") -> Path:
-    """A checkpoint folder with weights in it, or a usage error: a missing folder is named as missing."""
-    folder = cli.existing_dir(path, flag)
-    if not weights_files(folder):
-        raise cli.UsageError(f"{flag} {path}: no checkpoint in this folder (no {WEIGHTS} or {SHARDED}/): give a "
-                             "folder `litgpt pretrain` wrote, e.g. out/jpeg-tiny/final")
-    return folder
-
-
 @cli.command(PROG)
 def main(argv: list[str] | None = None) -> int:
     parser = cli.parser(PROG, __doc__)
@@ -645,7 +587,7 @@ def main(argv: list[str] | None = None) -> int:
     existing_checkpoint(args.checkpoint)
     if args.dataset is not None:
         cli.existing_dir(args.dataset, "--dataset")
-    existing_paths(args.prompts, "--prompt")
+    cli.existing_paths(args.prompts, "--prompt")
     cli.writable(args.out, "--out")
     try:
         generate(GenerateSettings(**vars(args)))

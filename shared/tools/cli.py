@@ -18,7 +18,7 @@ import functools
 import os
 import sys
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -88,6 +88,15 @@ def existing_dir(path: str | os.PathLike[str], flag: str) -> Path:
     if not is_remote(path) and not found.is_dir():
         raise UsageError(f"{flag} {path}: not a folder")
     return found
+
+
+def existing_paths(paths: Sequence[str | os.PathLike[str]], flag: str, what: str = "file") -> None:
+    """Every path exists, or one usage error naming each missing one."""
+    absent = [str(path) for path in paths if not is_remote(path) and not Path(path).exists()]
+    if len(absent) == 1:
+        existing(absent[0], flag, what)
+    elif absent:
+        raise UsageError(f"{flag} {' '.join(absent)}: no such {what}s")
 
 
 def writable(path: str | os.PathLike[str], flag: str, folder: bool = True) -> None:
