@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from shared.codec.profile import CodecProfile, view
+from shared.codec.profile import CodecProfile, file_problems, view
 from shared.tools import cli
 from train.checkpoint import existing_checkpoint, load_for_sampling
 from train.generate import (
@@ -79,7 +79,8 @@ def main(argv: list[str] | None = None) -> int:
         seconds = time.perf_counter() - started
         rates[label] = sum(s.tokens for s in samples) / seconds
         step_costs[label] = (seconds / samples[0].steps, samples[0].judging_seconds / samples[0].steps)
-        decoded = [profile.decode(s.stream) for s in samples]
+        views = [view(profile, s.stream) for s in samples]
+        decoded = [v.decoded for v in views]
         whole = sum(d.complete for d in decoded)
         valid, total = sum(d.valid_units for d in decoded), sum(d.total_units for d in decoded)
         units = f"{valid}/{total} {profile.unit}s valid ({valid / max(1, total):.1%})"
@@ -92,8 +93,7 @@ def main(argv: list[str] | None = None) -> int:
                       f" {shares['macroblocks_clean_share']:.1%}, of those written"
                       f" {shares['written_macroblocks_clean_share']:.1%} | cut short by the token budget {cut}")
         # the files: every one must pass the strict check from its own bytes, filled or not
-        files = [view(profile, s.stream).file for s in samples]
-        sound = sum(file is not None and not profile.check_viewable(file) for file in files)
+        sound = sum(not file_problems(profile, v.file) for v in views)
         eos = sum(s.stopped == "eos" for s in samples)
         print(f"  {label:11s} whole files as sampled {whole}/{len(samples)}"
               f" | files strictly valid {sound}/{len(samples)}"

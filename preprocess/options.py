@@ -3,11 +3,10 @@
 
 from __future__ import annotations
 
-import sys
-
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from shared.codec.registry import MODALITIES
+from shared.tools import cli
 
 IMAGE, VIDEO = MODALITIES["image"], MODALITIES["video"]
 DEFAULT_SAMPLE_SIZE = {"image": 300, "video": 24}
@@ -34,7 +33,7 @@ def renamed_flags(argv: list[str], prog: str) -> list[str]:
             continue
         if name not in warned:
             warned.add(name)
-            print(f"{prog}: warning: {name} is deprecated and goes in the next release; use {new}", file=sys.stderr)
+            cli.warn_deprecated(prog, name, new)
         renamed.append(new + equals + value)
     return renamed
 

@@ -19,7 +19,7 @@ from fsspec.core import url_to_fs
 
 from shared.format.files import delete, exists, is_remote, join, read_bytes
 from shared.format.shards import DOCUMENTS, INPUTS, MANIFEST, REJECTED, SPLITS, STAGING, TOKENIZER
-from shared.tools.cli import UsageError
+from shared.tools.cli import WRITE_CHECK_PREFIX, UsageError
 
 _SPLIT = "|".join(SPLITS)
 # Every file the job writes, relative to --output: the index files, the shards, the staging folder, the
@@ -29,7 +29,7 @@ OWN_FILE = re.compile(
     + rf"|({_SPLIT})/shard-\d{{6,}}\.tar"
     + rf"|{re.escape(STAGING)}/.+"
     + rf"|(({_SPLIT})/)?\.[^/]+\.tmp-[0-9a-f]+"
-    + r"|\.write-check-[^/]+"
+    + rf"|{re.escape(WRITE_CHECK_PREFIX)}[^/]+"
 )
 # manifest "arguments" key -> the flag that sets it, to name a difference
 FLAG_OF = {

@@ -205,16 +205,15 @@ def run(argv: list[str] | None = None) -> dict[str, Any] | None:
         job = job_config(job_options, progress_dir, dry_run)
         if not (dry_run and is_remote(job.output)):  # a dry run reads no object store (it may have no credentials)
             check_output_folder(job.output, job.arguments, job_options.overwrite)
-        if dry_run:
-            pipeline = new_pipeline(options)
-            build_pipeline(pipeline, job)
-            translate(pipeline, options)
-            print(dry_run_summary(job, options))
-            return None
-        clear_previous_run(job.output)
+        if not dry_run:
+            clear_previous_run(job.output)
         started = time.monotonic()
         pipeline = new_pipeline(options)
         build_pipeline(pipeline, job)
+        if dry_run:
+            translate(pipeline, options)
+            print(dry_run_summary(job, options))
+            return None
         try:
             run_to_end(pipeline, progress_dir)
         except Exception as error:  # noqa: BLE001 — what failed, as one line (Beam's own message ends with it)

@@ -163,7 +163,7 @@ def test_cli_checks_paths_first_and_shows_its_stages(trained: tuple[Path, Path],
     assert refused("--checkpoint", str(absent / "ckpt"), "--dataset", str(absent / "data"), "--out",
                    str(tmp_path / "hf")) == f"--checkpoint {absent / 'ckpt'}: no such folder"
     assert refused("--checkpoint", str(data), "--out", str(tmp_path / "hf")).startswith(
-        f"--checkpoint {data}: no checkpoint in this folder")
+        f"--checkpoint {data}: not a checkpoint folder")
     assert refused("--checkpoint", str(checkpoint), "--dataset", str(absent / "data"), "--out",
                    str(tmp_path / "hf")) == f"--dataset {absent / 'data'}: no such folder"
     assert refused("--checkpoint", str(checkpoint), "--out", str(exported)) == \

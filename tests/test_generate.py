@@ -242,7 +242,7 @@ def test_missing_paths_are_named_first(checkpoint: Path, tmp_path: Path, capsys:
     assert refused("--checkpoint", str(absent / "ckpt"), "--dataset", str(absent / "data"), "--unconditional", "2",
                    "--prompt", str(absent / "a.png")) == f"--checkpoint {absent / 'ckpt'}: no such folder"
     assert refused("--checkpoint", str(tmp_path), "--unconditional", "2").startswith(
-        f"--checkpoint {tmp_path}: no checkpoint in this folder (no lit_model.pth or sharded/)")
+        f"--checkpoint {tmp_path}: not a checkpoint folder (no lit_model.pth or sharded/)")
     assert refused("--checkpoint", str(checkpoint), "--dataset", str(absent / "data"), "--unconditional", "2") == \
         f"--dataset {absent / 'data'}: no such folder"
     prompt = tmp_path / "there.png"

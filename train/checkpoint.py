@@ -287,9 +287,10 @@ class Sampler:
     constraint: TokenConstraint | None
 
 
-def load_for_sampling(checkpoint: Path, *, dataset: str | None = None, device: torch.device,
-                      constrained: bool = True) -> Sampler:
-    data = open_dataset(Path(checkpoint), dataset)
+def load_for_sampling(checkpoint: Path, *, dataset: str | None = None, data: Dataset | None = None,
+                      device: torch.device, constrained: bool = True) -> Sampler:
+    """``data``: the checkpoint's dataset when the caller has opened it already (else ``open_dataset``)."""
+    data = data or open_dataset(Path(checkpoint), dataset)
     profile, tokenizer = data.profile, data.tokenizer
     model = load_model(Path(checkpoint), device)
     if model.config.padded_vocab_size < tokenizer.vocab_size:
@@ -303,6 +304,6 @@ def existing_checkpoint(path: str | os.PathLike[str], flag: str = "--checkpoint"
     """A checkpoint folder with weights in it, or a usage error: a missing folder is named as missing."""
     folder = cli.existing_dir(path, flag)
     if not weights_files(folder):
-        raise cli.UsageError(f"{flag} {path}: no checkpoint in this folder (no {WEIGHTS} or {SHARDED}/): give a "
+        raise cli.UsageError(f"{flag} {path}: not a checkpoint folder (no {WEIGHTS} or {SHARDED}/): give a "
                              "folder `python -m train.pretrain` wrote, e.g. out/jpeg-tiny/final")
     return folder

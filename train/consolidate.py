@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 
 from shared.tools import cli
-from train.checkpoint import WEIGHTS, consolidate, weights_files
+from train.checkpoint import WEIGHTS, consolidate, existing_checkpoint
 
 PROG = "python -m train.consolidate"
 
@@ -37,12 +37,9 @@ def main(argv: list[str] | None = None) -> int:
     checkpoints = [*args.checkpoint, *args.old_checkpoints]
     if not checkpoints:
         raise cli.UsageError("--checkpoint DIR [DIR ...] is required")
-    for checkpoint in checkpoints:  # every missing folder named before any other complaint
-        cli.existing_dir(checkpoint, "--checkpoint")
+    cli.existing_paths(checkpoints, "--checkpoint", "folder")  # every missing folder before any other complaint
     for checkpoint in checkpoints:
-        if not weights_files(checkpoint):
-            raise cli.UsageError(f"--checkpoint {checkpoint}: not a checkpoint folder (no {WEIGHTS}, no sharded/ "
-                                 "with .metadata)")
+        existing_checkpoint(checkpoint)
         if (checkpoint / WEIGHTS).exists() and not args.overwrite:
             raise cli.UsageError(f"{checkpoint / WEIGHTS} exists; pass --overwrite to write it again from the shards")
     for checkpoint in checkpoints:

@@ -324,16 +324,22 @@ class CodecShards(DataModule):
                 raise DatasetError(f"{path} is {found} bytes, the manifest says {shard['bytes']}: "
                                    "the shard is truncated or was replaced (run `codec-shards verify`)")
 
+    def opened(self) -> Dataset:
+        """The dataset, opened once: by ``connect()``, or by the checks ``train.pretrain`` runs before it."""
+        if getattr(self, "dataset", None) is None:
+            self.dataset = Dataset.open(str(self.path))
+        return self.dataset
+
     def check_vocabulary(self, model_vocab_size: int) -> None:
         """The model has an embedding row for every id of the dataset's tokenizer."""
-        dataset = getattr(self, "dataset", None) or Dataset.open(str(self.path))
+        dataset = self.opened()
         if model_vocab_size < dataset.manifest["vocab_size"]:
             raise ValueError(f"the dataset's vocabulary ({dataset.manifest['vocab_size']} ids) is larger than the "
                              f"model's ({model_vocab_size}); set model_config.padded_vocab_size and vocab_size")
 
     def check_world(self, world: int, micro_batch: int) -> None:
         """Every rank needs a micro-batch of training sequences and a validation sequence."""
-        dataset = getattr(self, "dataset", None) or Dataset.open(str(self.path))
+        dataset = self.opened()
         seq_len = dataset.manifest["seq_len"]
         windows = seq_len // (self.max_seq_length if self.max_seq_length > 0 else seq_len)
         for split, needed in (("train", world * micro_batch), ("val", world)):

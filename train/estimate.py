@@ -231,9 +231,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     cli.existing(args.config, "--config", "file")
     try:
-        blocks_to_checkpoint(args.activation_checkpointing)
+        blocks_to_checkpoint(args.activation_checkpointing, flag="--activation-checkpointing")
     except ValueError as error:
-        raise cli.UsageError(str(error).replace("--activation_checkpointing", "--activation-checkpointing")) from None
+        raise cli.UsageError(str(error)) from None
     if args.gpus_per_node < 1 or not 0 < args.hfu <= 1:
         raise cli.UsageError(f"--gpus-per-node must be 1 or more (not {args.gpus_per_node}) and --hfu in (0, 1] "
                              f"(not {args.hfu})")

@@ -47,14 +47,23 @@ import torch
 import torch.nn.functional as F
 
 from shared.codec.errors import InvalidMediaError
-from shared.codec.profile import CodecProfile, Decoded
+from shared.codec.profile import CodecProfile, Decoded, file_problems, viewable_file
 from shared.errors import CodecLmError
 from shared.format.dataset import Dataset
-from shared.format.files import exists, join, matching, read_bytes, safe_file_name, write_atomic, write_json_atomic
+from shared.format.files import (
+    exists,
+    is_remote,
+    join,
+    matching,
+    read_bytes,
+    safe_file_name,
+    write_atomic,
+    write_json_atomic,
+)
 from shared.format.shards import MANIFEST
 from shared.format.tokenizer import ByteTokenizer
 from shared.tools import cli
-from shared.tools.contact_sheet import mark_filled, save_contact_sheet
+from shared.tools.contact_sheet import save_contact_sheet
 from shared.tools.progress import progress_bar
 from train.checkpoint import Sampler, existing_checkpoint, load_for_sampling, open_dataset, weights_files
 from train.fid import INCEPTION_ENV, INCEPTION_URL, NO_FEATURE_NETWORK, FeatureExtractor, fid
@@ -62,6 +71,7 @@ from train.generate import (
     SamplingProgress,
     SamplingSettings,
     add_sampling_arguments,
+    marked_pictures,
     sample_rows,
     token_budget,
 )
@@ -359,7 +369,7 @@ def run_task(folder: str, prompts: list[bytes], seeds: list[int], *, desc: str, 
 def files_sound(profile: CodecProfile, decoded: list[Decoded]) -> np.ndarray:
     """Per completion: whether the file made from it (``profile.viewable`` of the stream made whole) passes
     the strict check from its own bytes, as ``train.generate`` writes it."""
-    return np.array([not profile.check_viewable(profile.viewable(d.stream)) for d in decoded])
+    return np.array([not file_problems(profile, viewable_file(profile, d.stream)) for d in decoded])
 
 
 @torch.inference_mode()
@@ -468,7 +478,7 @@ def save_grid(out: str, *, tag: str, label: str, profile: CodecProfile, eval_set
     """A picture grid: per image prompt | one completion per seed | original; unconditional: a row per seed."""
     def picture(stream: bytes) -> tuple[np.ndarray, str]:  # filled MCUs tinted
         decoded = profile.decode(stream)
-        return mark_filled(decoded.pictures[0], decoded.filled[0]), "ok" if decoded.complete else "filled"
+        return marked_pictures(decoded)[0], "ok" if decoded.complete else "filled"
 
     tiles: list[tuple[str, list[np.ndarray]]] = []
     if ratio is None:
@@ -667,7 +677,7 @@ def check_paths(settings: Settings) -> None:
     for checkpoint in settings.checkpoints:
         existing_checkpoint(checkpoint)
     images = settings.images
-    if not cli.is_remote(images):  # object stores are listed by the work itself
+    if not is_remote(images):  # object stores are listed by the work itself
         if not any(magic in images for magic in "*?["):
             cli.existing(images, "--images")
         elif not image_files(images):

@@ -238,7 +238,8 @@ open("out" + profile.file_suffix, "wb").write(profile.restore(stream))
 def export(checkpoint: Path, out: Path, dataset: str | None = None, overwrite: bool = False) -> Path:
     """Write the HF folder for ``checkpoint`` at ``out``; returns ``out``."""
     checkpoint, out = Path(checkpoint), Path(out)
-    if not weights_files(checkpoint):
+    files = weights_files(checkpoint)
+    if not files:
         raise ExportError(f"no checkpoint at {checkpoint}: expected {checkpoint / 'lit_model.pth'} or sharded/ "
                           "(a folder `litgpt pretrain` wrote, e.g. out/jpeg-tiny/final)")
     if out.exists() and not overwrite:
@@ -262,7 +263,6 @@ def export(checkpoint: Path, out: Path, dataset: str | None = None, overwrite: b
         raise ExportError(f"{data.root}: the tokenizer's BOS/EOS ids ({tokenizer.bos_id}, {tokenizer.eos_id}) "
                           f"differ from the manifest's ({manifest['bos_id']}, {manifest['eos_id']})")
 
-    files = weights_files(checkpoint)
     stage(f"loading the weights of {checkpoint} ({len(files)} file{'s' * (len(files) > 1)}, "
           f"{gigabytes(sum(f.stat().st_size for f in files))})")
     weights = hf_state_dict(config, load_lit_weights(checkpoint))

@@ -48,7 +48,7 @@ import torch
 from litgpt import GPT
 
 from shared.codec.errors import InvalidMediaError
-from shared.codec.profile import CodecProfile, Decoded, view
+from shared.codec.profile import CodecProfile, Decoded, file_problems, view
 from shared.codec.token_constraint import TokenConstraint
 from shared.errors import CodecLmError
 from shared.format.dataset import Dataset
@@ -372,7 +372,7 @@ def write_outputs(out: Path, profile: CodecProfile, samples: list[Sample], *, or
         shown = view(profile, item.stream)
         decoded = shown.decoded
         name = f"sample-{index:03d}{suffix}"
-        problems = profile.check_viewable(shown.file) if shown.file is not None else ("nothing to show",)
+        problems = file_problems(profile, shown.file)
         if shown.file is not None:
             write_atomic(out / name, shown.file)
         if problems:  # the repair's promise is broken: say so loudly, keep the sample for a bug report
@@ -470,6 +470,7 @@ class Job:
     whole: bytes | None  # the whole media stream; None: unconditional
     prefix: bytes  # what the model is given
     count: int  # samples, sampled as one batch
+    prompt_tokens: int = 1  # the prefix's tokens with BOS (set by prompt_jobs; unconditional: BOS alone)
 
 
 def prompt_jobs(settings: GenerateSettings, data: Dataset, context: int) -> list[Job]:
@@ -489,7 +490,7 @@ def prompt_jobs(settings: GenerateSettings, data: Dataset, context: int) -> list
         except ValueError as error:  # e.g. --prompt-frames N that is no whole restart interval of an image
             raise GenerateError(f"--prompt-val: {error}") from None
     for job in jobs:  # a prompt that fills the context is refused
-        length = len(tokenizer.encode(job.prefix, bos=True))
+        job.prompt_tokens = length = len(tokenizer.encode(job.prefix, bos=True))
         if length >= context:
             given = f"--prompt-frames {settings.prompt_frames}" if settings.prompt_frames is not None else \
                 f"--prompt-ratio {settings.prompt_ratio}"
@@ -511,14 +512,14 @@ def generate(settings: GenerateSettings) -> dict[str, Any]:
     context = load_model_config(checkpoint).block_size
     jobs = prompt_jobs(settings, data, context)
     device = torch.device(settings.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    sampler = load_for_sampling(checkpoint, dataset=settings.dataset, device=device, constrained=settings.constrained)
+    sampler = load_for_sampling(checkpoint, data=data, device=device, constrained=settings.constrained)
     recorded = {"checkpoint": str(settings.checkpoint), "profile": profile.name, "num_samples": settings.num_samples,
                 "temperature": settings.temperature, "top_k": settings.top_k, "top_p": settings.top_p,
                 "seed": settings.seed, "constrained": settings.constrained,
                 "max_new_tokens": settings.max_new_tokens or context,
                 "prompt_ratio": settings.prompt_ratio, "prompt_frames": settings.prompt_frames,
                 "unconditional": sum(job.count for job in jobs if job.whole is None)}
-    budgets = [job.count * token_budget(context, settings, len(tokenizer.encode(job.prefix, bos=True))) for job in jobs]
+    budgets = [job.count * token_budget(context, settings, job.prompt_tokens) for job in jobs]
     results = {}
     out = Path(settings.out)
     with SamplingProgress(sum(budgets), sum(job.count for job in jobs)) as progress:

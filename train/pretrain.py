@@ -102,13 +102,15 @@ LITGPT_SETUP = litgpt_pretrain.setup
 SWAPPED = ("setup", "FSDPStrategy", "GPT", "initialize_weights", "find_resume_path", "fit", "save_checkpoint")
 
 
-def blocks_to_checkpoint(choice: str | None) -> Callable[[torch.nn.Module], bool] | None:
-    """``--activation_checkpointing`` -> which modules are checkpointed (None: nothing)."""
+def blocks_to_checkpoint(choice: str | None, flag: str = "--activation_checkpointing"
+                         ) -> Callable[[torch.nn.Module], bool] | None:
+    """``--activation_checkpointing`` -> which modules are checkpointed (None: nothing); ``flag``: the
+    spelling an error names (``train.estimate`` spells it ``--activation-checkpointing``)."""
     if choice in (None, "none"):  # YAML reads a bare `none` as null
         return None
     every = 1 if choice == "full" else int(match[1]) if (match := re.fullmatch(r"every-(\d+)", choice)) else 0
     if every < 1:
-        raise ValueError(f"--activation_checkpointing must be {CHOICES}, not {choice!r}")
+        raise ValueError(f"{flag} must be {CHOICES}, not {choice!r}")
     # a Block knows its index through its attention layer (LitGPT's Block(config, block_idx) passes it there)
     return lambda module: isinstance(module, Block) and module.attn.block_idx % every == 0
 

@@ -111,8 +111,17 @@ class View:
 def view(profile: CodecProfile, stream: bytes) -> View:
     """Decode any stream tolerantly (a model's output too) into what people look at; never raises."""
     decoded = profile.decode(stream)
+    return View(viewable_file(profile, decoded.stream), decoded)
+
+
+def viewable_file(profile: CodecProfile, stream: bytes) -> bytes | None:
+    """The file people open, or None when there is nothing to show (not a single frame)."""
     try:
-        file = profile.viewable(decoded.stream)
-    except InvalidMediaError:  # not a single frame: nothing to play
-        file = None
-    return View(file, decoded)
+        return profile.viewable(stream)
+    except InvalidMediaError:
+        return None
+
+
+def file_problems(profile: CodecProfile, file: bytes | None) -> tuple[str, ...]:
+    """What is wrong with a viewable file at its strictest (``check_viewable``); no file is a problem too."""
+    return profile.check_viewable(file) if file is not None else ("nothing to show",)

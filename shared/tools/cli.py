@@ -23,8 +23,10 @@ from pathlib import Path
 from typing import Any
 
 from shared.errors import CodecLmError
+from shared.format.files import is_remote
 
 USAGE, FAILURE, INTERRUPTED = 2, 1, 130
+WRITE_CHECK_PREFIX = ".write-check-"  # writable()'s probe file, removed at once
 
 
 class UsageError(CodecLmError):
@@ -72,10 +74,6 @@ def parser(prog: str, doc: str | None, **kwargs: Any) -> argparse.ArgumentParser
 
 
 # ---- paths, checked before any work ---------------------------------------------------------------
-def is_remote(path: str | os.PathLike[str]) -> bool:
-    return "://" in str(path)
-
-
 def existing(path: str | os.PathLike[str], flag: str, what: str = "file or folder") -> Path:
     """``path`` exists (a local one; object-store paths are left to the work), or a usage error naming it."""
     if not is_remote(path) and not Path(path).exists():
@@ -107,13 +105,17 @@ def writable(path: str | os.PathLike[str], flag: str, folder: bool = True) -> No
     where = Path(path) if folder else Path(path).absolute().parent
     try:
         where.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=where, prefix=".write-check-"):
+        with tempfile.NamedTemporaryFile(dir=where, prefix=WRITE_CHECK_PREFIX):
             pass
     except OSError as error:
         raise UsageError(f"{flag} {path}: cannot be written ({error.strerror or error})") from None
 
 
 # ---- renamed flags keep working for one release ---------------------------------------------------
+def warn_deprecated(prog: str, old: str | None, new: str) -> None:
+    print(f"{prog}: warning: {old} is deprecated and goes in the next release; use {new}", file=sys.stderr)
+
+
 class _Deprecated(argparse.Action):
     def __init__(self, option_strings: list[str], dest: str, new: str, **kwargs: Any) -> None:
         self.new = new
@@ -121,8 +123,7 @@ class _Deprecated(argparse.Action):
 
     def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
                  option_string: str | None = None) -> None:
-        print(f"{parser.prog}: warning: {option_string} is deprecated and goes in the next release; use {self.new}",
-              file=sys.stderr)
+        warn_deprecated(parser.prog, option_string, self.new)
         setattr(namespace, self.dest, self.const if self.nargs == 0 else values)
 
 

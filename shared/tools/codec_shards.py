@@ -237,8 +237,7 @@ def trace(dataset: Dataset, name: str) -> list[str]:
 def verify_on_beam(args: argparse.Namespace, beam_argv: list[str]) -> int:
     """``verify --runner …`` of the release before: ``python -m preprocess.verify`` with the same arguments,
     in its own process (this command imports nothing of the Beam job); its exit status."""
-    print(f"{PROG}: warning: verify --runner is deprecated and goes in the next release; use "
-          "python -m preprocess.verify DIR --runner …", file=sys.stderr)
+    cli.warn_deprecated(PROG, "verify --runner", "python -m preprocess.verify DIR --runner …")
     if importlib.util.find_spec("apache_beam") is None:
         raise cli.UsageError("verify --runner needs the Beam job's dependencies: pip install 'codec-lm[preprocess]'")
     command = [sys.executable, "-m", "preprocess.verify", args.dir, "--runner", args.runner, *beam_argv]
