@@ -45,22 +45,15 @@ from litgpt.utils import chunked_cross_entropy
 
 from shared.tools import cli
 from train.estimate import count_parameters, flops_per_token
-from train.parallel import MIXED_PRECISION, parallelize
-from train.pretrain import blocks_to_checkpoint, checkpoint_blocks
+from train.metrics import peak_tflops as device_peak_tflops
+from train.parallel import MIXED_PRECISION, blocks_to_checkpoint, parallelize
+from train.parallel import apply_ac as checkpoint_blocks
 
 SHARDINGS = ("none", "fsdp1", "fsdp2")
 
 # Dense bf16 peaks by device-name fragment, most specific first (sparse figures are twice these).
-DENSE_BF16_TFLOPS = {"H100 PCIe": 756.0, "H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0}
-
-
 def peak_tflops(device: torch.device, given: float | None) -> float | None:
-    if given is not None:
-        return given
-    if device.type != "cuda":
-        return None
-    name = torch.cuda.get_device_name(device)
-    return next((tflops for key, tflops in DENSE_BF16_TFLOPS.items() if key in name), None)
+    return given if given is not None else device_peak_tflops(device)
 
 
 def wrap(model: GPT, *, sharding: str, checkpointing: str, compiled: bool, device: torch.device) -> torch.nn.Module:

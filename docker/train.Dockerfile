@@ -1,19 +1,19 @@
 # The trainer's image: CUDA PyTorch, the project and LitGPT; it runs `python -m train.pretrain` (litgpt
-# pretrain's CLI with FSDP2, sharded checkpoints and elastic resume; the paper's Jpeg-LM config unless
-# told otherwise) and is ready for several nodes (NCCL comes with torch).
+# pretrain's CLI, the project's loop with FSDP2, sharded checkpoints and elastic resume; the paper's Jpeg-LM
+# config unless told otherwise) and is ready for several nodes (NCCL comes with torch).
 #
 #   docker build -f docker/train.Dockerfile -t IMAGE .              (from the repository root)
 #   docker run --gpus all --ipc=host IMAGE                          (= python -m train.pretrain --config train/jpeg7b.yaml)
 #   docker run --gpus all --ipc=host IMAGE --config train/avc7b.yaml --devices 8 --num_nodes 4 --out_dir /ckpt/avc7b
 #
-# Across nodes, Lightning Fabric (inside train.pretrain) reads MASTER_ADDR, MASTER_PORT and NODE_RANK
-# (it starts the 8 processes of a node itself and sets WORLD_SIZE = devices x num_nodes), or SLURM's
+# Across nodes, train.pretrain (train/launch.py, with Lightning's cluster environments) reads MASTER_ADDR,
+# MASTER_PORT and NODE_RANK (it starts the 8 processes of a node itself), or SLURM's
 # SLURM_NTASKS, SLURM_NTASKS_PER_NODE, SLURM_NNODES, SLURM_PROCID, SLURM_LOCALID, SLURM_NODEID and
 # SLURM_NODELIST under srun, or torchrun's RANK, LOCAL_RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT.
-# docs/scale.md has the sbatch, torchrun and fabric forms.
+# docs/scale.md has the sbatch, torchrun and no-launcher forms.
 FROM pytorch/pytorch:2.13.0-cuda12.6-cudnn9-runtime
 
-# torch.compile (train.pretrain compiles the model) has Triton build a small C launcher at run time,
+# torch.compile (train.pretrain compiles each block) has Triton build a small C launcher at run time,
 # and runtime images did not always carry a C compiler and libc headers.
 # The base image's Ubuntu release fixes these packages' versions, and its tag is pinned:
 # hadolint ignore=DL3008

@@ -12,12 +12,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-import lightning as L
 import numpy as np
 import torch
 import yaml
 from litgpt import GPT, Config
-from litgpt.pretrain import initialize_weights
 from litgpt.utils import chunked_cross_entropy
 
 from preprocess.run import run
@@ -47,13 +45,9 @@ def held_out_loss(model: GPT, dataset: Path) -> float:
 
 def initial_model() -> GPT:
     """The model as `python -m train.pretrain` builds it before the first step (LitGPT's GPT-NeoX init, each
-    weight then drawn from the seed and its name)."""
+    weight drawn from the seed and its name)."""
     settings = yaml.safe_load(CONFIG.read_text())
-    config = Config(**settings["model_config"])
-    fabric = L.Fabric(accelerator="cpu", devices=1)
-    fabric.seed_everything(settings["seed"])
-    model = GPT(config)
-    initialize_weights(fabric, model, n_layer=config.n_layer, n_embd=config.n_embd)
+    model = GPT(Config(**settings["model_config"]))
     init_weights(model, settings["seed"])
     return model
 

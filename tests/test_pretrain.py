@@ -1,16 +1,18 @@
-"""`python -m train.pretrain`: litgpt pretrain with activation checkpointing, and what train.estimate says of it."""
+"""`python -m train.pretrain`: the owned loop's parts (schedule, initial weights, activation checkpointing, the
+command line, nothing patched) and what train.estimate says of it."""
 
 from __future__ import annotations
 
-import inspect
+import ast
+import io
 import json
-import os
+import math
 import shutil
 import subprocess
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 
-import litgpt.pretrain as litgpt_pretrain
 import pytest
 import torch
 import yaml
@@ -22,8 +24,9 @@ from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import Checkpoi
 from preprocess.run import run
 from train.estimate import GPUS, LayerMemory, estimate, gpu_table, layer_memory
 from train.estimate import main as estimate_main
-from train.parallel import FSDP2Strategy, init_weights
-from train.pretrain import CHOICES, SWAPPED, blocks_to_checkpoint, checkpoint_blocks, swapped_into_litgpt
+from train.parallel import CHOICES, apply_ac, blocks_to_checkpoint, init_weights
+from train.pretrain import main as pretrain_main
+from train.schedule import Schedule
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_SETTINGS = yaml.safe_load((ROOT / "train" / "jpeg-tiny.yaml").read_text())
@@ -32,54 +35,113 @@ TINY_LAYERS = TINY_SETTINGS["model_config"]["n_layer"]
 TINY = Config(**{**TINY_SETTINGS["model_config"], "n_layer": 4, "n_head": 4, "n_query_groups": 4})
 
 
-def swapped(checkpointed=None):
-    return swapped_into_litgpt(checkpointed=checkpointed, seed=42, precision="32-true", config=TINY,
-                               layout={"world_size": 1, "micro_batch_size": 4, "global_batch_size": 4}, data=None)
+# ---- nothing patched ----------------------------------------------------------------------------
+def imported_modules(tree: ast.Module) -> dict[str, str]:
+    """Names a file binds to modules or objects of other libraries (``import x.y as z``, ``from x import y``)."""
+    names = {}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                names[alias.asname or alias.name.split(".")[0]] = alias.name
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            for alias in node.names:
+                names[alias.asname or alias.name] = f"{node.module}.{alias.name}"
+    return {name: module for name, module in names.items()
+            if module.split(".")[0] not in ("shared", "preprocess", "train", "bench", "__future__")}
 
 
-def test_litgpt_still_builds_what_train_pretrain_swaps() -> None:
-    """The names train.pretrain swaps are module globals that litgpt.pretrain looks up where it did."""
-    source = inspect.getsource(litgpt_pretrain)
-    assert 'FSDPStrategy(auto_wrap_policy={Block}, state_dict_type="full", sharding_strategy="HYBRID_SHARD")' in source
-    main = inspect.getsource(litgpt_pretrain.main)
-    for line in ("model = GPT(config)",
-                 "initialize_weights(fabric, model, n_layer=config.n_layer, n_embd=config.n_embd)",
-                 "resume = find_resume_path(resume, out_dir)", "fabric.load(resume, state)", "fit(",
-                 'save_checkpoint(fabric, state, tokenizer_dir, out_dir / "final" / "lit_model.pth")'):
-        assert line in main, line
-    assert "save_hyperparameters(setup, checkpoint_file.parent)" in inspect.getsource(litgpt_pretrain.save_checkpoint)
-    # the std train.parallel.init_weights reads from LitGPT's init
-    assert "partial(init_weights, mod, std=" in inspect.getsource(litgpt_pretrain.initialize_weights)
-    originals = {name: getattr(litgpt_pretrain, name) for name in SWAPPED}
-    with swapped(blocks_to_checkpoint("full")):
-        assert all(getattr(litgpt_pretrain, name) is not originals[name] for name in SWAPPED)
-        assert litgpt_pretrain.setup.__module__ == "train.pretrain"
-        strategy = litgpt_pretrain.FSDPStrategy(auto_wrap_policy={Block}, state_dict_type="full",
-                                                sharding_strategy="HYBRID_SHARD")
-        assert isinstance(strategy, litgpt_pretrain.FSDPStrategy) and isinstance(strategy, FSDP2Strategy)
-    assert all(getattr(litgpt_pretrain, name) is originals[name] for name in SWAPPED)  # put back
-    assert "isinstance(fabric.strategy, FSDPStrategy)" in inspect.getsource(litgpt_pretrain.initialize_weights)
+def test_no_file_in_train_assigns_to_another_librarys_module() -> None:
+    """No name inside litgpt, lightning, torch or any other library is replaced: no ``module.name = …``,
+    ``setattr(module, …)`` or ``del module.name`` on a name a file imported from outside the project."""
+    found = []
+    for path in sorted((ROOT / "train").glob("*.py")):
+        tree = ast.parse(path.read_text())
+        foreign = imported_modules(tree)
+        for node in ast.walk(tree):
+            targets = []
+            if isinstance(node, (ast.Assign, ast.AugAssign, ast.AnnAssign, ast.Delete)):
+                targets = node.targets if isinstance(node, (ast.Assign, ast.Delete)) else [node.target]
+            elif isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in ("setattr",
+                                                                                                     "delattr"):
+                targets = [ast.Attribute(value=node.args[0], attr="?")] if node.args else []
+            for target in targets:
+                while isinstance(target, ast.Attribute) and isinstance(target.value, ast.Attribute):
+                    target = target.value
+                if isinstance(target, ast.Attribute) and isinstance(target.value, ast.Name) \
+                        and target.value.id in foreign:
+                    found.append(f"{path.name}:{node.lineno} {target.value.id}.{target.attr}")
+    assert found == []
+    # the check finds what it looks for
+    sample = ast.parse("import litgpt.pretrain as lp\nfrom torch import nn\nlp.fit = 1\nsetattr(nn, 'x', 2)\n")
+    assert set(imported_modules(sample)) == {"lp", "nn"}
 
 
+# ---- the learning rate: a function of the optimizer step -------------------------------------------
+def test_the_schedule_counts_optimizer_steps_and_never_trains_at_rate_zero() -> None:
+    schedule = Schedule.of(lr=1e-2, min_lr=1e-3, max_steps=100, warmup_steps=10, warmup_fraction=None)
+    rates = [schedule.at(step) for step in range(1, 101)]
+    assert rates[0] == pytest.approx(1e-3) and min(rates) > 0  # step 1 trains at lr / warmup, not 0
+    assert rates[9] == pytest.approx(1e-2) and max(rates) == rates[9]  # the last warmup step at the peak
+    assert all(a < b for a, b in zip(rates[:10], rates[1:10]))  # linear warmup
+    assert all(a >= b for a, b in zip(rates[9:], rates[10:]))  # cosine decay
+    assert rates[-1] == pytest.approx(1e-3)  # the floor at the last step
+    middle = 10 + 90 // 2
+    assert schedule.at(middle) == pytest.approx(1e-3 + 0.5 * (1e-2 - 1e-3))
+    # no warmup: the cosine starts at the peak before step 1, so step 1 trains just below it, the last at the floor
+    no_warmup = Schedule.of(lr=1e-2, min_lr=1e-3, max_steps=5, warmup_steps=0, warmup_fraction=None)
+    assert 1e-2 > no_warmup.at(1) > no_warmup.at(2) > no_warmup.at(5) == pytest.approx(1e-3)
+    # a warmup given as a fraction is a fraction of the run's optimizer steps, whatever the process layout
+    fraction = Schedule.of(lr=1.0, min_lr=0.0, max_steps=200, warmup_steps=None, warmup_fraction=0.05)
+    assert fraction.warmup_steps == 10 and fraction.at(5) == pytest.approx(0.5)
+    assert Schedule.of(lr=1.0, min_lr=0.0, max_steps=4, warmup_steps=10, warmup_fraction=None).warmup_steps == 4
+
+
+def test_litgpts_schedule_depends_on_the_accumulation_this_one_does_not() -> None:
+    """What the owned loop fixes, shown on LitGPT's own get_lr (docs/training.md): with accumulation a, LitGPT's
+    optimizer step s trains at lr * (a*s - 1) / (a*w) during warmup."""
+    from litgpt.pretrain import get_lr
+
+    warmup, lr = 4, 1.0
+
+    def litgpt_rate(step: int, accumulation: int) -> float:  # the rate set before the step's last micro-batch
+        iteration = step * accumulation - 1
+        return get_lr(lr, iteration, warmup * accumulation, 1000 * accumulation, 0.0)
+
+    assert litgpt_rate(1, 1) == 0.0  # no accumulation: the first step trains at rate 0
+    assert litgpt_rate(1, 2) == pytest.approx(1 / 8) and litgpt_rate(1, 4) == pytest.approx(3 / 16)
+    ours = Schedule.of(lr=lr, min_lr=0.0, max_steps=1000, warmup_steps=warmup, warmup_fraction=None)
+    assert [ours.at(step) for step in (1, 2, 3, 4)] == [0.25, 0.5, 0.75, 1.0]  # the same for every layout
+
+
+# ---- initial weights and activation checkpointing ------------------------------------------------------
 def test_initial_weights_do_not_depend_on_the_layout() -> None:
-    """Drawn per parameter name with LitGPT's distributions: the same with or without checkpoint wrappers."""
+    """Drawn per parameter name with LitGPT's distributions: the same with or without checkpoint wrappers, on the
+    meta device then allocated (as the trainer builds it) or built in place."""
     models = []
     for choice in (None, blocks_to_checkpoint("full")):
         torch.manual_seed(len(models))  # the global RNG does not matter
         model = GPT(TINY)
-        if choice:
-            checkpoint_blocks(model, choice)
-        litgpt_pretrain.initialize_weights(type("F", (), {"strategy": None})(), model, TINY.n_layer, TINY.n_embd)
+        apply_ac(model, choice)
         init_weights(model, seed=42)
         models.append(model)
-    plain, wrapped = (dict(m.state_dict()) for m in models)
-    assert list(plain) == list(wrapped) and all(torch.equal(plain[k], wrapped[k]) for k in plain)
+    with torch.device("meta"):
+        on_meta = apply_ac(GPT(TINY), blocks_to_checkpoint("every-2"))
+    on_meta.to_empty(device="cpu")
+    init_weights(on_meta, seed=42)
+    models.append(on_meta)
+    plain, wrapped, allocated = (dict(m.state_dict()) for m in models)
+    assert list(plain) == list(wrapped) == list(allocated)
+    assert all(torch.equal(plain[k], wrapped[k]) and torch.equal(plain[k], allocated[k]) for k in plain)
+    assert torch.equal(models[0].cos, models[2].cos)  # the RoPE cache, recomputed after allocation
     std = plain["transformer.h.0.mlp.fc_1.weight"].std().item()
     assert std == pytest.approx((2 / 5 / TINY.n_embd) ** 0.5, rel=0.05)  # GPT-NeoX's init, as LitGPT's
     assert plain["transformer.h.0.mlp.proj.weight"].std().item() == pytest.approx(
         1 / TINY.n_embd ** 0.5 / TINY.n_layer, rel=0.05)
+    assert plain["transformer.h.0.attn.proj.weight"].std().item() == pytest.approx(
+        1 / TINY.n_embd ** 0.5 / TINY.n_layer, rel=0.05)
     assert torch.equal(plain["transformer.ln_f.weight"], torch.ones(TINY.n_embd))
     assert not torch.equal(plain["transformer.h.0.attn.qkv.weight"], plain["transformer.h.1.attn.qkv.weight"])
+    assert init_weights.__module__ == "train.parallel" and math.isfinite(std)
 
 
 @pytest.mark.parametrize("choice, wrapped", [("none", []), ("full", [0, 1, 2, 3]), ("every-2", [0, 2]),
@@ -87,8 +149,7 @@ def test_initial_weights_do_not_depend_on_the_layout() -> None:
 def test_checkpointed_blocks_recompute_and_keep_gradients_and_names(choice: str, wrapped: list[int],
                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     torch.manual_seed(0)
-    with swapped(blocks_to_checkpoint(choice)):
-        model = litgpt_pretrain.GPT(TINY)  # what litgpt.pretrain's main builds on one device
+    model = apply_ac(GPT(TINY), blocks_to_checkpoint(choice))  # what the trainer's parallelize applies first
     torch.manual_seed(0)
     plain = GPT(TINY)
     assert [i for i, block in enumerate(model.transformer.h) if isinstance(block, CheckpointWrapper)] == wrapped
@@ -148,7 +209,7 @@ def test_missing_paths_are_named_first(tmp_path: Path) -> None:
     assert not (tmp_path / "out").exists()
 
 
-def test_print_config_is_litgpts_plus_the_choice() -> None:
+def test_print_config_is_litgpts_plus_our_two_flags(tmp_path: Path) -> None:
     config = "train/avc7b.yaml"
 
     def printed(command: list[str]) -> dict:
@@ -159,7 +220,15 @@ def test_print_config_is_litgpts_plus_the_choice() -> None:
     with ThreadPoolExecutor(2) as pool:  # two independent CLI start-ups
         theirs, ours = pool.map(printed, [["litgpt", "pretrain"],
                                           ["python", "-m", "train.pretrain", "--activation_checkpointing", "every-2"]])
-    assert ours.pop("activation_checkpointing") == "every-2" and ours == theirs
+    assert ours.pop("activation_checkpointing") == "every-2" and ours.pop("accept_schedule_change") is False
+    assert ours == theirs
+    # an unknown key in a YAML: one line, status 2
+    config_file = tmp_path / "typo.yaml"
+    config_file.write_text(yaml.safe_dump({**TINY_SETTINGS, "train": {**TINY_SETTINGS["train"], "max_tokenz": 1}}))
+    done = subprocess.run(["python", "-m", "train.pretrain", "--config", str(config_file), "--data.path",
+                           str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2 and len(done.stderr.splitlines()) == 1, done.stderr
+    assert done.stderr.startswith(PRETRAIN_ERROR) and "max_tokenz" in done.stderr
 
 
 # ---- training on the CPU --------------------------------------------------------------------------
@@ -172,37 +241,34 @@ def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def train(command: list[str], dataset: Path, out: Path, *flags: str, log: str | None = None) -> dict[int, float]:
-    """Run a tiny training; the losses it logged, by iteration. ``log``: a line its output must hold."""
-    # constant LR (min_lr = lr), so a run stopped early saw the same schedule as an uninterrupted one;
+    """Run a tiny training; the losses it logged, by optimizer step. ``log``: a line its output must hold."""
+    # warmup and cosine decay: the schedule is a function of the optimizer step, so a resumed run follows the same;
     # fp32: as fast on every CPU (bf16-mixed is fast only where the CPU computes in bf16)
     common = ["--config", "train/jpeg-tiny.yaml", "--data.path", str(dataset), "--out_dir", str(out),
               "--data.num_workers", "0", "--train.micro_batch_size", "2", "--train.global_batch_size", "2",
-              "--train.log_interval", "1", "--train.save_interval", "5", "--train.lr_warmup_steps", "0",
-              "--train.min_lr", str(TINY_SETTINGS["optimizer"]["init_args"]["lr"]), "--precision", "32-true",
-              "--eval.interval", "1000", "--eval.final_validation", "false"]
-    done = subprocess.run([*command, *common, *flags], cwd=ROOT, capture_output=True, text=True,
-                          env={**os.environ, "TORCH_COMPILE_DISABLE": "1"})
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert log is None or log in done.stdout.splitlines(), done.stdout[-2000:]
+              "--train.log_interval", "1", "--train.save_interval", "5", "--train.lr_warmup_steps", "2",
+              "--precision", "32-true", "--eval.interval", "1000", "--eval.final_validation", "false"]
+    output = io.StringIO()
+    # in this process (torch and LitGPT are imported already), without compiling, as TORCH_COMPILE_DISABLE=1 does
+    with redirect_stdout(output), redirect_stderr(output), torch._dynamo.config.patch(disable=True):
+        status = pretrain_main([*command, *common, *flags])
+    assert status == 0, output.getvalue()[-3000:]
+    assert log is None or log in output.getvalue().splitlines(), output.getvalue()[-2000:]
     return losses(out)
 
 
 def test_checkpointed_training_matches_plain_training_and_resumes_exactly(dataset: Path, tmp_path: Path) -> None:
     steps, tokens = 10, 2 * 1023
-    litgpt = ["python", "-m", "train.pretrain", "--activation_checkpointing", "none"]
-    ours = ["python", "-m", "train.pretrain", "--activation_checkpointing", "full"]
+    plain_flags = ["--activation_checkpointing", "none"]
+    ours = ["--activation_checkpointing", "full"]
     wrapped = f"activation checkpointing: {TINY_LAYERS} of {TINY_LAYERS} transformer blocks"  # the log says it is on
-    with ThreadPoolExecutor(2) as pool:  # independent runs
-        plain_run = pool.submit(train, litgpt, dataset, tmp_path / "plain", "--train.max_tokens", str(steps * tokens))
-        checkpointed_run = pool.submit(train, ours, dataset, tmp_path / "full", "--train.max_tokens",
-                                       str(steps * tokens), log=wrapped)
-        plain, checkpointed = plain_run.result(), checkpointed_run.result()
+    plain = train(plain_flags, dataset, tmp_path / "plain", "--train.max_tokens", str(steps * tokens))
+    checkpointed = train(ours, dataset, tmp_path / "full", "--train.max_tokens", str(steps * tokens), log=wrapped)
     assert sorted(plain) == sorted(checkpointed) == list(range(1, steps + 1))
     assert [checkpointed[i] for i in plain] == pytest.approx([plain[i] for i in plain], abs=1e-6)
     hyperparameters = yaml.safe_load((tmp_path / "full" / "final" / "hyperparameters.yaml").read_text())
     assert hyperparameters["activation_checkpointing"] == "full"
-    weights = [torch.load(tmp_path / run / "final" / "lit_model.pth", weights_only=False)["model"]
-               for run in ("full", "plain")]
+    weights = [torch.load(tmp_path / run / "final" / "lit_model.pth", weights_only=True) for run in ("full", "plain")]
     assert list(weights[0]) == list(weights[1])  # the same checkpoint layout, with or without checkpointing
     assert all(torch.allclose(weights[0][name], weights[1][name], atol=1e-6) for name in weights[0])
     # a run stopped after step 5 (its step-5 checkpoint alone), resumed with checkpointing still on: the same losses

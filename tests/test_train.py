@@ -1,15 +1,18 @@
-"""The trainer: the data module (epochs, ranks, workers, exact resume, checks) and litgpt pretrain on CPU."""
+"""The trainer: the data module (epochs, ranks, workers, exact resume, bytes read per rank, checks) and litgpt
+pretrain on CPU."""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import fsspec
 import lightning as L
 import numpy as np
 import pytest
@@ -21,7 +24,7 @@ from litgpt_metrics import losses
 
 from preprocess.run import run
 from shared.format.dataset import Dataset, DatasetError
-from train.data import CodecShards, ResumableLoader, StreamBatches
+from train.data import MAX_GAP, CodecShards, ResumableLoader
 from train.pretrain import check_data
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -38,7 +41,16 @@ def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return output
 
 
-def module(path: Path, batch_size: int = 4, context: int | None = None, workers: int = 2,
+@pytest.fixture(scope="module")
+def sharded(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The same photos in shards of 6 sequences: 7 train shards (37 sequences), so batches straddle shards."""
+    output = tmp_path_factory.mktemp("train") / "jpeg-sharded"
+    run(["--output", str(output), "--profile", "jpeg-64-q25", "--seq-len", "1023", "--sample-size", "120",
+         "--val-fraction", "0.2", "--shard-sequences", "6", *IN_MEMORY])
+    return output
+
+
+def module(path: Path | str, batch_size: int = 4, context: int | None = None, workers: int = 2,
            seed: int = 42) -> CodecShards:
     data = CodecShards(path=str(path), seed=seed, num_workers=workers)
     data.connect(batch_size=batch_size, max_seq_length=context)
@@ -92,8 +104,7 @@ def stream(dataset: Path, iterations: int, *, world: int, batch_size: int, taken
     data = module(dataset, batch_size=batch_size, workers=0)
     loaders = []
     for rank in range(world):
-        loader = ResumableLoader(StreamBatches(data.reader("train", shuffle=True), batch_size=batch_size, rank=rank,
-                                               world=world), num_workers=0)
+        loader = ResumableLoader(data.train_stream(rank, world), num_workers=0)
         if state is not None:
             loader.load_state_dict(state)
         loaders.append(take(loader, iterations))
@@ -114,8 +125,7 @@ def test_resume_on_another_world_size_continues_exactly(dataset: Path, before: i
     ranks: counted by sequence, nothing is seen twice or skipped."""
     reference = sum(stream(dataset, 20, world=1, batch_size=4), [])
     interrupted = module(dataset, batch_size=4 // before, workers=0)
-    loader = ResumableLoader(StreamBatches(interrupted.reader("train", shuffle=True), batch_size=4 // before, rank=0,
-                                           world=before), num_workers=0)
+    loader = ResumableLoader(interrupted.train_stream(0, before), num_workers=0)
     seen = sum(stream(dataset, 7, world=before, batch_size=4 // before), [])
     take(loader, 7)
     state = loader.state_dict()
@@ -150,7 +160,7 @@ def fabric_rank(fabric: L.Fabric, path: str, out: str) -> None:
     data = module(Path(path), batch_size=3, workers=2)
     train_loader, val_loader = fabric.setup_dataloaders(data.train_dataloader(), data.val_dataloader(),
                                                         move_to_device=False)
-    assert isinstance(train_loader._dataloader, ResumableLoader)  # Fabric kept our loader and sampler
+    assert isinstance(train_loader._dataloader, ResumableLoader)  # an iterable dataset: Fabric keeps our loader
     rows = [fingerprint(row) for batch in take(train_loader, len(train_loader)) for row in batch]
     val = [fingerprint(row) for batch in val_loader for row in batch]
     Path(out, f"rank{fabric.global_rank}.json").write_text(json.dumps({"rows": rows, "val": val}))
@@ -212,10 +222,127 @@ def test_mismatches_are_caught_before_training(dataset: Path, tmp_path: Path) ->
     with pytest.raises(DatasetError, match="truncated or was replaced"):
         module(broken)
     flipped = bytearray((dataset / "train" / "shard-000000.tar").read_bytes())
-    flipped[1000] ^= 1
+    flipped[1000] ^= 1  # a token of the first member
     shard.write_bytes(bytes(flipped))
-    with pytest.raises(DatasetError, match="sha256 differs"):
+    with pytest.raises(DatasetError, match="sha256 differs"):  # one rank, no workers: it reads the shard whole
         take(module(broken, workers=0).train_dataloader(), 1)
+
+
+STRIDE = 3072  # bytes per member of the tiny dataset: a 512-byte tar header, 128 of npy header, 2048 of tokens
+
+
+def through_epochs(data: CodecShards, rank: int, world: int, epochs: int = 1) -> ResumableLoader:
+    """Rank ``rank`` of ``world`` in this process, taken through the last iteration that ends within ``epochs``
+    epochs (a rank reads its share of a shard for the epoch when it gets there: that reads all of its share)."""
+    loader = ResumableLoader(data.train_stream(rank, world), num_workers=0)
+    take(loader, epochs * loader.dataset.examples // (world * data.batch_size))
+    return loader
+
+
+@pytest.mark.parametrize("world", [1, 2, 4, 8])
+def test_a_rank_reads_about_one_wth_of_the_bytes(dataset: Path, world: int) -> None:
+    """Rank r of W fetches only its own members: over 4 epochs at micro-batch 1, each rank reads 0.85 to 1.25 x the
+    train bytes / W. The overhead, stated: a rank takes 1/W of the positions (22 or 23 of 180 at W = 8); the
+    train bytes include each tar's end padding (3.6% here) and a request stops at its last member's npy (-384
+    bytes); coalescing reads past at most MAX_GAP bytes (one 3 KB member here) per gap it closes."""
+    data = module(dataset, batch_size=1, workers=0)
+    shards = Dataset.open(str(dataset)).shards("train")
+    train_bytes = sum(s["bytes"] for s in shards)
+    counts = [through_epochs(data, rank, world, epochs=4).dataset.reader.counts for rank in range(world)]
+    ratios = [c.bytes / (4 * train_bytes / world) for c in counts]
+    assert all(0.85 <= ratio <= 1.25 for ratio in ratios), ratios
+    assert all(c.visits == 4 * len(shards) for c in counts)  # one batched read per shard per epoch
+    if world == 1:  # it needs every member: the file, in one request (and its sha256 checked)
+        assert counts[0].whole == counts[0].requests == counts[0].visits
+        assert counts[0].bytes == 4 * train_bytes
+    else:
+        assert MAX_GAP // STRIDE == 1  # what the overhead above assumes
+        assert all(c.whole == 0 and c.largest < min(s["bytes"] for s in shards) for c in counts)  # never whole
+        assert sum(c.bytes for c in counts) < 1.2 * 4 * train_bytes  # all ranks: the data about once, not W times
+        members = 4 * 45  # each taken once per epoch, by one rank; near ones share a request
+        assert sum(c.requests for c in counts) < members
+
+
+@pytest.mark.parametrize("corruption, problem", [
+    ("a byte of its name", r"its tar header is invalid \(bad checksum\)"),
+    ("the next member's header", r"its tar header is for 'shard-000000-000008.npy' \(2176 bytes\), expected the "
+                                 r"file 'shard-000000-000007.npy' \(2176 bytes\)"),
+    ("its npy shape", "its npy header is not that of 1024 uint16 tokens"),
+])
+def test_a_member_with_a_corrupt_header_is_refused(dataset: Path, tmp_path: Path, corruption: str,
+                                                   problem: str) -> None:
+    broken = tmp_path / "broken"
+    shutil.copytree(dataset, broken)
+    shard = broken / "train" / "shard-000000.tar"
+    data = bytearray(shard.read_bytes())
+    member = 7 * STRIDE
+    if corruption == "a byte of its name":
+        data[member + 3] ^= 1
+    elif corruption == "the next member's header":  # a valid header (its checksum holds), of the wrong member
+        data[member:member + 512] = data[member + STRIDE:member + STRIDE + 512]
+    else:  # (1024,) -> (1025,)
+        data[member + 512 + bytes(data[member + 512:member + 640]).index(b"(1024,)") + 4] ^= 1
+    shard.write_bytes(bytes(data))
+    errors = []
+    for rank in range(2):  # partial reads, no sha256: in an epoch one rank takes member 7 and checks it
+        try:
+            through_epochs(module(broken, batch_size=1, workers=0), rank, 2)
+        except DatasetError as error:
+            errors.append(str(error))
+    assert len(errors) == 1 and "\n" not in errors[0], errors
+    assert re.fullmatch(rf".*/train/shard-000000.tar: member 7 \(shard-000000-000007.npy\): {problem}; the shard "
+                        r"is corrupt or was replaced \(run `codec-shards verify` on the dataset\)", errors[0]), errors
+
+
+def test_an_error_in_a_dataloader_worker_is_one_line(dataset: Path, tmp_path: Path) -> None:
+    """PyTorch re-raises a worker's exception with the worker's traceback in its message; the loader gives it back
+    its own one line, as the commands print errors."""
+    broken = tmp_path / "broken"
+    shutil.copytree(dataset, broken)
+    shard = broken / "train" / "shard-000000.tar"
+    data = bytearray(shard.read_bytes())
+    data[-2000] ^= 1  # a token byte: only the whole shard's sha256 sees it (one rank reads it whole)
+    shard.write_bytes(bytes(data))
+    with pytest.raises(DatasetError) as raised:
+        take(module(broken, workers=1).train_dataloader(), 1)
+    assert str(raised.value) == (f"{shard}: sha256 differs from the manifest: the shard is corrupt or was replaced "
+                                 "(run `codec-shards verify` on the dataset)")
+
+
+def test_many_shards_one_order_each_rank_its_own_bytes(sharded: Path) -> None:
+    """Across shard boundaries: the same global order on 1, 2 or 3 ranks and with workers, every example once per
+    epoch, a loader rewound by load_state_dict, and a rank of 4 reading about a quarter of the bytes."""
+    examples = sum(s["sequences"] for s in Dataset.open(str(sharded)).shards("train"))
+    one = sum(stream(sharded, 13, world=1, batch_size=6), [])  # 78 positions: two epochs and a bit
+    assert one == sum(stream(sharded, 13, world=2, batch_size=3), []) == sum(stream(sharded, 13, world=3,
+                                                                                      batch_size=2), [])
+    assert sorted(one[:examples]) == sorted(one[examples:2 * examples]) == sorted(stored_windows(sharded, 1023))
+    assert rows_of(take(module(sharded, batch_size=6, workers=2).train_dataloader(), 13)) == one
+    loader = ResumableLoader(module(sharded, batch_size=1, workers=0).train_stream(0, 1), num_workers=0)
+    loader.load_state_dict({**loader.state_dict(), "consumed": 2})
+    assert rows_of(take(loader, 1)) == one[2:3]  # it read the first shard's members from position 2 on
+    loader.load_state_dict({**loader.state_dict(), "consumed": 0})  # back into that shard (3 or more sequences)
+    assert rows_of(take(loader, 3)) == one[:3]
+    data = module(sharded, batch_size=1, workers=0)
+    members = examples * STRIDE  # (the tars' end padding is a fifth of these small shards: not a rank's to read)
+    for rank in range(4):
+        counts = through_epochs(data, rank, 4, epochs=4).dataset.reader.counts
+        assert 0.85 <= counts.bytes / (4 * members / 4) <= 1.25 and counts.whole == 0
+        assert counts.requests < 4 * examples / 4  # a shard visit is one batched read: near members share a request
+
+
+def test_reads_from_any_fsspec_filesystem(dataset: Path) -> None:
+    """The same batches from an in-memory copy (fsspec, as on gs:// or s3://) as from the local folder."""
+    memory = fsspec.filesystem("memory")
+    memory.put(str(dataset), "/codec-lm-loader-test", recursive=True)
+    try:
+        remote, local = (module(p, batch_size=2, workers=0) for p in ("memory://codec-lm-loader-test", dataset))
+        for rank in range(2):
+            batches = [take(ResumableLoader(d.train_stream(rank, 2), num_workers=0), 30) for d in (remote, local)]
+            assert rows_of(batches[0]) == rows_of(batches[1])
+        assert rows_of(list(remote.val_dataloader())) == rows_of(list(local.val_dataloader()))
+    finally:
+        memory.rm("/codec-lm-loader-test", recursive=True)
 
 
 # ---- litgpt pretrain on the CPU -------------------------------------------------------------------

@@ -4,17 +4,19 @@ the model config, its weights, its training dataset, and everything sampling fro
 
 A folder (``out_dir/step-NNNNNNNN/``, ``out_dir/final/``) holds:
 
-    lit_model.pth          the training state in one file (one process), or the consolidated model weights
-                           (``final/`` of a sharded run; ``python -m train.consolidate`` for any other)
-    sharded/               the training state as torch.distributed.checkpoint shards (several processes):
-                           one ``__R_0.distcp`` per rank, ``.metadata``, and Lightning's ``meta.pt``
+    sharded/               the training state (model and optimizer) as torch.distributed.checkpoint shards,
+                           one ``__R_0.distcp`` per rank that wrote it, and ``.metadata`` (``train.training_state``;
+                           the trainer before 2026-12-07 also wrote Lightning's ``meta.pt``)
+    lit_model.pth          the model weights, consolidated (``final/``; ``python -m train.consolidate`` for any
+                           other folder). `litgpt pretrain` keeps its whole one-process training state here.
     model_config.yaml, hyperparameters.yaml     as LitGPT writes them
     dataset/               the training dataset's manifest (without its shard list) and tokenizer.json:
                            the codec profile with its header and the tokenizer, so the folder samples,
                            evaluates and exports wherever it is moved (``train.pretrain`` only)
-    checkpoint.json        written last, atomically: the files above with their sizes, the step and the
-                           batch layout. Without it (or with a file missing or of another size) the
-                           checkpoint's writing was interrupted, and ``--resume auto`` skips it.
+    checkpoint.json        written last, atomically: the files above with their sizes, the step, the data
+                           position, the learning-rate schedule and the batch layout. Without it (or with a
+                           file missing or of another size) the checkpoint's writing was interrupted, and
+                           ``--resume auto`` skips it.
 """
 
 from __future__ import annotations
@@ -22,6 +24,9 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,7 +46,8 @@ from shared.format.tokenizer import ByteTokenizer
 from shared.tools import cli
 
 MARKER = "checkpoint.json"
-MARKER_FORMAT = "codec-lm-checkpoint/1"
+MARKER_FORMAT = "codec-lm-checkpoint/2"
+MARKER_FORMATS = ("codec-lm-checkpoint/1", MARKER_FORMAT)  # /1: the trainer before 2026-12-07
 SHARDED = "sharded"  # the torch.distributed.checkpoint folder inside a checkpoint folder
 WEIGHTS = "lit_model.pth"
 DATASET = "dataset"  # the training dataset's description inside a checkpoint folder
@@ -79,7 +85,7 @@ def read_marker(folder: Path) -> dict[str, Any] | None:
         marker = json.loads((folder / MARKER).read_text())
     except (OSError, ValueError):
         return None
-    return marker if isinstance(marker, dict) and marker.get("format") == MARKER_FORMAT else None
+    return marker if isinstance(marker, dict) and marker.get("format") in MARKER_FORMATS else None
 
 
 def incomplete_because(folder: Path) -> str | None:
@@ -110,11 +116,6 @@ def newest_complete(out_dir: Path) -> tuple[Path | None, list[tuple[Path, str]]]
             return folder, skipped
         skipped.append((folder, reason))
     return None, skipped
-
-
-def state_path(folder: Path) -> Path:
-    """What ``fabric.load`` reads to resume from a checkpoint folder."""
-    return folder / SHARDED if (folder / SHARDED).is_dir() else folder / WEIGHTS
 
 
 def copy_dataset_description(dataset: Dataset, folder: Path) -> None:
@@ -181,33 +182,18 @@ def sharded_weights(folder: Path) -> dict[str, torch.Tensor]:
                if name.startswith("model.") and isinstance(entry, TensorStorageMetadata)}
     if "model.transformer.wte.weight" not in weights:
         raise CheckpointError(f"{folder} holds no LitGPT model weights")
-    dcp.load(weights, storage_reader=reader, no_dist=True)  # this process alone, also inside a process group
+    with one_process_quietly():
+        dcp.load(weights, storage_reader=reader, no_dist=True)  # this process alone, also inside a process group
     return {name.removeprefix("model."): tensor for name, tensor in weights.items()}
 
 
-def single_process_state(folder: Path, target: Path) -> Path:
-    """A sharded training state (``sharded/``) as one file that a one-process run resumes from.
-
-    Model weights are whole tensors; the optimizer state, which torch.distributed.checkpoint keys by
-    parameter name, is keyed by position in its groups again, as ``Optimizer.load_state_dict`` wants.
-    Everything is held in this process's memory at once (one process is what resumes).
-    """
-    from lightning.fabric.utilities.load import _load_distributed_checkpoint
-
-    state = _load_distributed_checkpoint(folder)
-    optimizer = state.get("optimizer")
-    if isinstance(optimizer, dict) and "param_groups" in optimizer:
-        names = [name for group in optimizer["param_groups"] for name in group["params"]]
-        index = {name: position for position, name in enumerate(names)}
-        state["optimizer"] = {
-            **{k: v for k, v in optimizer.items() if k not in ("state", "param_groups")},
-            "state": {index[name]: value for name, value in optimizer.get("state", {}).items()},
-            "param_groups": [{**group, "params": [index[name] for name in group["params"]]}
-                             for group in optimizer["param_groups"]],
-        }
-    with open_atomic(target) as handle:
-        torch.save(state, handle)
-    return target
+@contextmanager
+def one_process_quietly() -> Iterator[None]:
+    """torch.distributed.checkpoint warns on every call without a process group that it assumes one process:
+    that is meant here (one process writes and reads the same format as several)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled, unavailable or uninitialized")
+        yield
 
 
 def consolidate(checkpoint: Path) -> Path:

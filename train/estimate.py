@@ -42,7 +42,8 @@ from litgpt import GPT, Config
 from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import CheckpointWrapper
 
 from shared.tools import cli
-from train.pretrain import CHOICES, blocks_to_checkpoint, checkpoint_blocks
+from train.parallel import CHOICES, blocks_to_checkpoint
+from train.parallel import apply_ac as checkpoint_blocks
 
 PROG = "python -m train.estimate"
 

@@ -1,31 +1,27 @@
-"""FSDP2 for LitGPT's GPT, applied explicitly as torchtitan does: activation checkpointing, torch.compile and
-``fully_shard`` per transformer block, then ``fully_shard`` on the root.
+"""How the trainer lays a LitGPT ``GPT`` over its processes, applied explicitly as torchtitan does: activation
+checkpointing, torch.compile and ``fully_shard`` per transformer block, then ``fully_shard`` on the root; and
+initial weights that do not depend on that layout.
 
-``python -m train.pretrain`` builds ``FSDP2Strategy`` (Lightning's ``ModelParallelStrategy``) whenever it
-runs on more than one process, on GPUs (NCCL) or CPU processes (gloo). The device mesh is
-``(nodes, devices per node)``: each block's parameters are sharded across the GPUs of a node and
-replicated across nodes (HSDP, what FSDP1's HYBRID_SHARD does), so the state per GPU does not grow with
-the number of nodes and only gradient all-reduces cross the network. (Lightning names the two mesh
-dimensions "data_parallel" and "tensor_parallel"; here the second is the FSDP shard dimension.)
+The device mesh is ``(nodes, devices per node)``: each block's parameters are sharded across the GPUs of a
+node and replicated across nodes (HSDP, what FSDP1's HYBRID_SHARD does), so the state per GPU does not grow
+with the number of nodes and only gradient all-reduces cross the network. It runs on GPUs (NCCL) and CPU
+processes (gloo), so the test suite trains it. One process trains unsharded, with the same wrappers.
 
-Initial weights are a function of ``(seed, parameter name)`` alone (``init_weights``), so a run on 1,
-2 or 256 processes starts from the same model without any rank holding all of it: each parameter is
-drawn whole, one at a time, and each rank keeps its slice.
+Initial weights are a function of ``(seed, parameter name)`` alone (``init_weights``), so a run on 1, 2 or
+256 processes starts from the same model without any rank holding all of it: each parameter is drawn whole,
+one at a time, and each rank keeps its slice.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from functools import partial
-from pathlib import Path
+import math
+import re
+from collections.abc import Callable
 from typing import Any
 
 import torch
-from lightning.fabric.strategies import ModelParallelStrategy
-from lightning.fabric.utilities.types import _Stateful
-from litgpt.model import GPT, Block
+from litgpt.model import GPT, Block, CausalSelfAttention, LLaMAMLP
 from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import (
     CheckpointWrapper,
     apply_activation_checkpointing,
@@ -35,17 +31,31 @@ from torch.distributed.device_mesh import DeviceMesh
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 from torch.distributed.tensor import DTensor, distribute_tensor
 
-from shared.format.files import open_atomic
-
-# --precision -> what FSDP2 all-gathers parameters in and reduces gradients in (None: as stored).
-# bf16-mixed keeps fp32 parameters and optimizer state (Lightning's autocast still wraps the forward);
-# bf16-true stores bf16 and still sums gradients across ranks in fp32, as torchtitan does.
-MIXED_PRECISION = {
-    "bf16-mixed": MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32),
-    "bf16-true": MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32),
-    "16-true": MixedPrecisionPolicy(param_dtype=torch.float16, reduce_dtype=torch.float32),
-    "32-true": None,
+# --precision -> (the dtype parameters are stored in, what FSDP2 all-gathers parameters in and reduces gradients
+# in; None: as stored). bf16-mixed keeps fp32 parameters and optimizer state and runs the forward under
+# autocast; bf16-true stores bf16 and still sums gradients across ranks in fp32, as torchtitan does.
+PRECISIONS: dict[str, tuple[torch.dtype, MixedPrecisionPolicy | None]] = {
+    "bf16-mixed": (torch.float32, MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)),
+    "bf16-true": (torch.bfloat16, MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)),
+    "16-true": (torch.float16, MixedPrecisionPolicy(param_dtype=torch.float16, reduce_dtype=torch.float32)),
+    "32-true": (torch.float32, None),
 }
+MIXED_PRECISION = {name: policy for name, (_, policy) in PRECISIONS.items()}
+CHOICES = "none, full or every-N (N >= 1: every N-th block)"
+
+
+# ---- activation checkpointing ---------------------------------------------------------------------
+def blocks_to_checkpoint(choice: str | None, flag: str = "--activation_checkpointing"
+                         ) -> Callable[[torch.nn.Module], bool] | None:
+    """``--activation_checkpointing`` -> which modules are checkpointed (None: nothing); ``flag``: the
+    spelling an error names (``train.estimate`` spells it ``--activation-checkpointing``)."""
+    if choice in (None, "none"):  # YAML reads a bare `none` as null
+        return None
+    every = 1 if choice == "full" else int(match[1]) if (match := re.fullmatch(r"every-(\d+)", choice)) else 0
+    if every < 1:
+        raise ValueError(f"{flag} must be {CHOICES}, not {choice!r}")
+    # a Block knows its index through its attention layer (LitGPT's Block(config, block_idx) passes it there)
+    return lambda module: isinstance(module, Block) and module.attn.block_idx % every == 0
 
 
 def blocks(model: torch.nn.Module) -> list[torch.nn.Module]:
@@ -61,17 +71,20 @@ def apply_ac(model: torch.nn.Module, checkpointed: Callable[[torch.nn.Module], b
     return model
 
 
-def apply_compile(model: GPT) -> None:
-    """torch.compile each block in place, and keep the root eager.
+def describe(model: torch.nn.Module) -> str:
+    """What a training log says about a model's checkpointing."""
+    wrapped = sum(isinstance(m, CheckpointWrapper) for m in model.modules())
+    return f"activation checkpointing: {wrapped} of {sum(isinstance(m, Block) for m in model.modules())} " \
+           "transformer blocks"
 
-    Fabric compiles the root again around the sharded model when LitGPT compiled it (it does, unless
-    TORCH_COMPILE_DISABLE=1): the root's own forward is excluded from that, so the compiled graphs are the
-    blocks', between FSDP2's per-block all-gathers, as torchtitan compiles. (Not measured: compile on
-    these CPUs costs more than it saves, and no GPU was lent to this project's development.)
-    """
+
+# ---- compile and shard ----------------------------------------------------------------------------
+def apply_compile(model: GPT) -> None:
+    """torch.compile each block in place; the root stays eager, so the compiled graphs are the blocks', between
+    FSDP2's per-block all-gathers, as torchtitan compiles. (Not measured on a GPU: compile on these CPUs costs
+    more than it saves, and no GPU was lent to this project's development.)"""
     for block in blocks(model):
         block.compile()
-    model.forward = torch._dynamo.disable(model.forward, recursive=False)
 
 
 def apply_fsdp(model: GPT, mesh: DeviceMesh, mp_policy: MixedPrecisionPolicy | None) -> None:
@@ -87,13 +100,15 @@ def apply_fsdp(model: GPT, mesh: DeviceMesh, mp_policy: MixedPrecisionPolicy | N
     fully_shard(model, **settings)
 
 
-def parallelize(model: GPT, mesh: DeviceMesh, *, checkpointed: Callable[[torch.nn.Module], bool] | None,
+def parallelize(model: GPT, mesh: DeviceMesh | None, *, checkpointed: Callable[[torch.nn.Module], bool] | None,
                 compile_blocks: bool, mp_policy: MixedPrecisionPolicy | None) -> GPT:
-    """Activation checkpointing, then compile, then FSDP2: the order torchtitan applies them in."""
+    """Activation checkpointing, then compile, then FSDP2 (without a mesh: one process, nothing to shard): the
+    order torchtitan applies them in."""
     apply_ac(model, checkpointed)
     if compile_blocks:
         apply_compile(model)
-    apply_fsdp(model, mesh, mp_policy)
+    if mesh is not None:
+        apply_fsdp(model, mesh, mp_policy)
     return model
 
 
@@ -107,102 +122,36 @@ def parameter_seed(seed: int, name: str) -> int:
     return int.from_bytes(hashlib.sha256(f"{seed}/{stable_name(name)}".encode()).digest()[:8], "little") >> 1
 
 
-@torch.no_grad()
-def init_weights(model: torch.nn.Module, seed: int) -> None:
-    """Redraw every weight LitGPT initialises at random from a generator seeded by ``(seed, its name)``.
+def weight_std(model: GPT) -> dict[str, float]:
+    """GPT-NeoX's init, as `litgpt pretrain` draws it: N(0, sqrt(2 / 5 / n_embd)) for every Linear and Embedding
+    weight, N(0, 1 / sqrt(n_embd) / n_layer) for the output projections of attention and the Llama MLP."""
+    config = model.config
+    std = {f"{name}.weight": math.sqrt(2.0 / 5 / config.n_embd) for name, module in model.named_modules()
+           if isinstance(module, (torch.nn.Linear, torch.nn.Embedding))}
+    for name, module in model.named_modules():
+        if isinstance(module, (LLaMAMLP, CausalSelfAttention)):
+            std[f"{name}.proj.weight"] = 1 / math.sqrt(config.n_embd) / config.n_layer
+    return std
 
-    The distributions stay LitGPT's: ``litgpt.pretrain.initialize_weights`` gives each Linear and
-    Embedding a ``reset_parameters`` that draws N(0, std) (GPT-NeoX's init); this reads that std and draws
-    the same distribution, each parameter whole (on its device) and cut to this rank's slice. Other
-    parameters (norms: ones) and zero biases are deterministic already.
-    """
-    for module_name, module in model.named_modules():
-        reset = getattr(module, "reset_parameters", None)
-        if not (isinstance(reset, partial) and "std" in reset.keywords):
-            continue
-        name = f"{module_name}.weight"
-        weight = module.weight
+
+@torch.no_grad()
+def init_weights(model: GPT, seed: int) -> None:
+    """Every parameter and buffer of a model whose storage is allocated but not set (after ``to_empty``), or of
+    any model: random weights from a generator seeded by ``(seed, their name)``, each drawn whole (on its
+    device, in fp32) and cut to this rank's slice; zero biases; every other module's own ``reset_parameters``
+    (norms: ones; the model's RoPE cache)."""
+    for module in model.modules():
+        if not isinstance(module, (torch.nn.Linear, torch.nn.Embedding)) and hasattr(module, "reset_parameters"):
+            module.reset_parameters()
+    for name, std in weight_std(model).items():
+        weight = model.get_parameter(name)
         local = weight.to_local() if isinstance(weight, DTensor) else weight
         generator = torch.Generator(device=local.device).manual_seed(parameter_seed(seed, name))
         whole = torch.empty(weight.shape, dtype=torch.float32, device=local.device)
-        whole.normal_(mean=0.0, std=reset.keywords["std"], generator=generator)
+        whole.normal_(mean=0.0, std=std, generator=generator)
         if isinstance(weight, DTensor):
             whole = distribute_tensor(whole, weight.device_mesh, weight.placements, src_data_rank=None).to_local()
         local.copy_(whole)
-        if getattr(module, "bias", None) is not None:
-            module.bias.zero_()
-
-
-# ---- the strategy ------------------------------------------------------------------------------
-class FSDP2Strategy(ModelParallelStrategy):
-    """Lightning's ModelParallelStrategy with ``parallelize`` as its parallelize_fn, sharded (DCP)
-    checkpoints, world-size-independent initial weights, and stateful objects (the data loader) restored
-    in place on load (Lightning 2.6 replaces them with their saved state dicts instead)."""
-
-    def __init__(self, *, checkpointed: Callable[[torch.nn.Module], bool] | None, compile_blocks: bool,
-                 precision: str, seed: int, **kwargs: Any) -> None:
-        if precision not in MIXED_PRECISION:
-            raise ValueError(f"FSDP2 training supports --precision {', '.join(MIXED_PRECISION)}, not {precision!r}")
-        fn = partial(parallelize, checkpointed=checkpointed, compile_blocks=compile_blocks,
-                     mp_policy=MIXED_PRECISION[precision])
-        super().__init__(parallelize_fn=fn, save_distributed_checkpoint=True, **kwargs)
-        self.seed = seed
-
-    def setup_module(self, module: torch.nn.Module) -> torch.nn.Module:
-        module = super().setup_module(module)  # parallelize, then materialise (LitGPT's init, per shard)
-        init_weights(module, self.seed)
-        if self.global_rank == 0:
-            mesh = self.device_mesh
-            wrapped = sum(isinstance(m, CheckpointWrapper) for m in module.modules())
-            print(f"FSDP2: {len(blocks(module))} blocks and the root sharded over a {tuple(mesh.shape)} mesh "
-                  f"(nodes x devices per node); activation checkpointing: {wrapped} of "
-                  f"{sum(isinstance(m, Block) for m in module.modules())} transformer blocks")
-        return module
-
-    def load_checkpoint(self, path: Any, state: Any = None, strict: bool = True,
-                        weights_only: bool | None = None) -> dict[str, Any]:
-        stateful = {key: value for key, value in (state or {}).items()
-                    if isinstance(value, _Stateful) and not isinstance(value, (torch.nn.Module, torch.optim.Optimizer))}
-        if Path(path).is_file() and isinstance(state, dict):  # a one-process checkpoint, resumed sharded
-            with self.named_optimizer_state(Path(path), state) as named:
-                remaining = super().load_checkpoint(named, state, strict=strict, weights_only=weights_only)
-        else:
-            remaining = super().load_checkpoint(path, state, strict=strict, weights_only=weights_only)
-        for key, value in stateful.items():
-            if isinstance(state[key], dict):
-                value.load_state_dict(state[key])
-            state[key] = value
-        return remaining
-
-    @contextmanager
-    def named_optimizer_state(self, path: Path, state: dict[str, Any]) -> Iterator[Path]:
-        """The checkpoint at ``path`` with its optimizer state keyed by parameter name, in a file beside it.
-
-        A one-process optimizer state is keyed by position in the optimizer's groups; Lightning would read the
-        positions in ``module.parameters()`` order, which holds for AdamW but not for an optimizer that groups
-        parameters otherwise (MuonAdamW: hidden matrices first). The positions are read here in the order of
-        this run's own optimizer.
-        """
-        named = path.parent / f".{path.name}.named-{self.world_size}"
-        if self.global_rank == 0:
-            checkpoint = torch.load(path, map_location="cpu", weights_only=False)
-            model = next(value for value in state.values() if isinstance(value, torch.nn.Module))
-            names = {id(parameter): stable_name(name) for name, parameter in model.named_parameters()}
-            for key, optimizer in state.items():
-                if isinstance(optimizer, torch.optim.Optimizer) and isinstance(checkpoint.get(key), dict):
-                    order = [names[id(p)] for group in optimizer.param_groups for p in group["params"]]
-                    saved = checkpoint[key]
-                    saved["state"] = {order[index] if isinstance(index, int) else index: value
-                                      for index, value in saved["state"].items()}
-                    saved["param_groups"] = [{**group, "params": [order[i] if isinstance(i, int) else i
-                                                                  for i in group["params"]]}
-                                             for group in saved["param_groups"]]
-            with open_atomic(named) as handle:
-                torch.save(checkpoint, handle)
-        self.barrier()
-        try:
-            yield named
-        finally:
-            self.barrier()
-            if self.global_rank == 0:
-                named.unlink(missing_ok=True)
+    for name, parameter in model.named_parameters():
+        if name.endswith(".bias"):
+            parameter.zero_()

@@ -1,11 +1,12 @@
-"""Training and validation loss of a `litgpt pretrain` run against tokens seen, as a PNG (and in bits per byte).
+"""Training and validation loss of a run (`python -m train.pretrain` or `litgpt pretrain`) against tokens seen,
+as a PNG (and in bits per byte).
 
     python -m train.plot out/jpeg-tiny                 # writes out/jpeg-tiny/loss.png, prints the figures
     python -m train.plot out/jpeg7b --dataset gs://bucket/jpeg-lm --out loss.png
 
-RUN_DIR is the folder a run wrote (its ``--out_dir``); ``--out`` is the PNG this writes. Reads LitGPT's own
-CSV log (RUN_DIR/logs/csv/version_*/metrics.csv; a resumed run's versions are joined, later ones winning), so
-it works on any `litgpt pretrain` output folder with `logger_name: csv`. Bits per byte need the dataset's
+RUN_DIR is the folder a run wrote (its ``--out_dir``); ``--out`` is the PNG this writes. Reads the CSV log
+both write (RUN_DIR/logs/csv/version_*/metrics.csv, Lightning's CSVLogger; a resumed run's versions are joined,
+later ones winning), so it works on any run with `logger_name: csv`. Bits per byte need the dataset's
 bytes per token: the dataset the run records in its hyperparameters.yaml, or --dataset. A uniform guess over
 256 byte values scores 8.0 bits per byte.
 """
@@ -58,9 +59,11 @@ def read_metrics(out_dir: Path) -> Curves:
     steps = sorted(train)
     tokens = np.array([train[s][0] for s in steps])
     val_steps = sorted(val)
-    # a validation at step s ran after s + 1 optimizer steps: tokens seen then, from the training rows
+    # a validation logged at step s saw the weights the training row of step s was logged after (train.pretrain
+    # logs both at the optimizer steps done; `litgpt pretrain` at the iteration index): the tokens seen then.
+    # Step 0 (or below) is the initial validation, before any token.
     val_tokens = np.interp(val_steps, steps, tokens) if steps else np.zeros(len(val_steps))
-    val_tokens[np.array(val_steps) < 0] = 0.0
+    val_tokens[np.array(val_steps) <= 0] = 0.0
     return Curves(tokens, np.array([train[s][1] for s in steps]), val_tokens, np.array([val[s] for s in val_steps]))
 
 

@@ -1,161 +1,172 @@
-"""`litgpt pretrain` with FSDP2 on several processes, activation checkpointing, self-contained sharded
-checkpoints and elastic resume: the paper's 7B configs on any number of GPUs (or CPU processes).
+"""Pretrain a codec-LM (a LitGPT Llama) from scratch: one process, or FSDP2 over several GPUs or CPU processes.
 
     python -m train.pretrain --config train/jpeg7b.yaml --activation_checkpointing every-3 --devices 8 --num_nodes 4
     python -m train.pretrain --config train/jpeg-tiny.yaml --devices 2      # no GPU: 2 CPU processes, gloo
     python -m train.pretrain --config train/avc7b.yaml --activation_checkpointing full --print_config
 
-The command line and YAML are exactly `litgpt pretrain`'s (every flag, ``--resume auto``, ``--data.path``,
-``--print_config``) plus ``--activation_checkpointing none|full|every-N`` (which blocks keep only their input
-and run their forward again in the backward pass; ``python -m train.estimate`` says which fits). Without
-a GPU, ``--devices N`` starts N CPU processes. What it does beyond `litgpt pretrain`:
+The command line and YAML are `litgpt pretrain`'s (every flag and key, ``--resume auto``, ``--data.path``,
+``--print_config``; the YAMLs run with both), plus ``--activation_checkpointing none|full|every-N`` and
+``--accept_schedule_change``. The loop is this project's own (``train.trainer``): the learning rate is a
+function of the optimizer step, the data position of the global step and the initial weights of parameter
+names, so 1, 2 or 256 processes at the same global batch train the same model; checkpoints are sharded
+(``train.training_state``), marked complete last, and resume on any number of processes.
 
-- **FSDP2 whenever devices x nodes > 1** (``train.parallel``): activation checkpointing, torch.compile and
-  ``fully_shard`` per block, then the root; sharded within a node, replicated across nodes; mixed
-  precision from ``--precision``. It runs on GPUs (NCCL) and CPU processes (gloo), so the test suite trains
-  it. (`litgpt pretrain` builds FSDP1, which needs GPUs.) One process trains unsharded, as LitGPT does.
-- **The same model on any number of processes**: initial weights are a function of ``(seed, parameter
-  name)``, the data order a function of the global step (``train.data``), so 1, 2 or 256 processes at the
-  same global batch train the same model, up to floating-point summation order.
-- **Sharded checkpoints**: each rank writes its own shards (torch.distributed.checkpoint), nothing gathers
-  the training state on one rank; ``final/`` also gets a consolidated ``lit_model.pth`` for LitGPT's tools.
-  Every checkpoint folder carries the dataset's profile and tokenizer (``train.checkpoint``) and is marked
-  complete last.
-- **Elastic resume**: ``--resume auto`` takes the newest complete ``step-*`` checkpoint (it says which
-  newer ones it skipped, and why), on the same or another number of processes at the same global batch:
-  model and optimizer state reshard on load, and the data continues at the exact next sequence.
-- **Checks before any work**: a missing ``--config`` file, dataset or checkpoint folder (named first), a world
-  size or micro-batch that does not divide the global batch, more processes than the data has sequences, a
-  dataset with more token ids than the model has embedding rows, a checkpoint of another model or another
-  global batch. Errors are one line, ``python -m train.pretrain: error: …``, exit status 2 for the command
-  line and 1 for the work (docs/cli.md); when one process of a run fails, the others are ended.
-
-How: this runs LitGPT's own ``litgpt.pretrain.setup`` (Fabric, the training loop, evaluation, logging:
-nothing is copied here) with names of the ``litgpt.pretrain`` module swapped while it runs. These are the
-LitGPT 0.5.13 lines it depends on (``tests/test_pretrain.py`` checks they are still there, so an upgrade
-that moves them fails loudly):
-
-- ``FSDPStrategy(auto_wrap_policy={Block}, …)`` (built when devices x nodes > 1) -> ``train.parallel``'s
-  FSDP2 strategy (a class, because ``initialize_weights`` asks ``isinstance(fabric.strategy, FSDPStrategy)``
-  to defer initialisation until the model is sharded);
-- ``GPT`` -> a builder that, on one device, wraps the chosen blocks in ``checkpoint_wrapper`` (models on
-  the meta device, the FLOP count behind the reported MFU, stay unwrapped);
-- ``initialize_weights`` -> LitGPT's, then ``train.parallel.init_weights`` on one device (several: after
-  sharding, in the strategy);
-- ``find_resume_path`` -> the newest complete checkpoint, checked against this run;
-- ``fit`` -> LitGPT's, after converting a resumed iteration counter to this run's gradient accumulation;
-- ``save_checkpoint`` -> LitGPT's (sharded into ``sharded/`` under FSDP2), then the dataset description,
-  the consolidated weights in ``final/`` and the completion marker;
-- ``setup`` (``save_hyperparameters(setup, …)`` re-reads the command line with the signature of ``setup``
-  for each checkpoint's hyperparameters.yaml) -> this module's ``setup``, which has the extra flags.
-
-``checkpoint_wrapper`` keeps parameter names in state dicts, so checkpoints are the same with and without
-checkpointing, and a run may switch the option between restarts.
+Checked before any work, each in one line (docs/cli.md): a missing ``--config`` file, dataset or checkpoint
+folder (named first), an unknown key, a layout that does not divide the global batch, more processes than
+sequences, a vocabulary the model lacks, a checkpoint of another model or global batch, one whose
+learning-rate schedule differs from this run's (unless ``--accept_schedule_change``), one that cannot be read.
 """
 
 from __future__ import annotations
 
 import inspect
-import re
-import subprocess
+import os
 import sys
-import time
 import warnings
-from argparse import ArgumentError
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from argparse import ArgumentError, RawDescriptionHelpFormatter
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-import litgpt.pretrain as litgpt_pretrain
 import torch
 import yaml
-from jsonargparse import CLI, set_parsing_settings
-from litgpt.model import GPT, Block, Config
-from litgpt.utils import extend_checkpoint_dir, parse_devices
-from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import CheckpointWrapper
+from jsonargparse import ActionConfigFile, ArgumentParser, DefaultHelpFormatter, set_parsing_settings
+from litgpt.args import EvalArgs, LogArgs, TrainArgs
+from litgpt.data import DataModule
+from litgpt.model import Config
+from litgpt.types import LoggerChoice
+from litgpt.utils import extend_checkpoint_dir, get_default_supported_precision, parse_devices
 
 from shared.errors import CodecLmError
 from shared.tools import cli
-from train.checkpoint import (
-    SHARDED,
-    WEIGHTS,
-    CheckpointError,
-    consolidate,
-    copy_dataset_description,
-    mark_complete,
-    newest_complete,
-    read_hyperparameters,
-    read_marker,
-    single_process_state,
-    state_path,
-    unmark,
-)
+from train import launch
+from train.checkpoint import CheckpointError, newest_complete, read_hyperparameters, read_marker
 from train.data import CodecShards
-from train.parallel import MIXED_PRECISION, FSDP2Strategy, init_weights
-from train.parallel import apply_ac as checkpoint_blocks  # one device: the same wrappers FSDP2 applies
+from train.parallel import PRECISIONS, blocks_to_checkpoint
+from train.schedule import Schedule
+from train.trainer import Settings, Trainer
+from train.training_state import check_loadable
 
 PROG = "python -m train.pretrain"
-CHOICES = "none, full or every-N (N >= 1: every N-th block)"
-LITGPT_SETUP = litgpt_pretrain.setup
-SWAPPED = ("setup", "FSDPStrategy", "GPT", "initialize_weights", "find_resume_path", "fit", "save_checkpoint")
 
 
-def blocks_to_checkpoint(choice: str | None, flag: str = "--activation_checkpointing"
-                         ) -> Callable[[torch.nn.Module], bool] | None:
-    """``--activation_checkpointing`` -> which modules are checkpointed (None: nothing); ``flag``: the
-    spelling an error names (``train.estimate`` spells it ``--activation-checkpointing``)."""
-    if choice in (None, "none"):  # YAML reads a bare `none` as null
-        return None
-    every = 1 if choice == "full" else int(match[1]) if (match := re.fullmatch(r"every-(\d+)", choice)) else 0
-    if every < 1:
-        raise ValueError(f"{flag} must be {CHOICES}, not {choice!r}")
-    # a Block knows its index through its attention layer (LitGPT's Block(config, block_idx) passes it there)
-    return lambda module: isinstance(module, Block) and module.attn.block_idx % every == 0
+def setup(
+    model_name: str,
+    model_config: Config | None = None,
+    out_dir: Path = Path("out/pretrain"),
+    precision: Literal["bf16-true", "bf16-mixed", "32-true", None] = None,
+    initial_checkpoint_dir: Path | None = None,
+    resume: bool | Literal["auto"] | Path = False,
+    data: DataModule | None = None,
+    train: TrainArgs = TrainArgs(save_interval=1000, log_interval=1, global_batch_size=512, micro_batch_size=4,
+                                 max_tokens=int(3e12), max_norm=1.0, min_lr=4e-5, lr_warmup_steps=2000,
+                                 tie_embeddings=False),
+    eval: EvalArgs = EvalArgs(interval=1000, max_iters=100),
+    log: LogArgs = LogArgs(),
+    optimizer: str | dict = "AdamW",
+    devices: int | str = "auto",
+    num_nodes: int = 1,
+    tokenizer_dir: Path | None = None,
+    logger_name: LoggerChoice = "tensorboard",
+    seed: int = 42,
+    activation_checkpointing: str | None = "none",
+    accept_schedule_change: bool = False,
+    _hyperparameters: dict[str, Any] | None = None,
+) -> None:
+    """Pretrain a model.
+
+    Arguments:
+        model_name: The name of the model to pretrain (a name in ``litgpt.config``; ``model_config`` overrides it).
+        model_config: A ``litgpt.Config`` that defines the model architecture.
+        out_dir: Directory for checkpoints (``step-*``, ``final``) and logs.
+        precision: ``bf16-true``, ``bf16-mixed`` or ``32-true`` (default: bf16 where the device has it).
+        initial_checkpoint_dir: A checkpoint folder whose weights start the run (continued pretraining).
+            Mutually exclusive with ``resume``.
+        resume: A checkpoint folder to resume from, ``true`` for the newest complete ``step-*`` in ``out_dir``
+            (an error if there is none), or ``'auto'`` (the newest, if any).
+        data: The data module (``train.data.CodecShards`` for codec-LM datasets).
+        train: Training settings: batch sizes, tokens, learning-rate warmup and floor, clipping, intervals.
+        eval: Evaluation settings: interval (optimizer steps), batches per evaluation, initial and final.
+        log: Logger settings (project, run, group for wandb).
+        optimizer: An optimizer name (such as "AdamW") or a ``class_path``/``init_args`` config.
+        devices: Processes per node: GPUs, or CPU processes without a GPU ("auto": every GPU, or 1).
+        num_nodes: Nodes the run spans (started by SLURM, torchrun, or by hand: docs/scale.md).
+        tokenizer_dir: A folder whose tokenizer files are copied into each checkpoint (LitGPT data modules).
+        logger_name: Where metrics go: csv, tensorboard, wandb, mlflow or litlogger.
+        seed: Seeds the initial weights (a function of the seed and each parameter's name).
+        activation_checkpointing: Which transformer blocks recompute their activations in the backward pass
+            instead of keeping them: none, full or every-N (N >= 1: every N-th block). See ``python -m
+            train.estimate``.
+        accept_schedule_change: Resume although the checkpoint was trained with other learning-rate schedule
+            settings (max tokens, warmup, learning rates): the rest of the run follows this run's schedule.
+    """
+    check_paths(data=data, resume=resume, initial_checkpoint_dir=initial_checkpoint_dir)
+    try:
+        settings = resolve(model_name=model_name, model_config=model_config, out_dir=out_dir, precision=precision,
+                           initial_checkpoint_dir=initial_checkpoint_dir, data=data, train=train, eval=eval, log=log,
+                           optimizer=optimizer, devices=devices, num_nodes=num_nodes, tokenizer_dir=tokenizer_dir,
+                           logger_name=logger_name, seed=seed, activation_checkpointing=activation_checkpointing,
+                           hyperparameters=_hyperparameters)
+        check_data(settings.data, settings.world_size, train.micro_batch_size, settings.config)
+    except ValueError as error:  # flags that do not fit each other, the data or the model
+        raise cli.UsageError(str(error)) from None
+    settings.resume_from = resume_folder(resume, settings, accept_schedule_change)
+    run(settings)
 
 
-def describe(model: torch.nn.Module) -> str:
-    """What a training log says about a model's checkpointing."""
-    blocks = [m for m in model.modules() if isinstance(m, Block)]
-    wrapped = [m for m in model.modules() if isinstance(m, CheckpointWrapper)]
-    return f"activation checkpointing: {len(wrapped)} of {len(blocks)} transformer blocks"
 
-
-# ---- what this run is, for the checks --------------------------------------------------------------
-def run_layout(devices: int | str, num_nodes: int, train: Any) -> dict[str, int]:
-    """World size, micro-batch and global batch of a run; refuses a layout that does not divide the batch."""
-    world = parse_devices(devices) * num_nodes
-    per_iteration = world * train.micro_batch_size
-    if train.global_batch_size % per_iteration:
+def resolve(*, model_name: str, model_config: Config | None, out_dir: Path, precision: str | None,
+            initial_checkpoint_dir: Path | None, data: DataModule | None, train: TrainArgs, eval: EvalArgs,
+            log: LogArgs, optimizer: str | dict, devices: int | str, num_nodes: int, tokenizer_dir: Path | None,
+            logger_name: str, seed: int, activation_checkpointing: str | None,
+            hyperparameters: dict[str, Any] | None) -> Settings:
+    """The command line as the trainer's settings; a ValueError for what cannot work together."""
+    blocks_to_checkpoint(activation_checkpointing)  # a bad choice fails here
+    if train.epochs is not None:
+        raise ValueError("--train.epochs is not supported: give --train.max_tokens (or --train.max_steps)")
+    if train.max_tokens is None or train.max_norm is None:
+        raise ValueError("--train.max_tokens and --train.max_norm are required")
+    if data is None:
+        raise ValueError("--data is required: e.g. --data.path DIR with data: class_path: train.data.CodecShards")
+    config = model_config or Config.from_name(model_name)
+    precision = precision or get_default_supported_precision(training=True)
+    if precision not in PRECISIONS:
+        raise ValueError(f"--precision {precision} is not supported; choose {', '.join(PRECISIONS)}")
+    devices = parse_devices(devices)
+    world = devices * num_nodes
+    if train.global_batch_size % (world * train.micro_batch_size):
         raise ValueError(f"--train.global_batch_size {train.global_batch_size} is not a multiple of "
                          f"{world} processes x --train.micro_batch_size {train.micro_batch_size}: every "
                          "optimizer step must be whole iterations of every process (choose a micro-batch "
                          "or a number of devices that divides it)")
-    return {"world_size": world, "micro_batch_size": train.micro_batch_size,
-            "global_batch_size": train.global_batch_size}
+    context = train.max_seq_length or config.block_size
+    max_steps = train.max_tokens // (train.global_batch_size * context)
+    if train.max_steps is not None:
+        max_steps = min(max_steps, train.max_steps)
+    if max_steps < 1:
+        raise ValueError(f"--train.max_tokens {train.max_tokens} is less than one optimizer step "
+                         f"({train.global_batch_size} sequences x {context} tokens)")
+    lr = optimizer_lr(optimizer)
+    schedule = Schedule.of(lr=lr, min_lr=train.min_lr, max_steps=max_steps, warmup_steps=train.lr_warmup_steps,
+                           warmup_fraction=train.lr_warmup_fraction)
+    if initial_checkpoint_dir is not None:
+        initial_checkpoint_dir = extend_checkpoint_dir(initial_checkpoint_dir)
+    return Settings(config=config, out_dir=Path(out_dir), precision=precision, data=data, train=train, eval=eval,
+                    log=log, optimizer=optimizer, devices=devices, num_nodes=num_nodes, seed=seed,
+                    logger_name=logger_name, schedule=schedule, initial_checkpoint_dir=initial_checkpoint_dir,
+                    tokenizer_dir=extend_checkpoint_dir(tokenizer_dir) if tokenizer_dir else None,
+                    activation_checkpointing=activation_checkpointing, compile=True,
+                    hyperparameters=hyperparameters)
 
 
-def check_resumable(folder: Path, config: Config, layout: dict[str, int]) -> None:
-    """A checkpoint of another model or another global batch cannot continue this run."""
-    saved = read_hyperparameters(folder)
-    theirs = saved.get("model_config") if isinstance(saved.get("model_config"), dict) else None
-    if (folder / "model_config.yaml").is_file():
-        theirs = yaml.safe_load((folder / "model_config.yaml").read_text())
-    if theirs is not None:
-        ours = asdict(config)
-        differ = [k for k in sorted(set(theirs) & set(ours)) if theirs[k] != ours[k] and k != "hf_config"]
-        if differ:
-            raise CheckpointError(f"{folder} is a checkpoint of another model: "
-                                  + ", ".join(f"{k} {theirs[k]!r} there, {ours[k]!r} here" for k in differ[:6])
-                                  + "; resume with its config, or give this run another --out_dir")
-    recorded = ((read_marker(folder) or {}).get("global_batch_size")
-                or (saved.get("train") or {}).get("global_batch_size"))
-    if recorded is not None and recorded != layout["global_batch_size"]:
-        raise CheckpointError(f"{folder} was trained with --train.global_batch_size {recorded}, this run has "
-                              f"{layout['global_batch_size']}: the data position and the learning-rate schedule "
-                              "count optimizer steps of that size; resume with the same global batch (any number "
-                              "of processes and micro-batch that divide it)")
+def optimizer_lr(optimizer: str | dict) -> float:
+    """The peak learning rate: the optimizer's ``lr`` (its class's default when the config gives none)."""
+    if isinstance(optimizer, dict) and "lr" in (optimizer.get("init_args") or {}):
+        return float(optimizer["init_args"]["lr"])
+    path = optimizer["class_path"] if isinstance(optimizer, dict) else optimizer
+    module, name = path.rsplit(".", 1) if "." in path else ("torch.optim", path)
+    default = inspect.signature(getattr(__import__(module, fromlist=[name]), name)).parameters["lr"].default
+    return float(default)
 
 
 def check_data(data: Any, world: int, micro_batch: int, config: Config) -> None:
@@ -169,17 +180,96 @@ def check_data(data: Any, world: int, micro_batch: int, config: Config) -> None:
         data.model_vocab_size = config.padded_vocab_size  # connect() checks it again in every rank
 
 
-def check_paths(litgpt_arguments: dict[str, Any]) -> None:
+def check_paths(*, data: Any, resume: Any, initial_checkpoint_dir: Path | None) -> None:
     """What the run reads and is not there, named before any other complaint (also paths a --config gave)."""
-    data = litgpt_arguments.get("data")
     if isinstance(data, CodecShards):
         cli.existing_dir(data.path, "--data.path")
-    if isinstance(litgpt_arguments.get("resume"), Path):
-        cli.existing(litgpt_arguments["resume"], "--resume")
-    if litgpt_arguments.get("initial_checkpoint_dir") is not None:  # found as LitGPT finds it (under checkpoints/)
-        cli.existing_dir(extend_checkpoint_dir(litgpt_arguments["initial_checkpoint_dir"]), "--initial_checkpoint_dir")
+    if isinstance(resume, Path):
+        cli.existing(resume, "--resume")
+    if initial_checkpoint_dir is not None:  # found as LitGPT finds it (under checkpoints/)
+        cli.existing_dir(extend_checkpoint_dir(initial_checkpoint_dir), "--initial_checkpoint_dir")
 
 
+# ---- which checkpoint continues this run ------------------------------------------------------------
+def resume_folder(resume: Any, settings: Settings, accept_schedule_change: bool) -> Path | None:
+    """The checkpoint folder to resume from (None: start afresh), checked against this run."""
+    if resume is False or resume is None:
+        return None
+    if settings.initial_checkpoint_dir is not None:
+        raise cli.UsageError("--resume and --initial_checkpoint_dir cannot be given together: choose one")
+    if isinstance(resume, Path):
+        folder = resume if resume.is_dir() else resume.parent
+    else:
+        folder, skipped = newest_complete(settings.out_dir)
+        for path, reason in skipped:
+            if first_process():
+                print(f"--resume {resume}: skipping {path} ({reason})", flush=True)
+        if folder is None:
+            if resume is True:
+                raise CheckpointError(f"--resume true, but {settings.out_dir} holds no complete step-* checkpoint")
+            return None
+    check_resumable(folder, settings, accept_schedule_change)
+    check_loadable(folder)
+    return folder
+
+
+def check_resumable(folder: Path, settings: Settings, accept_schedule_change: bool) -> None:
+    """A checkpoint of another model, another global batch or (unless accepted) another schedule is refused."""
+    saved = read_hyperparameters(folder)
+    theirs = saved.get("model_config") if isinstance(saved.get("model_config"), dict) else None
+    if (folder / "model_config.yaml").is_file():
+        theirs = yaml.safe_load((folder / "model_config.yaml").read_text())
+    if theirs is not None:
+        ours = asdict(settings.config)
+        differ = [k for k in sorted(set(theirs) & set(ours)) if theirs[k] != ours[k] and k != "hf_config"]
+        if differ:
+            raise CheckpointError(f"{folder} is a checkpoint of another model: "
+                                  + ", ".join(f"{k} {theirs[k]!r} there, {ours[k]!r} here" for k in differ[:6])
+                                  + "; resume with its config, or give this run another --out_dir")
+    marker = read_marker(folder) or {}
+    recorded = marker.get("global_batch_size") or (saved.get("train") or {}).get("global_batch_size")
+    if recorded is not None and recorded != settings.train.global_batch_size:
+        raise CheckpointError(f"{folder} was trained with --train.global_batch_size {recorded}, this run has "
+                              f"{settings.train.global_batch_size}: the data position and the learning-rate schedule "
+                              "count optimizer steps of that size; resume with the same global batch (any number "
+                              "of processes and micro-batch that divide it)")
+    theirs_schedule, ours_schedule = marker.get("schedule"), settings.schedule.describe()
+    if theirs_schedule is not None and theirs_schedule != ours_schedule and not accept_schedule_change:
+        differ = [f"{k} {theirs_schedule.get(k)} there, {v} here" for k, v in ours_schedule.items()
+                  if theirs_schedule.get(k) != v]
+        raise CheckpointError(f"{folder} was trained with another learning-rate schedule ({', '.join(differ)}); "
+                              "resume with its settings, or pass --accept_schedule_change to continue on this one")
+
+
+def first_process() -> bool:
+    """Rank 0 of a run, before the process group exists (the ranks a run started carry LOCAL_RANK)."""
+    return all(os.environ.get(name, "0") == "0" for name in ("LOCAL_RANK", "NODE_RANK", "RANK", "SLURM_PROCID"))
+
+
+# ---- running it ---------------------------------------------------------------------------------------
+class RankError(CodecLmError):
+    """Another process of a run failed (it printed why)."""
+
+
+def run(settings: Settings) -> None:
+    """Start the run's processes (where nobody else does), train, and end every process this one started."""
+    ranks = launch.start(settings.devices, settings.num_nodes)
+    try:
+        launch.init_process_group(ranks)
+        Trainer(settings, ranks).train()
+    except BaseException as error:
+        failed_first = launch.first_failure(ranks, isinstance(error, (*cli.FAILURES, KeyboardInterrupt)))
+        if failed_first is not None:
+            raise RankError(failed_first) from None
+        raise
+    finally:
+        if torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+    if status := launch.wait_for_children(ranks):
+        raise RankError(f"a local rank failed (exit status {status}; its error is above)")
+
+
+# ---- the command line -------------------------------------------------------------------------------
 # paths typed on the command line, checked before jsonargparse reads them (a --config file names the others)
 TYPED_PATHS = {"--config": "file", "--data.path": "folder", "--data.init_args.path": "folder"}
 
@@ -199,184 +289,36 @@ def check_typed_paths(argv: list[str]) -> None:
             cli.existing(value, flag, "file")
 
 
-class RankError(CodecLmError):
-    """Another process of a run failed (it printed why)."""
+class Help(RawDescriptionHelpFormatter, DefaultHelpFormatter):
+    """jsonargparse's help, with the module docstring's examples as written (not reflowed)."""
 
 
-def stop_ranks(strategies: list[FSDP2Strategy], error: BaseException) -> BaseException | None:
-    """This process failed: end the ranks it started, which would otherwise wait for it in their next
-    collective until the process group's timeout. Returns the error to report instead of ``error`` when
-    this process only failed because one of them had (a collective with a process that is gone)."""
-    started = []
-    for strategy in strategies:
-        procs = getattr(strategy.launcher, "procs", [])  # empty where another tool started the ranks
-        started += procs
-        procs.clear()  # Lightning's observer thread watches this list: it would SIGKILL this process too
-    consequence = not isinstance(error, (*cli.FAILURES, KeyboardInterrupt))
-    if consequence:  # let ranks that failed first finish failing
-        deadline = time.monotonic() + 10
-        for process in started:
-            try:
-                process.wait(timeout=max(0.0, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                break
-    failed = [(rank, process.returncode) for rank, process in enumerate(started, 1)
-              if process.poll() not in (None, 0)]
-    for process in started:
-        if process.poll() is None:
-            process.kill()
-        process.wait()
-    if failed and consequence:
-        rank, status = failed[0]
-        return RankError(f"local rank {rank} failed first (exit status {status}; its error is above)")
-    return None
-
-
-# ---- the swaps -----------------------------------------------------------------------------------
-@contextmanager
-def swapped_into_litgpt(*, checkpointed: Callable[[torch.nn.Module], bool] | None, seed: int, precision: str,
-                        config: Config, layout: dict[str, int], data: Any) -> Iterator[None]:
-    """While open, ``litgpt.pretrain`` trains as this module's docstring says."""
-    made: list[FSDP2Strategy] = []
-    cleanup: list[Path] = []
-
-    class Strategy(FSDP2Strategy):
-        def __init__(self, **_fsdp1_arguments: Any) -> None:  # LitGPT's FSDP1 settings do not apply
-            super().__init__(checkpointed=checkpointed, compile_blocks=True, precision=precision, seed=seed)
-            made.append(self)
-
-    def build_gpt(config: Config) -> GPT:
-        model = GPT(config)
-        on_meta = any(parameter.is_meta for parameter in model.parameters())
-        if made or on_meta or checkpointed is None:
-            return model
-        checkpoint_blocks(model, checkpointed)
-        print(describe(model))
-        return model
-
-    def initialize_weights(fabric: Any, model: GPT, n_layer: int, n_embd: int) -> None:
-        ORIGINALS["initialize_weights"](fabric, model, n_layer, n_embd)
-        if not made:  # one device: the model is here now (several: the strategy draws after sharding)
-            init_weights(model, seed)
-
-    def find_resume_path(resume: Any, out_dir: Path) -> Path | None:
-        if not resume or isinstance(resume, Path):
-            if isinstance(resume, Path):
-                folder = resume if resume.is_dir() else resume.parent
-                check_resumable(folder, config, layout)
-                return loadable(state_path(folder) if resume.is_dir() else resume)
-            return None
-        folder, skipped = newest_complete(out_dir)
-        for path, reason in skipped:
-            if is_rank_zero():
-                print(f"--resume {resume}: skipping {path} ({reason})")
-        if folder is None:
-            if resume is True:
-                raise CheckpointError(f"--resume true, but {out_dir} holds no complete step-* checkpoint")
-            return None
-        check_resumable(folder, config, layout)
-        return loadable(state_path(folder))
-
-    def loadable(path: Path) -> Path:
-        """One process cannot read shards with Fabric's single-device load: it gets them as one file."""
-        if made or not path.is_dir():
-            return path
-        converted = single_process_state(path, path.parent.parent / f".resume-{path.parent.name}.pth")
-        print(f"{path} converted for one process: {converted} (deleted once loaded)")
-        cleanup.append(converted)
-        return converted
-
-    def fit(fabric: Any, devices: int, state: dict, *args: Any, train: Any, num_nodes: int = 1, **kwargs: Any) -> None:
-        accumulation = train.gradient_accumulation_iters(devices, num_nodes)
-        if state["iter_num"] != state["step_count"] * accumulation:  # resumed from another layout
-            fabric.print(f"resumed at step {state['step_count']}: iteration {state['iter_num']} of the checkpoint's "
-                         f"layout is iteration {state['step_count'] * accumulation} of this one")
-            state["iter_num"] = state["step_count"] * accumulation
-        for path in cleanup:
-            path.unlink(missing_ok=True)
-        ORIGINALS["fit"](fabric, devices, state, *args, train=train, num_nodes=num_nodes, **kwargs)
-
-    def save_checkpoint(fabric: Any, state: dict, tokenizer_dir: Path | None, checkpoint_file: Path) -> None:
-        folder = checkpoint_file.parent
-        if fabric.global_rank == 0:
-            unmark(folder, keep=SHARDED if made else WEIGHTS)  # an earlier run's final/, a torn step-*: incomplete now
-        fabric.barrier()
-        ORIGINALS["save_checkpoint"](fabric, state, tokenizer_dir, folder / SHARDED if made else checkpoint_file)
-        if fabric.global_rank == 0:
-            if isinstance(data, CodecShards) and hasattr(data, "dataset"):
-                copy_dataset_description(data.dataset, folder)
-            if made and folder.name == "final":
-                consolidate(folder)
-            mark_complete(folder, step=state["step_count"], iter_num=state["iter_num"], **layout,
-                          state=SHARDED if made else WEIGHTS)
-        fabric.barrier()
-
-    ORIGINALS = {name: getattr(litgpt_pretrain, name) for name in SWAPPED}
-    values = {"setup": setup, "FSDPStrategy": Strategy, "GPT": build_gpt, "initialize_weights": initialize_weights,
-              "find_resume_path": find_resume_path, "fit": fit, "save_checkpoint": save_checkpoint}
-    for name, value in values.items():
-        setattr(litgpt_pretrain, name, value)
-    try:
-        yield
-    except BaseException as error:
-        if (instead := stop_ranks(made, error)) is not None:
-            raise instead from None
-        raise
-    finally:
-        for name, value in ORIGINALS.items():
-            setattr(litgpt_pretrain, name, value)
-
-
-def is_rank_zero() -> bool:
-    return not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0
-
-
-def setup(activation_checkpointing: str | None = "none", **litgpt_arguments: Any) -> None:
-    check_paths(litgpt_arguments)
-    try:
-        checkpointed = blocks_to_checkpoint(activation_checkpointing)
-        train = litgpt_arguments["train"]
-        layout = run_layout(litgpt_arguments.get("devices", "auto"), litgpt_arguments.get("num_nodes", 1), train)
-        precision = litgpt_arguments.get("precision") or litgpt_pretrain.get_default_supported_precision(training=True)
-        if layout["world_size"] > 1 and precision not in MIXED_PRECISION:
-            raise ValueError(f"--precision {precision} is not supported sharded; choose {', '.join(MIXED_PRECISION)}")
-        config = litgpt_arguments.get("model_config") or Config.from_name(litgpt_arguments["model_name"])
-        check_data(litgpt_arguments.get("data"), layout["world_size"], train.micro_batch_size, config)
-    except ValueError as error:  # flags that do not fit each other, the data or the model
-        raise cli.UsageError(str(error)) from None
-    with swapped_into_litgpt(checkpointed=checkpointed, seed=litgpt_arguments.get("seed", 42), precision=precision,
-                             config=config, layout=layout, data=litgpt_arguments.get("data")):
-        LITGPT_SETUP(**litgpt_arguments)
-
-
-# The command line is litgpt pretrain's: its parameters (and their documentation), then ours.
-_litgpt_signature = inspect.signature(LITGPT_SETUP)
-setup.__signature__ = _litgpt_signature.replace(parameters=[
-    *_litgpt_signature.parameters.values(),
-    inspect.Parameter("activation_checkpointing", inspect.Parameter.KEYWORD_ONLY, default="none",
-                      annotation=str | None),
-])
-setup.__doc__ = (LITGPT_SETUP.__doc__ or "").rstrip() + f"""
-        activation_checkpointing: Which transformer blocks recompute their activations in the backward pass
-            instead of keeping them: {CHOICES}. See ``python -m train.estimate``.
-"""
+def parser() -> ArgumentParser:
+    """`litgpt pretrain`'s parser (the parameters of ``setup`` and their documentation) with this module's help."""
+    # As `litgpt pretrain` (litgpt/__main__.py): docstrings as help, configs from files or URLs.
+    set_parsing_settings(docstring_parse_attribute_docstrings=True, config_read_mode_urls_enabled=True)
+    made = ArgumentParser(prog=PROG, description=__doc__, exit_on_error=False, formatter_class=Help)
+    made.add_argument("--config", action=ActionConfigFile, help="A YAML file of settings (the keys are the flags).")
+    made.add_function_arguments(setup, skip={"_hyperparameters"})
+    return made
 
 
 @cli.command(PROG)
 def main(argv: list[str] | None = None) -> int:
-    """``argv``: the command line (default: ``sys.argv[1:]``, which the ranks a run starts and each checkpoint's
-    hyperparameters.yaml read in any case)."""
+    """``argv``: the command line (default: ``sys.argv[1:]``, which the ranks a run starts read in any case)."""
     argv = sys.argv[1:] if argv is None else argv
     check_typed_paths(argv)
-    # As `litgpt pretrain` (litgpt/__main__.py): docstrings as help, configs from files or URLs, TF32 matmuls.
-    set_parsing_settings(docstring_parse_attribute_docstrings=True, config_read_mode_urls_enabled=True)
-    warnings.filterwarnings("ignore", message=r"The epoch parameter in `scheduler.step\(\)` was not necessary.*",
-                            category=UserWarning, module=r".*torch\.optim\.lr_scheduler.*")
-    torch.set_float32_matmul_precision("high")
+    warnings.filterwarnings("ignore", message=r".*`train.max_steps` is intended for profiling.*")
+    torch.set_float32_matmul_precision("high")  # TF32 matmuls on GPUs, as `litgpt pretrain`
+    made = parser()
     try:
-        CLI(setup, args=argv, prog=PROG, exit_on_error=False)  # usage errors raised, as one line, not printed
-    except ArgumentError as error:
+        parsed = made.parse_args(argv)
+        arguments = made.instantiate_classes(parsed)
+    except ArgumentError as error:  # usage errors raised, as one line, not printed
         raise cli.UsageError(" ".join(str(error).split())) from None
+    hyperparameters = yaml.safe_load(made.dump(parsed, skip_none=False))
+    hyperparameters.pop("config", None)
+    setup(**{k: v for k, v in vars(arguments).items() if k != "config"}, _hyperparameters=hyperparameters)
     return 0
 
 

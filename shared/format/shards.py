@@ -141,6 +141,41 @@ def shard_tar_bytes(shard: str, windows: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
+TAR_BLOCK = 512  # a ustar header, and the unit members are padded to
+TAR_RECORD = 20 * TAR_BLOCK  # Python's tarfile pads the whole archive to a multiple of this
+
+
+@dataclass(frozen=True)
+class MemberLayout:
+    """Where sequence ``i`` lies in a shard tar, without reading it: ``shard_tar_bytes`` writes one member per
+    sequence, all of one size, back to back (a 512-byte ustar header, then the npy padded to 512 bytes), so
+    member ``i``'s header starts at byte ``i * stride`` and its npy ``TAR_BLOCK`` bytes later."""
+
+    width: int  # tokens per stored sequence (seq_len + 1)
+    dtype: np.dtype
+    npy_header: bytes  # what np.save writes before the tokens of one such sequence
+
+    @property
+    def npy_bytes(self) -> int:
+        """Bytes of one member's npy (its tar header's size field)."""
+        return len(self.npy_header) + self.width * self.dtype.itemsize
+
+    @property
+    def stride(self) -> int:
+        return TAR_BLOCK + -(-self.npy_bytes // TAR_BLOCK) * TAR_BLOCK
+
+    def shard_bytes(self, sequences: int) -> int:
+        """The size of a shard of ``sequences`` members: theirs, two zero blocks, padding to a whole record."""
+        return -(-(sequences * self.stride + 2 * TAR_BLOCK) // TAR_RECORD) * TAR_RECORD
+
+
+def member_layout(seq_len: int, dtype: str | np.dtype) -> MemberLayout:
+    """The layout of a shard's members for sequences of ``seq_len + 1`` tokens of ``dtype``."""
+    dtype = np.dtype(dtype)
+    header = npy_bytes(np.zeros(seq_len + 1, dtype))[:-(seq_len + 1) * dtype.itemsize]
+    return MemberLayout(seq_len + 1, dtype, header)
+
+
 def read_shard_tar(fileobj: BinaryIO) -> Iterator[tuple[str, np.ndarray]]:
     """``(key, ids)`` for each sample of a shard tar, in order (streaming: no random access needed)."""
     with tarfile.open(fileobj=fileobj, mode="r|") as tar:
