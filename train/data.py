@@ -451,15 +451,6 @@ class ResumableLoader(DataLoader):
         except DatasetError as error:
             raise own_line(error) from None
 
-
-def own_line(error: DatasetError) -> DatasetError:
-    """A DatasetError raised in a DataLoader worker arrives with the worker's traceback in its message (PyTorch
-    re-raises it so): its own one line again, as the commands print errors."""
-    lines = str(error).strip().splitlines()
-    if len(lines) > 1 and lines[0].startswith("Caught DatasetError"):
-        return DatasetError(lines[-1].split("DatasetError: ", 1)[-1])
-    return error
-
     def state_dict(self) -> dict[str, Any]:
         return {"consumed": self.consumed, "seed": self.dataset.seed, "examples": self.dataset.examples,
                 "world": self.dataset.world, "batch_size": self.dataset.batch_size}
@@ -481,6 +472,15 @@ def own_line(error: DatasetError) -> DatasetError:
                              "resume with a world size and micro-batch whose product divides the global batch")
         self.taken = taken
         self.dataset.start = self.consumed
+
+
+def own_line(error: DatasetError) -> DatasetError:
+    """A DatasetError raised in a DataLoader worker arrives with the worker's traceback in its message (PyTorch
+    re-raises it so): its own one line again, as the commands print errors."""
+    lines = str(error).strip().splitlines()
+    if len(lines) > 1 and lines[0].startswith("Caught DatasetError"):
+        return DatasetError(lines[-1].split("DatasetError: ", 1)[-1])
+    return error
 
 
 # ---- the LitGPT data module --------------------------------------------------------------------------

@@ -114,7 +114,6 @@ def setup(
     run(settings)
 
 
-
 def resolve(*, model_name: str, model_config: Config | None, out_dir: Path, precision: str | None,
             initial_checkpoint_dir: Path | None, data: DataModule | None, train: TrainArgs, eval: EvalArgs,
             log: LogArgs, optimizer: str | dict, devices: int | str, num_nodes: int, tokenizer_dir: Path | None,
@@ -155,8 +154,7 @@ def resolve(*, model_name: str, model_config: Config | None, out_dir: Path, prec
                     log=log, optimizer=optimizer, devices=devices, num_nodes=num_nodes, seed=seed,
                     logger_name=logger_name, schedule=schedule, initial_checkpoint_dir=initial_checkpoint_dir,
                     tokenizer_dir=extend_checkpoint_dir(tokenizer_dir) if tokenizer_dir else None,
-                    activation_checkpointing=activation_checkpointing, compile=True,
-                    hyperparameters=hyperparameters)
+                    activation_checkpointing=activation_checkpointing, hyperparameters=hyperparameters)
 
 
 def optimizer_lr(optimizer: str | dict) -> float:

@@ -68,7 +68,6 @@ class Settings:
     initial_checkpoint_dir: Path | None = None
     tokenizer_dir: Path | None = None
     activation_checkpointing: str | None = "none"
-    compile: bool = True
     hyperparameters: dict[str, Any] | None = None  # the parsed command line, for each checkpoint
 
     @property
@@ -101,7 +100,7 @@ def build_model(settings: Settings, mesh: DeviceMesh | None, device: torch.devic
     if settings.train.tie_embeddings:
         model.transformer.wte.weight = model.lm_head.weight
     parallelize(model, mesh, checkpointed=blocks_to_checkpoint(settings.activation_checkpointing),
-                compile_blocks=settings.compile, mp_policy=mp_policy)
+                compile_blocks=True, mp_policy=mp_policy)  # TORCH_COMPILE_DISABLE=1 turns compiling off
     model.to_empty(device=device)
     init_weights(model, settings.seed)
     if settings.train.max_seq_length:
@@ -187,8 +186,8 @@ class Trainer:
                 self.evaluate()
             if self.settings.train.save_interval and self.step % self.settings.train.save_interval == 0:
                 self.save(self.settings.out_dir / f"step-{self.step:08d}")
-        if self.settings.eval.final_validation:
-            self.evaluate()
+        if self.settings.eval.final_validation and self.step % self.settings.eval.interval:
+            self.evaluate()  # (unless the last step just did)
         self.save(self.settings.out_dir / "final")
         if self.logger is not None:
             self.logger.finalize("success")
@@ -252,6 +251,7 @@ class Trainer:
                 "total_tokens": self.step * tokens_per_step, "tokens_per_sec_per_device": per_device,
                 "mfu": math.nan if mfu is None else mfu, "peak_memory_gb": memory,
                 "remaining_time": left.total_seconds()}, step=self.step)
+            self.logger.save()  # written as it goes: a run killed later keeps its curve
 
     # ---- checkpoints --------------------------------------------------------------------------------
     def start(self) -> None:
