@@ -221,7 +221,7 @@ def test_missing_paths_are_named_first(tmp_path: Path) -> None:
     assert not (tmp_path / "out").exists()
 
 
-def test_print_config_is_litgpts_plus_our_two_flags(tmp_path: Path) -> None:
+def test_print_config_is_litgpts_plus_our_two_flags(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     config = "train/avc7b.yaml"
 
     def printed(command: list[str]) -> dict:
@@ -241,6 +241,12 @@ def test_print_config_is_litgpts_plus_our_two_flags(tmp_path: Path) -> None:
                            str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert done.returncode == 2 and len(done.stderr.splitlines()) == 1, done.stderr
     assert done.stderr.startswith(PRETRAIN_ERROR) and "max_tokenz" in done.stderr
+    # an optimizer dict over the config's (jsonargparse cannot merge them): one line that says what to do instead
+    assert pretrain_main(["--config", "train/jpeg-tiny.yaml", "--data.path", str(tmp_path), "--optimizer",
+                          '{"class_path": "torch.optim.AdamW", "init_args": {"lr": 0.003}}', "--print_config"]) == 2
+    assert capsys.readouterr().err == (f"{PRETRAIN_ERROR}--optimizer cannot replace a --config file's optimizer on the "
+                                       "command line (a jsonargparse limitation): change it in a copy of the YAML "
+                                       "(docs/training.md)\n")
 
 
 # ---- training on the CPU --------------------------------------------------------------------------

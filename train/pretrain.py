@@ -314,6 +314,11 @@ def main(argv: list[str] | None = None) -> int:
         arguments = made.instantiate_classes(parsed)
     except ArgumentError as error:  # usage errors raised, as one line, not printed
         raise cli.UsageError(" ".join(str(error).split())) from None
+    except AttributeError:  # jsonargparse 4.41 fails so merging an --optimizer dict over a --config's dict
+        if not any(argument.startswith("--optimizer") for argument in argv):
+            raise
+        raise cli.UsageError("--optimizer cannot replace a --config file's optimizer on the command line (a "
+                             "jsonargparse limitation): change it in a copy of the YAML (docs/training.md)") from None
     hyperparameters = yaml.safe_load(made.dump(parsed, skip_none=False))
     hyperparameters.pop("config", None)
     setup(**{k: v for k, v in vars(arguments).items() if k != "config"}, _hyperparameters=hyperparameters)

@@ -38,8 +38,9 @@ from litgpt.utils import (
 from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
 from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 
+from shared.format.dataset import DatasetError
 from train.checkpoint import copy_dataset_description, load_lit_weights
-from train.data import CodecShards
+from train.data import CodecShards, own_line
 from train.launch import Ranks
 from train.metrics import peak_flops
 from train.parallel import PRECISIONS, blocks_to_checkpoint, describe, init_weights, parallelize
@@ -221,12 +222,15 @@ class Trainer:
         """The mean loss over ``eval.max_iters`` validation batches of every rank."""
         self.model.eval()
         losses = []
-        for index, batch in enumerate(self.val_loader):
-            if index >= self.settings.eval.max_iters:
-                break
-            batch = batch.to(self.device)
-            with self.autocast():
-                losses.append(chunked_cross_entropy(self.model(batch[:, :-1]), batch[:, 1:]))
+        try:
+            for index, batch in enumerate(self.val_loader):
+                if index >= self.settings.eval.max_iters:
+                    break
+                batch = batch.to(self.device)
+                with self.autocast():
+                    losses.append(chunked_cross_entropy(self.model(batch[:, :-1]), batch[:, 1:]))
+        except DatasetError as error:
+            raise own_line(error) from None
         self.model.train()
         val_loss = mean_over_ranks(torch.stack(losses).mean())
         self.print(f"step {self.step}: val loss {val_loss:.4f}")
