@@ -69,15 +69,12 @@ def mark_complete(folder: Path, **facts: Any) -> None:
     write_json_atomic(folder / MARKER, {"format": MARKER_FORMAT, **facts, "files": listed_files(folder)})
 
 
-def unmark(folder: Path, keep: str) -> None:
+def unmark(folder: Path) -> None:
     """Before a folder is written again (``final/`` of an earlier run, a torn ``step-*``): incomplete until
-    marked anew, and without the other kind of state (``keep`` is the kind about to be written)."""
+    marked anew, and without the state written there before (shards of another world size would stay)."""
     (folder / MARKER).unlink(missing_ok=True)
-    stale = folder / (WEIGHTS if keep == SHARDED else SHARDED)
-    if stale.is_dir():
-        shutil.rmtree(stale)
-    elif stale.exists():
-        stale.unlink()
+    (folder / WEIGHTS).unlink(missing_ok=True)
+    shutil.rmtree(folder / SHARDED, ignore_errors=True)
 
 
 def read_marker(folder: Path) -> dict[str, Any] | None:

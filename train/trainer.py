@@ -16,7 +16,6 @@ from __future__ import annotations
 import math
 import resource
 import time
-from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -203,8 +202,7 @@ class Trainer:
             last = micro_step == accumulation - 1
             if hasattr(self.model, "set_requires_gradient_sync"):  # FSDP2: reduce-scatter on the last only
                 self.model.set_requires_gradient_sync(last)
-            with self.autocast():
-                loss = chunked_cross_entropy(self.model(batch[:, :-1]), batch[:, 1:])
+            loss = self.loss(batch)
             (loss / accumulation).backward()
             total += loss.detach()
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.settings.train.max_norm or math.inf)
@@ -212,10 +210,11 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         return total / accumulation, grad_norm
 
-    def autocast(self) -> Any:
-        if self.settings.precision == "bf16-mixed":
-            return torch.autocast(self.device.type, dtype=torch.bfloat16)
-        return nullcontext()
+    def loss(self, batch: torch.Tensor) -> torch.Tensor:
+        """Mean next-token cross-entropy of a batch of windows (inputs and targets shifted by one)."""
+        mixed = self.settings.precision == "bf16-mixed"  # fp32 weights, bf16 matmuls; the *-true precisions: as stored
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=mixed):
+            return chunked_cross_entropy(self.model(batch[:, :-1]), batch[:, 1:])
 
     @torch.no_grad()
     def evaluate(self) -> None:
@@ -226,9 +225,7 @@ class Trainer:
             for index, batch in enumerate(self.val_loader):
                 if index >= self.settings.eval.max_iters:
                     break
-                batch = batch.to(self.device)
-                with self.autocast():
-                    losses.append(chunked_cross_entropy(self.model(batch[:, :-1]), batch[:, 1:]))
+                losses.append(self.loss(batch.to(self.device)))
         except DatasetError as error:
             raise own_line(error) from None
         self.model.train()

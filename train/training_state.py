@@ -14,7 +14,6 @@ by position) is keyed by name on load, from this run's optimizer's own parameter
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -55,8 +54,7 @@ def save(folder: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
     hyperparameters, model config, dataset), the consolidated weights in ``final/``, and the marker, last."""
     if is_rank_zero():
         folder.mkdir(parents=True, exist_ok=True)
-        unmark(folder, keep=SHARDED)  # an earlier run's final/, a torn step-*: incomplete until marked anew
-        shutil.rmtree(folder / SHARDED, ignore_errors=True)  # its shards too (another world size wrote others)
+        unmark(folder)  # an earlier run's final/, a torn step-*: incomplete until marked anew
     barrier()
     model_state, optimizer_state = get_state_dict(model, optimizer)
     with one_process_quietly():
