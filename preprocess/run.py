@@ -52,6 +52,7 @@ from shared.codec.registry import MODALITIES, get_profile
 from shared.errors import CodecLmError
 from shared.format.files import exists, is_remote, join, read_bytes
 from shared.format.shards import MANIFEST
+from shared.format.stores import StoreError, check_folder
 from shared.format.tokenizer import ByteTokenizer
 from shared.tools import cli
 from shared.tools.cli import UsageError
@@ -77,8 +78,10 @@ def input_paths(pattern: str) -> list[str]:
 
 def writable_output(output: str, dry_run: bool) -> None:
     """A local ``--output`` can be made and written, tried for real; a dry run removes the folders it made."""
-    if is_remote(output):
-        return  # object stores: the job's first write tells
+    if is_remote(output):  # credentials, bucket and a probe object (store_ready in job_config checked the rest)
+        if not dry_run:
+            cli.writable(output, "--output")
+        return
     made = [folder for folder in (Path(output), *Path(output).parents) if not folder.exists()]  # deepest first
     cli.writable(output, "--output")
     if dry_run:
@@ -87,11 +90,24 @@ def writable_output(output: str, dry_run: bool) -> None:
                 folder.rmdir()
 
 
+def check_stores(options: PreprocessOptions) -> None:
+    """Object stores before anything is listed or read: one line for a missing credential or bucket, or an
+    --output that is a bucket's root, instead of the clients' retries and tracebacks."""
+    if is_remote(options.output):
+        try:
+            check_folder(options.output, "--output")
+        except StoreError as error:
+            raise UsageError(str(error)) from None
+    for path, flag in [(options.output, "--output"), *((pattern, "--input") for pattern in options.input or [])]:
+        cli.store_ready(path, flag)
+
+
 def job_config(options: PreprocessOptions, progress_dir: str | None, dry_run: bool = False) -> JobConfig:
     """Check every flag before anything runs, and resolve the paper's defaults. A wrong flag is a
     ``UsageError``; no input is read before the output folder is known to be writable."""
     if not options.output:
         raise UsageError("--output DIR is required (the dataset folder to write)")
+    check_stores(options)
     matched: dict[str, list[str]] = {}
     for pattern in options.input or []:
         matched[pattern] = input_paths(pattern)

@@ -11,6 +11,7 @@ from contextlib import nullcontext
 from typing import Any
 
 import apache_beam as beam
+from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import (
     DirectOptions,
     PipelineOptions,
@@ -128,6 +129,7 @@ def checked_pipeline_options(argv: list[str], own: argparse.ArgumentParser | Non
     parser.parse_known_args(beam_flags)  # every value valid (types, choices), or a usage error
     options = pipeline_options(beam_flags)
     validate(options, runner)
+    FileSystems.set_options(options)  # Beam's S3 filesystem, matched before the pipeline, needs its options
     return options, positionals, own_flags
 
 

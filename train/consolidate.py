@@ -15,10 +15,10 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
+from shared.format.files import size
 from shared.tools import cli
-from train.checkpoint import WEIGHTS, consolidate, existing_checkpoint
+from train.checkpoint import WEIGHTS, child, consolidate, existing_checkpoint, is_file, place
 
 PROG = "python -m train.consolidate"
 
@@ -26,9 +26,9 @@ PROG = "python -m train.consolidate"
 @cli.command(PROG)
 def main(argv: list[str] | None = None) -> int:
     parser = cli.parser(PROG, __doc__)
-    parser.add_argument("--checkpoint", nargs="+", type=Path, default=[], metavar="DIR",
+    parser.add_argument("--checkpoint", nargs="+", type=place, default=[], metavar="DIR",
                         help="checkpoint folders holding sharded/")
-    parser.add_argument("old_checkpoints", nargs="*", type=Path, help=argparse.SUPPRESS)  # the old spelling
+    parser.add_argument("old_checkpoints", nargs="*", type=place, help=argparse.SUPPRESS)  # the old spelling
     parser.add_argument("--overwrite", action="store_true", help=f"replace an existing {WEIGHTS}")
     args = parser.parse_args(argv)
     if args.old_checkpoints:
@@ -37,14 +37,16 @@ def main(argv: list[str] | None = None) -> int:
     checkpoints = [*args.checkpoint, *args.old_checkpoints]
     if not checkpoints:
         raise cli.UsageError("--checkpoint DIR [DIR ...] is required")
-    cli.existing_paths(checkpoints, "--checkpoint", "folder")  # every missing folder before any other complaint
+    cli.existing_paths([str(c) for c in checkpoints], "--checkpoint", "folder")  # every missing one first
     for checkpoint in checkpoints:
         existing_checkpoint(checkpoint)
-        if (checkpoint / WEIGHTS).exists() and not args.overwrite:
-            raise cli.UsageError(f"{checkpoint / WEIGHTS} exists; pass --overwrite to write it again from the shards")
+        if is_file(child(checkpoint, WEIGHTS)) and not args.overwrite:
+            raise cli.UsageError(f"{child(checkpoint, WEIGHTS)} exists; pass --overwrite to write it again from the "
+                                 "shards")
+        cli.writable(str(child(checkpoint, WEIGHTS)), "--checkpoint", folder=False)  # (a store: the right to write)
     for checkpoint in checkpoints:
         written = consolidate(checkpoint)
-        print(f"{written}: {written.stat().st_size / 2**20:,.1f} MiB", file=sys.stderr)
+        print(f"{written}: {size(str(written)) / 2**20:,.1f} MiB", file=sys.stderr)
     return 0
 
 

@@ -186,6 +186,8 @@ class ShardReader:
                                                for _, last in ranges], on_error="raise")
         except FileNotFoundError:
             raise DatasetError(f"{path} is missing (listed in the manifest)") from None
+        except Exception as error:  # noqa: BLE001 — a store failing past its client's retries, in its own kinds
+            raise DatasetError(f"{path}: reading it failed ({store_failure(error)})") from None
         if whole and self.verify_checksums and sha256_hex(blobs[0]) != self.layout.shard_sha256[shard]:
             raise DatasetError(f"{path}: sha256 differs from the manifest: the shard is corrupt or was replaced "
                                "(run `codec-shards verify` on the dataset)")
@@ -218,6 +220,11 @@ class ShardReader:
             raise DatasetError(f"{self.path(shard)}: member {sequence} ({name}): {problem}; the shard is corrupt or "
                                "was replaced (run `codec-shards verify` on the dataset)")
         return np.frombuffer(blob, members.dtype, members.width, tokens_at)
+
+
+def store_failure(error: BaseException) -> str:
+    """A store client's error in one line (gcsfs, s3fs and aiohttp raise their own kinds, some multi-line)."""
+    return f"{type(error).__name__}: {' '.join(str(error).split())[:200]}"
 
 
 def coalesce(sequences: np.ndarray, stride: int, max_gap: int = MAX_GAP) -> list[tuple[int, int]]:
@@ -539,8 +546,10 @@ class CodecShards(DataModule):
                                    f"{members.width}-token {members.dtype} members (run `codec-shards verify`)")
             try:
                 found = size(path)
-            except Exception:  # noqa: BLE001 — each filesystem raises its own "not found"
+            except FileNotFoundError:
                 raise DatasetError(f"{path} is missing (listed in the manifest)") from None
+            except Exception as error:  # noqa: BLE001 — a store failing past its client's retries
+                raise DatasetError(f"{path}: cannot be read ({store_failure(error)})") from None
             if found != shard["bytes"]:
                 raise DatasetError(f"{path} is {found} bytes, the manifest says {shard['bytes']}: "
                                    "the shard is truncated or was replaced (run `codec-shards verify`)")

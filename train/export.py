@@ -42,11 +42,20 @@ from safetensors.torch import save_file
 
 from shared.codec.registry import CODECS
 from shared.errors import CodecLmError
-from shared.format.files import read_bytes
+from shared.format.files import read_bytes, size
 from shared.format.tokenizer import BOS, BYTE_BASE, EOS
 from shared.tools import cli
 from shared.tools.progress import progress_bar
-from train.checkpoint import existing_checkpoint, load_lit_weights, load_model_config, open_dataset, weights_files
+from train.checkpoint import (
+    WEIGHTS,
+    child,
+    existing_checkpoint,
+    load_lit_weights,
+    load_model_config,
+    open_dataset,
+    place,
+    weights_files,
+)
 
 PROG = "python -m train.export"
 FORMAT = "codec-lm-export/1"
@@ -185,7 +194,8 @@ def generation_config(manifest: dict[str, Any], block_size: int) -> dict[str, An
     }
 
 
-def codec_record(manifest: dict[str, Any], dataset_root: str, checkpoint: Path, block_size: int) -> dict[str, Any]:
+def codec_record(manifest: dict[str, Any], dataset_root: str, checkpoint: str | Path,
+                 block_size: int) -> dict[str, Any]:
     return {
         "format": FORMAT,
         "modality": manifest.get("modality"),
@@ -235,12 +245,12 @@ open("out" + profile.file_suffix, "wb").write(profile.restore(stream))
 
 
 # ---- the export ------------------------------------------------------------------------------------------
-def export(checkpoint: Path, out: Path, dataset: str | None = None, overwrite: bool = False) -> Path:
-    """Write the HF folder for ``checkpoint`` at ``out``; returns ``out``."""
-    checkpoint, out = Path(checkpoint), Path(out)
+def export(checkpoint: str | Path, out: Path, dataset: str | None = None, overwrite: bool = False) -> Path:
+    """Write the HF folder for ``checkpoint`` (local, gs://, s3://) at ``out`` (local); returns ``out``."""
+    checkpoint, out = place(checkpoint), Path(out)
     files = weights_files(checkpoint)
     if not files:
-        raise ExportError(f"no checkpoint at {checkpoint}: expected {checkpoint / 'lit_model.pth'} or sharded/ "
+        raise ExportError(f"no checkpoint at {checkpoint}: expected {child(checkpoint, WEIGHTS)} or sharded/ "
                           "(a folder `litgpt pretrain` wrote, e.g. out/jpeg-tiny/final)")
     if out.exists() and not overwrite:
         raise ExportError(f"{out} already exists; pass --overwrite to replace it")
@@ -264,7 +274,7 @@ def export(checkpoint: Path, out: Path, dataset: str | None = None, overwrite: b
                           f"differ from the manifest's ({manifest['bos_id']}, {manifest['eos_id']})")
 
     stage(f"loading the weights of {checkpoint} ({len(files)} file{'s' * (len(files) > 1)}, "
-          f"{gigabytes(sum(f.stat().st_size for f in files))})")
+          f"{gigabytes(sum(size(str(f)) for f in files))})")
     weights = hf_state_dict(config, load_lit_weights(checkpoint))
     dtype = weights["model.embed_tokens.weight"].dtype
     parameters = sum(t.numel() for t in weights.values())
@@ -326,7 +336,8 @@ def gigabytes(size: int) -> str:
 @cli.command(PROG)
 def main(argv: list[str] | None = None) -> int:
     parser = cli.parser(PROG, __doc__)
-    parser.add_argument("--checkpoint", required=True, type=Path, help="a litgpt pretrain checkpoint folder")
+    parser.add_argument("--checkpoint", required=True, type=place,
+                        help="a litgpt pretrain checkpoint folder (local, gs://, s3://)")
     parser.add_argument("--out", required=True, type=Path, help="the Hugging Face model folder to write")
     parser.add_argument("--dataset", help="the training dataset (default: the one hyperparameters.yaml records)")
     parser.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")

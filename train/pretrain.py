@@ -38,9 +38,22 @@ from litgpt.types import LoggerChoice
 from litgpt.utils import extend_checkpoint_dir, get_default_supported_precision, parse_devices
 
 from shared.errors import CodecLmError
+from shared.format.files import is_remote
+from shared.format.stores import StoreError, check_folder
 from shared.tools import cli
 from train import launch
-from train.checkpoint import CheckpointError, newest_complete, read_hyperparameters, read_marker
+from train.checkpoint import (
+    CheckpointError,
+    Where,
+    child,
+    is_dir,
+    is_file,
+    newest_complete,
+    place,
+    read_hyperparameters,
+    read_marker,
+    read_text,
+)
 from train.data import CodecShards
 from train.parallel import PRECISIONS, blocks_to_checkpoint
 from train.schedule import Schedule
@@ -100,7 +113,16 @@ def setup(
         accept_schedule_change: Resume although the checkpoint was trained with other learning-rate schedule
             settings (max tokens, warmup, learning rates): the rest of the run follows this run's schedule.
     """
-    check_paths(data=data, resume=resume, initial_checkpoint_dir=initial_checkpoint_dir)
+    out_dir = place(out_dir)  # jsonargparse makes a Path of gs://bucket/run, which folds it into gs:/bucket/run
+    resume = place(resume) if isinstance(resume, Path) else resume
+    initial_checkpoint_dir = place(initial_checkpoint_dir) if initial_checkpoint_dir is not None else None
+    check_paths(data=data, resume=resume, initial_checkpoint_dir=initial_checkpoint_dir, out_dir=out_dir)
+    if _hyperparameters is not None:  # the paths as typed, not as a Path spells a URL
+        _hyperparameters["out_dir"] = str(out_dir)
+        if isinstance(resume, (Path, str)) and resume != "auto":
+            _hyperparameters["resume"] = str(resume)
+        if initial_checkpoint_dir is not None:
+            _hyperparameters["initial_checkpoint_dir"] = str(initial_checkpoint_dir)
     try:
         settings = resolve(model_name=model_name, model_config=model_config, out_dir=out_dir, precision=precision,
                            initial_checkpoint_dir=initial_checkpoint_dir, data=data, train=train, eval=eval, log=log,
@@ -114,8 +136,8 @@ def setup(
     run(settings)
 
 
-def resolve(*, model_name: str, model_config: Config | None, out_dir: Path, precision: str | None,
-            initial_checkpoint_dir: Path | None, data: DataModule | None, train: TrainArgs, eval: EvalArgs,
+def resolve(*, model_name: str, model_config: Config | None, out_dir: Where, precision: str | None,
+            initial_checkpoint_dir: Where | None, data: DataModule | None, train: TrainArgs, eval: EvalArgs,
             log: LogArgs, optimizer: str | dict, devices: int | str, num_nodes: int, tokenizer_dir: Path | None,
             logger_name: str, seed: int, activation_checkpointing: str | None,
             hyperparameters: dict[str, Any] | None) -> Settings:
@@ -148,9 +170,9 @@ def resolve(*, model_name: str, model_config: Config | None, out_dir: Path, prec
     lr = optimizer_lr(optimizer)
     schedule = Schedule.of(lr=lr, min_lr=train.min_lr, max_steps=max_steps, warmup_steps=train.lr_warmup_steps,
                            warmup_fraction=train.lr_warmup_fraction)
-    if initial_checkpoint_dir is not None:
+    if initial_checkpoint_dir is not None and not is_remote(initial_checkpoint_dir):
         initial_checkpoint_dir = extend_checkpoint_dir(initial_checkpoint_dir)
-    return Settings(config=config, out_dir=Path(out_dir), precision=precision, data=data, train=train, eval=eval,
+    return Settings(config=config, out_dir=place(out_dir), precision=precision, data=data, train=train, eval=eval,
                     log=log, optimizer=optimizer, devices=devices, num_nodes=num_nodes, seed=seed,
                     logger_name=logger_name, schedule=schedule, initial_checkpoint_dir=initial_checkpoint_dir,
                     tokenizer_dir=extend_checkpoint_dir(tokenizer_dir) if tokenizer_dir else None,
@@ -178,25 +200,37 @@ def check_data(data: Any, world: int, micro_batch: int, config: Config) -> None:
         data.model_vocab_size = config.padded_vocab_size  # connect() checks it again in every rank
 
 
-def check_paths(*, data: Any, resume: Any, initial_checkpoint_dir: Path | None) -> None:
-    """What the run reads and is not there, named before any other complaint (also paths a --config gave)."""
+def check_paths(*, data: Any, resume: Any, initial_checkpoint_dir: Where | None, out_dir: Where) -> None:
+    """What the run reads and is not there, named before any other complaint (also paths a --config gave); on
+    an object store also the credentials, the bucket, and the right to write ``out_dir`` (a probe object)."""
     if isinstance(data, CodecShards):
+        data.path = str(place(data.path))
         cli.existing_dir(data.path, "--data.path")
-    if isinstance(resume, Path):
+    if isinstance(resume, (Path, str)) and resume != "auto":
         cli.existing(resume, "--resume")
     if initial_checkpoint_dir is not None:  # found as LitGPT finds it (under checkpoints/)
-        cli.existing_dir(extend_checkpoint_dir(initial_checkpoint_dir), "--initial_checkpoint_dir")
+        found = initial_checkpoint_dir if is_remote(initial_checkpoint_dir) else \
+            extend_checkpoint_dir(initial_checkpoint_dir)
+        cli.existing_dir(found, "--initial_checkpoint_dir")
+    if is_remote(out_dir):
+        try:
+            check_folder(str(out_dir), "--out_dir")
+        except StoreError as error:
+            raise cli.UsageError(str(error)) from None
+        cli.store_ready(out_dir, "--out_dir", write=True)
 
 
 # ---- which checkpoint continues this run ------------------------------------------------------------
-def resume_folder(resume: Any, settings: Settings, accept_schedule_change: bool) -> Path | None:
+def resume_folder(resume: Any, settings: Settings, accept_schedule_change: bool) -> Where | None:
     """The checkpoint folder to resume from (None: start afresh), checked against this run."""
     if resume is False or resume is None:
         return None
     if settings.initial_checkpoint_dir is not None:
         raise cli.UsageError("--resume and --initial_checkpoint_dir cannot be given together: choose one")
-    if isinstance(resume, Path):
-        folder = resume if resume.is_dir() else resume.parent
+    if isinstance(resume, (Path, str)) and resume != "auto":
+        folder = place(resume)
+        if not is_dir(folder):  # a file in the folder
+            folder = folder.parent if isinstance(folder, Path) else folder.rstrip("/").rsplit("/", 1)[0]
     else:
         folder, skipped = newest_complete(settings.out_dir)
         for path, reason in skipped:
@@ -211,12 +245,12 @@ def resume_folder(resume: Any, settings: Settings, accept_schedule_change: bool)
     return folder
 
 
-def check_resumable(folder: Path, settings: Settings, accept_schedule_change: bool) -> None:
+def check_resumable(folder: Where, settings: Settings, accept_schedule_change: bool) -> None:
     """A checkpoint of another model, another global batch or (unless accepted) another schedule is refused."""
     saved = read_hyperparameters(folder)
     theirs = saved.get("model_config") if isinstance(saved.get("model_config"), dict) else None
-    if (folder / "model_config.yaml").is_file():
-        theirs = yaml.safe_load((folder / "model_config.yaml").read_text())
+    if is_file(child(folder, "model_config.yaml")):
+        theirs = yaml.safe_load(read_text(child(folder, "model_config.yaml")))
     if theirs is not None:
         ours = asdict(settings.config)
         differ = [k for k in sorted(set(theirs) & set(ours)) if theirs[k] != ours[k] and k != "hf_config"]

@@ -9,12 +9,20 @@ functions, then a short loop.
 The learning rate is a function of the optimizer step (``train.schedule``), the data position of the global
 step (``train.data``), the initial weights of parameter names (``train.parallel``): so every process layout
 with the same global batch trains the same model, up to the order floating-point sums are taken in.
+
+``out_dir`` may be on an object store (``gs://bucket/run``): checkpoints are written there
+(``train.training_state``), and so are the logs. The loggers write local files (Lightning's CSV logger
+appends, which object stores cannot), so with a remote ``out_dir`` they write to a local temporary folder
+that rank 0 copies to ``out_dir/logs/`` after each checkpoint and at the end of the run: a cluster user finds
+the run's metrics.csv beside its checkpoints, each of which carries hyperparameters.yaml.
 """
 
 from __future__ import annotations
 
 import math
 import resource
+import shutil
+import tempfile
 import time
 from dataclasses import asdict, dataclass
 from datetime import timedelta
@@ -32,13 +40,13 @@ from litgpt.utils import (
     chunked_cross_entropy,
     copy_config_files,
     instantiate_torch_optimizer,
-    save_config,
 )
 from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
 from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 
 from shared.format.dataset import DatasetError
-from train.checkpoint import copy_dataset_description, load_lit_weights
+from shared.format.files import is_remote, join, write_atomic
+from train.checkpoint import Where, child, copy_dataset_description, load_lit_weights, name_of
 from train.data import CodecShards, own_line
 from train.launch import Ranks
 from train.metrics import peak_flops
@@ -52,7 +60,7 @@ class Settings:
     """A run, as ``python -m train.pretrain`` resolved it from its command line."""
 
     config: Config
-    out_dir: Path
+    out_dir: Where  # a local Path, or a gs:// / s3:// URL
     precision: str
     data: Any  # a LitGPT DataModule (train.data.CodecShards for codec-LM datasets)
     train: TrainArgs
@@ -64,8 +72,8 @@ class Settings:
     seed: int
     logger_name: str
     schedule: Schedule
-    resume_from: Path | None = None
-    initial_checkpoint_dir: Path | None = None
+    resume_from: Where | None = None
+    initial_checkpoint_dir: Where | None = None
     tokenizer_dir: Path | None = None
     activation_checkpointing: str | None = "none"
     hyperparameters: dict[str, Any] | None = None  # the parsed command line, for each checkpoint
@@ -147,9 +155,13 @@ class Trainer:
         data.connect(batch_size=settings.train.micro_batch_size, max_seq_length=self.model.max_seq_length)
         data.setup()
         self.train_loader, self.val_loader = data.train_dataloader(), data.val_dataloader()
-        self.logger = choose_logger(settings.logger_name, settings.out_dir, name=f"pretrain-{settings.config.name}",
-                                    resume=settings.resume_from is not None, log_interval=settings.train.log_interval,
-                                    log_args=asdict(settings.log)) if is_rank_zero() else None
+        self.log_root, self.logger = None, None
+        if is_rank_zero():
+            self.log_root, options = log_place(settings)
+            self.logger = choose_logger(settings.logger_name, self.log_root, name=f"pretrain-{settings.config.name}",
+                                        resume=settings.resume_from is not None,
+                                        log_interval=settings.train.log_interval, log_args=asdict(settings.log),
+                                        **options)
         self.flops_per_step = flops_per_sequence(settings) * settings.train.micro_batch_size * settings.accumulation
         self.peak_flops = peak_flops(self.device, settings.precision)
         self.step = 0
@@ -185,12 +197,15 @@ class Trainer:
             if self.step % self.settings.eval.interval == 0:
                 self.evaluate()
             if self.settings.train.save_interval and self.step % self.settings.train.save_interval == 0:
-                self.save(self.settings.out_dir / f"step-{self.step:08d}")
+                self.save(child(self.settings.out_dir, f"step-{self.step:08d}"))
         if self.settings.eval.final_validation and self.step % self.settings.eval.interval:
             self.evaluate()  # (unless the last step just did)
-        self.save(self.settings.out_dir / "final")
+        self.save(child(self.settings.out_dir, "final"))
         if self.logger is not None:
             self.logger.finalize("success")
+            self.copy_logs()
+            if is_remote(self.settings.out_dir):  # all copied: the local folder was only a staging place
+                shutil.rmtree(self.log_root, ignore_errors=True)
 
     def train_step(self, batches: Any, lr: float) -> tuple[torch.Tensor, torch.Tensor]:
         """One optimizer step of ``accumulation`` micro-batches; the mean loss and the gradient norm."""
@@ -268,20 +283,55 @@ class Trainer:
             weights = load_lit_weights(self.settings.initial_checkpoint_dir)
             set_model_state_dict(self.model, dict(weights), options=StateDictOptions(full_state_dict=True))
 
-    def save(self, folder: Path) -> None:
+    def save(self, folder: Where) -> None:
         self.print(f"Saving checkpoint to {str(folder)!r}")
         progress = {"step": self.step, "data": self.train_loader.state_dict(), "schedule": self.schedule.describe(),
                     "world_size": self.ranks.world_size, "micro_batch_size": self.settings.train.micro_batch_size,
                     "global_batch_size": self.settings.train.global_batch_size}
         save(folder, self.model, self.optimizer, progress, self.describe_run)
+        if name_of(folder) != "final":  # (the run's end copies them after the logger's last lines)
+            self.copy_logs()
 
-    def describe_run(self, folder: Path) -> None:
+    def describe_run(self, folder: Where) -> None:
         """What a checkpoint folder carries besides the state: hyperparameters.yaml and model_config.yaml as
         LitGPT writes them, the dataset's description, the tokenizer directory's files."""
         if self.settings.hyperparameters is not None:
-            (folder / "hyperparameters.yaml").write_text(yaml.safe_dump(self.settings.hyperparameters, sort_keys=False))
-        save_config(self.settings.config, folder)
+            write_atomic(child(folder, "hyperparameters.yaml"),
+                         yaml.safe_dump(self.settings.hyperparameters, sort_keys=False))
+        write_atomic(child(folder, "model_config.yaml"), yaml.dump(asdict(self.settings.config)))  # as LitGPT's
         if isinstance(self.settings.data, CodecShards):
             copy_dataset_description(self.settings.data.opened(), folder)
         if self.settings.tokenizer_dir is not None:
-            copy_config_files(self.settings.tokenizer_dir, folder)
+            with tempfile.TemporaryDirectory() as staged:  # LitGPT copies the files it knows to a local folder
+                copy_config_files(Path(self.settings.tokenizer_dir), Path(staged))
+                for path in sorted(Path(staged).iterdir()):
+                    write_atomic(child(folder, path.name), path.read_bytes())
+
+    def copy_logs(self) -> None:
+        """With a remote out_dir: the local log files, as they are now, to ``out_dir/logs/`` (rank 0)."""
+        if self.logger is None or not is_remote(self.settings.out_dir):
+            return
+        self.logger.save()
+        for path in sorted(self.log_root.rglob("*")):
+            if path.is_file():
+                write_atomic(join(str(self.settings.out_dir), str(path.relative_to(self.log_root))), path.read_bytes())
+
+
+def log_place(settings: Settings) -> tuple[Path, dict[str, Any]]:
+    """Where the logger writes: out_dir, or with a remote out_dir a local folder that ``copy_logs`` copies
+    there, with the CSV and TensorBoard loggers' next version number in ``out_dir/logs/`` (a resumed run
+    writes version_1 beside version_0, as on a local disk)."""
+    if not is_remote(settings.out_dir):
+        return Path(settings.out_dir), {}
+    local = Path(tempfile.mkdtemp(prefix="codec-lm-logs-"))
+    if settings.logger_name not in ("csv", "tensorboard"):
+        return local, {}
+    from fsspec.core import url_to_fs
+
+    filesystem, root = url_to_fs(join(str(settings.out_dir), "logs", settings.logger_name))
+    try:
+        names = [entry.rstrip("/").rsplit("/", 1)[-1] for entry in filesystem.ls(root, detail=False)]
+    except FileNotFoundError:
+        names = []
+    versions = [int(name[8:]) for name in names if name.startswith("version_") and name[8:].isdigit()]
+    return local, {"version": max(versions, default=-1) + 1}

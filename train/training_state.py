@@ -10,25 +10,39 @@ completion marker, ``checkpoint.json``, which rank 0 writes last (``train.checkp
 Checkpoints of the trainer before this one still load: a sharded one (``sharded/`` with Lightning's
 ``meta.pt``) has the same keys; a one-process one (the whole state in ``lit_model.pth``, the optimizer keyed
 by position) is keyed by name on load, from this run's optimizer's own parameter order.
+
+A checkpoint folder may be on an object store (``--out_dir gs://bucket/run``): DCP writes there through
+``train.checkpoint.StoreWriter`` (each file uploaded once to its final name), and a store that fails past its
+client's retries ends the save with one ``CheckpointError`` line and no marker.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
+import io
+import os
 from typing import Any
 
 import torch
 import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict, set_state_dict
 
+from shared.format.files import read_bytes
 from train.checkpoint import (
     MARKER_FORMAT,
     SHARDED,
     WEIGHTS,
     CheckpointError,
+    Where,
+    child,
     consolidate,
+    dcp_reader,
+    dcp_writer,
+    is_dir,
+    is_file,
     mark_complete,
+    name_of,
     one_process_quietly,
+    place,
     read_marker,
     unmark,
 )
@@ -48,75 +62,103 @@ def barrier() -> None:
         torch.distributed.barrier()
 
 
-def save(folder: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, progress: dict[str, Any],
-         write_description: Any = None) -> None:
+def save(folder: str | os.PathLike[str], model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+         progress: dict[str, Any], write_description: Any = None) -> None:
     """Write a checkpoint folder: every rank its shards, then rank 0 the description (``write_description(folder)``:
     hyperparameters, model config, dataset), the consolidated weights in ``final/``, and the marker, last."""
-    if is_rank_zero():
-        folder.mkdir(parents=True, exist_ok=True)
-        unmark(folder)  # an earlier run's final/, a torn step-*: incomplete until marked anew
-    barrier()
-    model_state, optimizer_state = get_state_dict(model, optimizer)
-    with one_process_quietly():
-        dcp.save({"model": model_state, "optimizer": optimizer_state}, checkpoint_id=str(folder / SHARDED),
-                 no_dist=not torch.distributed.is_initialized())
-    barrier()  # every shard written
-    if is_rank_zero():
-        if write_description is not None:
-            write_description(folder)
-        if folder.name == "final":
-            consolidate(folder)
-        mark_complete(folder, state=SHARDED, **progress)
+    folder = place(folder)
+    try:
+        if is_rank_zero():
+            if isinstance(folder, os.PathLike):
+                folder.mkdir(parents=True, exist_ok=True)
+            unmark(folder)  # an earlier run's final/, a torn step-*: incomplete until marked anew
+        barrier()
+        model_state, optimizer_state = get_state_dict(model, optimizer)
+        with one_process_quietly():
+            dcp.save({"model": model_state, "optimizer": optimizer_state},
+                     storage_writer=dcp_writer(child(folder, SHARDED)), no_dist=not torch.distributed.is_initialized())
+        barrier()  # every shard written
+        if is_rank_zero():
+            if write_description is not None:
+                write_description(folder)
+            if name_of(folder) == "final":
+                consolidate(folder)
+            mark_complete(folder, state=SHARDED, **progress)
+    except (Exception, dcp.api.CheckpointException) as error:  # noqa: BLE001 — a store's client raises its own kinds
+        raise CheckpointError(f"writing the checkpoint {folder} failed, it is not marked complete: "
+                              f"{failure_line(error)}") from None
     barrier()
 
 
-def load(folder: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+def failure_line(error: BaseException) -> str:
+    """One line for a failed write: the first rank's own error of a CheckpointException (which carries every
+    rank's traceback), else the error itself."""
+    if isinstance(error, dcp.api.CheckpointException) and error.failures:
+        error = next(iter(error.failures.values()))[0]
+    if isinstance(error, CheckpointError):
+        return str(error)
+    return f"{type(error).__name__}: {' '.join(str(error).split())[:300]}"
+
+
+def load(folder: str | os.PathLike[str], model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
     """Restore model and optimizer in place from a checkpoint folder; returns the loop's progress: ``step``,
     ``data`` (the loader's state) and what the marker recorded besides (``schedule`` for checkpoints of this
     trainer)."""
+    folder = place(folder)
     check_loadable(folder)
     marker = read_marker(folder) or {}
-    if (folder / SHARDED).is_dir():
+    if is_dir(child(folder, SHARDED)):
         model_state, optimizer_state = get_state_dict(model, optimizer)
         state = {"model": model_state, "optimizer": optimizer_state}
         try:
             with one_process_quietly():
-                dcp.load(state, checkpoint_id=str(folder / SHARDED), no_dist=not torch.distributed.is_initialized())
-        except Exception as error:  # noqa: BLE001 — DCP raises a CheckpointException wrapping each rank's error
-            raise CheckpointError(f"{folder / SHARDED} does not fit this run's model and optimizer "
-                                  f"({' '.join(str(error).split())[:300]})") from None
+                dcp.load(state, storage_reader=dcp_reader(child(folder, SHARDED)),
+                         no_dist=not torch.distributed.is_initialized())
+        except (Exception, dcp.api.CheckpointException) as error:  # noqa: BLE001 — DCP wraps each rank's error
+            raise CheckpointError(f"{child(folder, SHARDED)} does not fit this run's model and optimizer, or cannot "
+                                  f"be read ({failure_line(error)})") from None
         set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"])
         if marker.get("format") == MARKER_FORMAT:
             return marker
         return old_sharded_progress(folder)
-    return load_one_file(folder / WEIGHTS, model, optimizer)
+    return load_one_file(child(folder, WEIGHTS), model, optimizer)
 
 
-def check_loadable(folder: Path) -> None:
+def torch_load(path: Where, **options: Any) -> Any:
+    """``torch.load`` of a local file (memory-mapped where asked) or of an object, read whole."""
+    if isinstance(path, str):
+        options.pop("mmap", None)
+        return torch.load(io.BytesIO(read_bytes(path)), map_location="cpu", weights_only=False, **options)
+    return torch.load(path, map_location="cpu", weights_only=False, **options)
+
+
+def check_loadable(folder: str | os.PathLike[str]) -> None:
     """A checkpoint folder ``load`` can resume from, or a CheckpointError saying how to go on: before any work."""
-    if (folder / SHARDED).is_dir():
-        if (read_marker(folder) or {}).get("format") != MARKER_FORMAT and not (folder / SHARDED / "meta.pt").is_file():
+    folder = place(folder)
+    if is_dir(child(folder, SHARDED)):
+        marked = (read_marker(folder) or {}).get("format") == MARKER_FORMAT
+        if not marked and not is_file(child(folder, SHARDED, "meta.pt")):
             raise CheckpointError(f"{folder} has neither a {MARKER_FORMAT} marker nor {SHARDED}/meta.pt: {CONVERT}")
-    elif (folder / WEIGHTS).is_file():
-        saved = torch.load(folder / WEIGHTS, map_location="cpu", weights_only=False, mmap=True)
+    elif is_file(child(folder, WEIGHTS)):
+        saved = torch_load(child(folder, WEIGHTS), mmap=True)
         if not isinstance(saved, dict) or "optimizer" not in saved or "step_count" not in saved:
-            raise CheckpointError(f"{folder / WEIGHTS} holds model weights but no training state (optimizer, step): "
-                                  f"{CONVERT}")
+            raise CheckpointError(f"{child(folder, WEIGHTS)} holds model weights but no training state (optimizer, "
+                                  f"step): {CONVERT}")
     else:
         raise CheckpointError(f"{folder} holds no training state (no {SHARDED}/ or {WEIGHTS})")
 
 
-def old_sharded_progress(folder: Path) -> dict[str, Any]:
+def old_sharded_progress(folder: Where) -> dict[str, Any]:
     """The step and data position of a sharded checkpoint of the earlier trainer (Lightning's meta.pt)."""
-    saved = torch.load(folder / SHARDED / "meta.pt", map_location="cpu", weights_only=False)
+    saved = torch_load(child(folder, SHARDED, "meta.pt"))
     return {"step": saved["step_count"], "data": saved.get("train_dataloader"), "format": OLD_FORMAT}
 
 
-def load_one_file(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+def load_one_file(path: Where, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
     """A one-process training state of the earlier trainer (``litgpt pretrain``'s layout): whole tensors, the
     optimizer state keyed by position in its groups, which are this run's optimizer's positions (the same class
     on the same model groups its parameters the same way)."""
-    saved = torch.load(path, map_location="cpu", weights_only=False)
+    saved = torch_load(path)
     names = {id(parameter): stable_name(name) for name, parameter in model.named_parameters()}
     order = [names[id(p)] for group in optimizer.param_groups for p in group["params"]]
     positions = [i for group in saved["optimizer"].get("param_groups", []) for i in group["params"]]

@@ -1,7 +1,8 @@
 """Files on any filesystem fsspec knows (local, gs://, s3://, …), written atomically.
 
-A reader never sees a half-written file: data goes to a temporary name in the same folder and is
-renamed into place (a rename is atomic on local disks; on object stores the object appears whole).
+A reader never sees a half-written file: on a local disk data goes to a temporary name in the same folder
+and is renamed into place (atomic); on an object store it is uploaded once to its final name, where the
+object appears only when the upload completes (``open_atomic``).
 fsspec is the filesystem layer of the PyTorch data ecosystem (PyTorch Lightning, Hugging Face datasets,
 LitData, torchdata), so the trainer reads gs:// and s3:// data without Apache Beam; the Beam job writes
 through the same functions. Remote filesystems need their backend installed: the ``cloud`` extra
@@ -10,9 +11,13 @@ through the same functions. Remote filesystems need their backend installed: the
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import json
+import os
 import re
+import shutil
+import tempfile
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -26,6 +31,8 @@ import pyarrow.parquet as pq
 from fsspec.core import url_to_fs
 
 UNSAFE = re.compile(r"[^A-Za-z0-9_.-]+")
+ONE_REQUEST_BYTES = 16 * 2**20  # above this, a resumable or multipart upload
+CHUNK_BYTES = 8 * 2**20
 
 
 def is_remote(path: str | Path) -> bool:
@@ -45,20 +52,45 @@ def safe_file_name(text: str, suffix: str = "", *, limit: int = 120, fallback: s
 
 @contextmanager
 def open_atomic(path: str | Path) -> Iterator[IO[bytes]]:
-    """A binary file handle whose data appears at ``path`` only when the block ends without an error."""
-    filesystem, target = url_to_fs(str(path))
-    folder, name = target.rsplit("/", 1) if "/" in target else (".", target)
-    if not is_remote(path):  # object stores have no folders to make (and s3fs would make a bucket)
-        filesystem.makedirs(folder, exist_ok=True)
-    temporary = f"{folder}/.{name}.tmp-{uuid.uuid4().hex}"
+    """A binary file handle whose data appears at ``path`` only when the block ends without an error.
+
+    Local disks: a temporary name in the same folder, renamed into place. Object stores: the data is staged
+    in a local temporary file and uploaded once, straight to its final name, when the block ends. An object
+    appears only when its upload completes, so no reader sees part of it; a temporary name would cost a
+    server-side copy of every byte and a delete (a "move" on GCS and S3), and a failed block uploads nothing.
+    """
+    if is_remote(path):
+        filesystem, target = url_to_fs(str(path))
+        with tempfile.TemporaryFile() as staged:
+            yield staged
+            staged.seek(0)
+            upload(filesystem, staged, target)
+        return
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    temporary = os.path.join(folder, f".{os.path.basename(path)}.tmp-{uuid.uuid4().hex}")
     try:
-        with filesystem.open(temporary, "wb") as handle:
+        with open(temporary, "wb") as handle:
             yield handle
-        filesystem.mv(temporary, target)
+        os.replace(temporary, path)
     except BaseException:
-        if filesystem.exists(temporary):
-            filesystem.rm(temporary)
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(temporary)
         raise
+
+
+def upload(filesystem: fsspec.AbstractFileSystem, staged: IO[bytes], target: str) -> None:
+    """One upload of ``staged`` to ``target``: small files in one request, larger ones in the backend's
+    resumable (GCS) or multipart (S3) upload, which publishes the object only when its last part is in."""
+    size = staged.seek(0, 2)
+    staged.seek(0)
+    if size <= ONE_REQUEST_BYTES:
+        filesystem.pipe_file(target, staged.read())
+        return
+    with tempfile.NamedTemporaryFile() as named:  # put_file wants a path
+        shutil.copyfileobj(staged, named, CHUNK_BYTES)
+        named.flush()
+        filesystem.put_file(named.name, target)
 
 
 def write_atomic(path: str | Path, data: bytes | str) -> str:

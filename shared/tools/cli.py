@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import logging
 import os
 import sys
 import tempfile
@@ -23,10 +24,10 @@ from pathlib import Path
 from typing import Any
 
 from shared.errors import CodecLmError
-from shared.format.files import is_remote
+from shared.format.files import exists, is_remote
+from shared.format.stores import WRITE_CHECK_PREFIX, StoreError, check_store
 
 USAGE, FAILURE, INTERRUPTED = 2, 1, 130
-WRITE_CHECK_PREFIX = ".write-check-"  # writable()'s probe file, removed at once
 
 
 class UsageError(CodecLmError):
@@ -43,6 +44,8 @@ def command(prog: str) -> Callable[[Callable[..., int | None]], Callable[..., in
     def wrap(main: Callable[..., int | None]) -> Callable[..., int]:
         @functools.wraps(main)
         def run(*args: Any, **kwargs: Any) -> int:
+            # gcsfs logs a traceback when a request runs out of retries, then raises: reported once, as one line
+            logging.getLogger("gcsfs").setLevel(logging.CRITICAL)
             try:
                 return main(*args, **kwargs) or 0
             except UsageError as error:
@@ -74,23 +77,41 @@ def parser(prog: str, doc: str | None, **kwargs: Any) -> argparse.ArgumentParser
 
 
 # ---- paths, checked before any work ---------------------------------------------------------------
-def existing(path: str | os.PathLike[str], flag: str, what: str = "file or folder") -> Path:
-    """``path`` exists (a local one; object-store paths are left to the work), or a usage error naming it."""
-    if not is_remote(path) and not Path(path).exists():
+def store_ready(path: str | os.PathLike[str], flag: str, *, write: bool = False) -> None:
+    """An object-store path's credentials, bucket and (``write``) write access, or a usage error naming the
+    fix (``shared.format.stores``); a local path is not checked here."""
+    try:
+        check_store(str(path), flag=flag, write=write)
+    except StoreError as error:
+        raise UsageError(str(error)) from None
+
+
+def existing(path: str | os.PathLike[str], flag: str, what: str = "file or folder") -> Path | str:
+    """``path`` exists, or a usage error naming it. Returns a local path as a ``Path``, a remote one as
+    given (a ``Path`` would fold ``gs://`` into ``gs:/``)."""
+    if is_remote(path):
+        store_ready(path, flag)
+        if not exists(path):
+            raise UsageError(f"{flag} {path}: no such {what}")
+        return str(path)
+    if not Path(path).exists():
         raise UsageError(f"{flag} {path}: no such {what}")
     return Path(path)
 
 
-def existing_dir(path: str | os.PathLike[str], flag: str) -> Path:
+def existing_dir(path: str | os.PathLike[str], flag: str) -> Path | str:
     found = existing(path, flag, "folder")
-    if not is_remote(path) and not found.is_dir():
+    if not is_remote(path) and not Path(found).is_dir():
         raise UsageError(f"{flag} {path}: not a folder")
     return found
 
 
 def existing_paths(paths: Sequence[str | os.PathLike[str]], flag: str, what: str = "file") -> None:
     """Every path exists, or one usage error naming each missing one."""
-    absent = [str(path) for path in paths if not is_remote(path) and not Path(path).exists()]
+    for path in paths:
+        if is_remote(path):
+            store_ready(path, flag)
+    absent = [str(path) for path in paths if not exists(path)]
     if len(absent) == 1:
         existing(absent[0], flag, what)
     elif absent:
@@ -99,8 +120,11 @@ def existing_paths(paths: Sequence[str | os.PathLike[str]], flag: str, what: str
 
 def writable(path: str | os.PathLike[str], flag: str, folder: bool = True) -> None:
     """The folder ``path`` (or the file ``path``, ``folder=False``) can be made and written, tried for real
-    before any work (the folder is created; a probe file is written and removed), or a usage error."""
+    before any work (the folder is created; a probe file is written and removed), or a usage error.
+    On an object store: credentials, the bucket, and a probe object in the folder (there are no folders to
+    make)."""
     if is_remote(path):
+        store_ready(path if folder else str(path).rsplit("/", 1)[0], flag, write=True)
         return
     where = Path(path) if folder else Path(path).absolute().parent
     try:
