@@ -90,15 +90,17 @@ def writable_output(output: str, dry_run: bool) -> None:
                 folder.rmdir()
 
 
-def check_stores(options: PreprocessOptions) -> None:
+def check_stores(options: PreprocessOptions, dry_run: bool) -> None:
     """Object stores before anything is listed or read: one line for a missing credential or bucket, or an
-    --output that is a bucket's root, instead of the clients' retries and tracebacks."""
+    --output that is a bucket's root, instead of the clients' retries and tracebacks. A dry run does not
+    touch the output's store (it may run where no credentials are); the inputs it matches, it must reach."""
     if is_remote(options.output):
         try:
             check_folder(options.output, "--output")
         except StoreError as error:
             raise UsageError(str(error)) from None
-    for path, flag in [(options.output, "--output"), *((pattern, "--input") for pattern in options.input or [])]:
+    checked = [] if dry_run else [(options.output, "--output")]
+    for path, flag in [*checked, *((pattern, "--input") for pattern in options.input or [])]:
         cli.store_ready(path, flag)
 
 
@@ -107,7 +109,7 @@ def job_config(options: PreprocessOptions, progress_dir: str | None, dry_run: bo
     ``UsageError``; no input is read before the output folder is known to be writable."""
     if not options.output:
         raise UsageError("--output DIR is required (the dataset folder to write)")
-    check_stores(options)
+    check_stores(options, dry_run)
     matched: dict[str, list[str]] = {}
     for pattern in options.input or []:
         matched[pattern] = input_paths(pattern)

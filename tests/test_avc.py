@@ -15,8 +15,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
+import shared.codec.avc.bytestream as bytestream
 import shared.codec.avc.profile as avc
-from shared.codec.avc.profile import AvcProfile, encode_annexb, nal_type, nal_units, starts_frame
+from shared.codec.avc.bytestream import nal_type, nal_units, payload, starts_frame
+from shared.codec.avc.profile import AvcProfile, encode_annexb
 from shared.codec.errors import InvalidMediaError
 from shared.samples import clips as sv
 
@@ -84,7 +86,7 @@ def test_profile_name_and_json_round_trip():
 
 def test_header_is_sps_and_pps():
     units = [unit for _, unit in nal_units(PROFILE.header)]
-    assert [nal_type(unit) for unit in units] == [avc.NAL_SPS, avc.NAL_PPS]
+    assert [nal_type(unit) for unit in units] == [bytestream.NAL_SPS, bytestream.NAL_PPS]
     assert b"".join(units) == PROFILE.header
     sps = units[0][units[0].find(b"\x00\x00\x01") + 3 :]
     assert sps[1] == 66  # profile_idc: baseline
@@ -133,7 +135,7 @@ def test_header_is_invariant_across_clips():
     for clip in clips:
         full = encode_annexb(PROFILE.normalize(clip), PROFILE.fps, PROFILE.qp)
         units = [unit for _, unit in nal_units(full)]
-        parameter_sets = [unit for unit in units if nal_type(unit) in (avc.NAL_SPS, avc.NAL_PPS)]
+        parameter_sets = [unit for unit in units if nal_type(unit) in (bytestream.NAL_SPS, bytestream.NAL_PPS)]
         assert parameter_sets and b"".join(parameter_sets[:2]) == PROFILE.header
         assert PROFILE.encode(clip)  # and encode's own check passes
 
@@ -141,8 +143,8 @@ def test_header_is_invariant_across_clips():
 def test_stream_layout_one_slice_per_macroblock(stream6: bytes):
     units = [unit for _, unit in nal_units(stream6)]
     assert b"".join(units) == stream6  # nothing outside NAL units
-    assert set(nal_type(unit) for unit in units) <= {avc.NAL_SLICE, avc.NAL_IDR_SLICE}
-    assert nal_type(units[0]) == avc.NAL_IDR_SLICE
+    assert set(nal_type(unit) for unit in units) <= {bytestream.NAL_SLICE, bytestream.NAL_IDR}
+    assert nal_type(units[0]) == bytestream.NAL_IDR
     assert PROFILE.macroblocks == 256 * 144 // 256 == 144
     starts = [i for i, unit in enumerate(units) if starts_frame(unit)]
     assert starts[0] == 0 and len(starts) == 15 == PROFILE.frame_count(stream6)
@@ -153,7 +155,7 @@ def test_stream_layout_one_slice_per_macroblock(stream6: bytes):
 def test_encoder_output_has_what_gets_stripped(frames6: list[np.ndarray], stream6: bytes):
     full = encode_annexb(frames6, PROFILE.fps, PROFILE.qp)
     types = Counter(nal_type(unit) for _, unit in nal_units(full))
-    assert types[avc.NAL_SEI] >= 1 and types[avc.NAL_SPS] >= 1 and types[avc.NAL_PPS] >= 1
+    assert types[bytestream.NAL_SEI] >= 1 and types[bytestream.NAL_SPS] >= 1 and types[bytestream.NAL_PPS] >= 1
     assert b"x264" in full and b"x264" not in stream6
     assert len(full) - len(stream6) > 500  # the SEI option string and parameter sets
 
@@ -294,7 +296,7 @@ def test_to_mp4_remuxes_to_the_same_frames(stream6: bytes):
     assert len(pictures) == 15
     assert all(np.array_equal(a, b) for a, b in zip(pictures, decoded))
     # Remuxed, not re-encoded: every slice of the stream is in the file.
-    assert all(unit[unit.find(b"\x00\x00\x01") + 3 :] in mp4 for _, unit in nal_units(stream6)[::97])
+    assert all(payload(unit) in mp4 for _, unit in nal_units(stream6)[::97])
 
 
 def test_to_mp4_of_model_outputs(stream6: bytes):

@@ -3,14 +3,19 @@ always give streams that FFmpeg decodes with no error (and that the strict check
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 from test_avc_syntax import idr_frame
 
 from bench.avc_grammar import walk
-from shared.codec.avc.grammar import AvcGrammar
-from shared.codec.avc.profile import AvcProfile, ffmpeg_verdict, nal_units
-from shared.codec.avc.syntax import check_stream
+from shared.codec.avc.bytestream import nal_units
+from shared.codec.avc.grammar import NO_VALUE, PREFIX, AnyBits, AvcGrammar, SignedGolomb, _codes
+from shared.codec.avc.profile import AvcProfile, ffmpeg_verdict
+from shared.codec.avc.syntax import check_stream, se_code
+from shared.codec.token_constraint import TokenConstraint
+from shared.format.tokenizer import ByteTokenizer
 from shared.samples.clips import sample_clip
 
 PROFILES = ["avc-128x72-3fps-5s-qp37", "avc-64x48-3fps-2s-qp37", "avc-320x180-6fps-2.5s-qp30"]
@@ -103,3 +108,41 @@ def test_next_bytes_lists_what_stepping_every_byte_allows() -> None:
             checked += 1
         state = grammar.step(state, byte)
     assert checked > 300
+
+
+@pytest.mark.parametrize("low, high", [(-26, 25), (-6, 6), (-37, 14), (0, 0), (-1, 0), (0, 1), (-256, 255)])
+def test_structured_code_tables_answer_as_listed_ones(low: int, high: int) -> None:
+    """se(v) ranges and u(n) are judged by their codes' structure; listing every code and prefix must
+    give the same answers, for every bit string a walk can ask about (up to one bit past a whole code)."""
+    listed = _codes({se_code(value): value for value in range(low, high + 1)})
+    longest = max(map(len, listed.values))
+    asked = ["".join(bits) for size in range(1, min(longest, 12) + 2) for bits in itertools.product("01", repeat=size)]
+    asked += [code[:cut] for code in listed.values for cut in range(1, len(code) + 1)]
+    for code in asked:
+        want, got = listed.lookup(code), SignedGolomb(low, high).lookup(code)
+        assert got is want if want in (PREFIX, NO_VALUE) else got == want, code
+    for size in range(1, 7):
+        listed = _codes({format(value, f"0{size}b"): value for value in range(1 << size)})
+        for code in ("".join(bits) for length in range(1, size + 2) for bits in itertools.product("01", repeat=length)):
+            want, got = listed.lookup(code), AnyBits(size).lookup(code)
+            assert got is want if want in (PREFIX, NO_VALUE) else got == want, code
+
+
+def test_verdicts_on_many_tokens_are_try_advance_one_by_one() -> None:
+    """A redraw judges a filtered set at once (shared prefixes walked once, bytes after a cached nibble): the
+    same verdicts as judging each token from a grammar of its own, in headers, macroblocks and between units."""
+    profile = AvcProfile.from_name("avc-64x48-3fps-2s-qp37")
+    streams = [profile.encode(sample_clip(index)[1]) for index in (3, 4)]
+    tokenizer = ByteTokenizer.train(streams, 400, boundary=profile.token_boundary)
+    shared_walks = TokenConstraint(profile.grammar(), tokenizer.token_bytes, tokenizer.eos_id)
+    one_by_one = TokenConstraint(profile.grammar(), tokenizer.token_bytes, tokenizer.eos_id)
+    tokens = list(range(tokenizer.vocab_size))
+    state, checked, allowed = shared_walks.start(), 0, 0
+    for index, token in enumerate(tokenizer.encode(streams[0]).tolist()):
+        if index % 7 == 0:
+            expected = [one_by_one.try_advance(state, other) is not None for other in tokens]
+            assert shared_walks.verdicts(state, tokens[::-1]) == expected[::-1], index
+            checked, allowed = checked + 1, allowed + sum(expected)
+        state = shared_walks.try_advance(state, token)
+    assert checked > 20 and 0 < allowed < checked * len(tokens)
+    assert shared_walks.verdicts(state, [tokenizer.eos_id]) == [True]  # the whole clip: it may end

@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 
 from bench.avc_check import agreement, judge
-from shared.codec.avc.profile import AvcProfile, ffmpeg_verdict, nal_units
-from shared.codec.avc.syntax import check_stream, parse_header, split_units
+from shared.codec.avc.bytestream import nal_payloads, nal_units
+from shared.codec.avc.profile import AvcProfile, ffmpeg_verdict
+from shared.codec.avc.syntax import check_stream, parse_header
 from shared.codec.avc.tables import CHROMA_DC_TOTAL_ZEROS, COEFF_TOKEN, RUN_BEFORE, TOTAL_ZEROS
 from shared.samples.clips import sample_clip
 
@@ -175,7 +176,7 @@ def test_a_stream_cut_inside_a_frame_is_counted_as_unwritten_not_as_garbage(tiny
     """A sample that runs out of token budget stops inside a frame: at a slice boundary or inside a slice.
     Its macroblocks so far count as written and clean, the rest as unwritten; what went wrong is not cut."""
     stream = tiny_streams[0]
-    starts = [offset for offset, _ in split_units(stream)]  # each unit's start code
+    starts = [offset for offset, _ in nal_payloads(stream)]  # each unit's start code
     second_frame = starts[TINY.macroblocks]  # one slice per macroblock: frame 1's first slice
     inside = range(starts[TINY.macroblocks + 4] + 5, starts[TINY.macroblocks + 5])  # every cut inside one slice
     for end, written in [(starts[TINY.macroblocks + 5], 5), *((end, 4) for end in inside)]:
@@ -184,7 +185,7 @@ def test_a_stream_cut_inside_a_frame_is_counted_as_unwritten_not_as_garbage(tiny
         assert check.cut_short and check.unwritten_macroblocks == TINY.macroblocks - written
         assert check.clean_macroblocks == TINY.macroblocks + written
     # a macroblock that ends on a byte boundary, cut before the byte that holds only its stop bit
-    units = split_units(stream)
+    units = nal_payloads(stream)
     k = next(i for i in range(TINY.macroblocks + 1, len(units) - 1) if units[i][1][-1] == 0x80)
     check = check_stream(TINY.header, stream[:starts[k + 1] - 1], TINY.max_frames)
     assert check.cut_short and check.whole_frames == 1 and check.clean_macroblocks == k

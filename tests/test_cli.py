@@ -29,6 +29,7 @@ COMMANDS: dict[str, tuple[str, list[str] | None]] = {
     "bench.pipeline": ("python -m bench.pipeline", None),
     "bench.verify": ("python -m bench.verify", None),
     "bench.avc_check": ("python -m bench.avc_check", None),
+    "bench.grammar": ("python -m bench.grammar", None),
     "bench.avc_grammar": ("python -m bench.avc_grammar", ["--dataset", MISSING]),
     "bench.loader": ("python -m bench.loader", ["--dataset", MISSING]),
     "bench.generate": ("python -m bench.generate", ["--checkpoint", MISSING]),

@@ -28,16 +28,8 @@ from shared.codec.token_constraint import TokenConstraint
 from shared.samples.clips import sample_clip
 from shared.samples.photos import sample_crops
 from train.checkpoint import load_for_sampling
-from train.generate import (
-    GenerateSettings,
-    SamplingSettings,
-    filter_logits,
-    generate,
-    inverse_cdf,
-    judge_draws,
-    main,
-    sample_rows,
-)
+from train.engine import EngineError, SamplingSettings, filter_logits, inverse_cdf, judge_draws, sample_rows
+from train.generate import GenerateSettings, generate, main
 
 SMALL = JpegProfile.from_name("jpeg-64-q25")
 # Byte tokens plus merges that make the constraint's life hard: FF inside tokens, stuffing, markers
@@ -274,10 +266,9 @@ def test_a_row_samples_the_same_alone_or_batched_with_other_prompt_lengths(check
         alone = sample_rows(model, tokenizer, [prompt], [11 + row], settings=settings, constraint=constraint)[0]
         assert alone.stream == together[row].stream and alone.stream.startswith(prompt)
         assert alone.stopped == "eos" and profile.decode(alone.stream).complete
-    too_long = bytes(range(256)) * 8  # ~2K byte tokens: more than the 1023-token context
-    mixed = sample_rows(model, tokenizer, [too_long, prompts[0]], [5, 11], settings=settings, constraint=constraint)
-    assert (mixed[0].stopped, mixed[0].stream, mixed[0].tokens) == ("context", too_long, 0)
-    assert mixed[1].stream == together[0].stream
+    too_long = bytes(range(256)) * 8  # ~2K byte tokens: more than the 1023-token context, refused before sampling
+    with pytest.raises(EngineError, match=r"^a prompt of \d+ tokens leaves no room in the model's 1023-token context"):
+        sample_rows(model, tokenizer, [too_long, prompts[0]], [5, 11], settings=settings, constraint=constraint)
 
 
 class EvenBytes:
@@ -348,3 +339,12 @@ def test_a_prompt_that_fills_the_context_is_a_one_line_error(tiny_run: Path, tmp
     assert error.count("\n") == 1 and error.startswith("python -m train.generate: error: the prompt of val-")
     assert "--prompt-frames" in error and "--prompt-ratio 0.5" in error and "40-token context" in error
     assert not any((tmp_path / "out").iterdir())  # refused before anything was sampled (--out was checked writable)
+
+
+def test_a_slot_count_below_one_is_a_one_line_usage_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    for value, why in (("0", "must be at least 1 slot, not 0"), ("many", "must be a number of slots or 'auto'")):
+        with pytest.raises(SystemExit) as refused:  # argparse's own, before any path is looked at
+            main(["--checkpoint", str(tmp_path / "absent"), "--unconditional", "2", "--max-batch", value,
+                  "--out", str(tmp_path / "out")])
+        error = capsys.readouterr().err
+        assert refused.value.code == 2 and f"--max-batch: {why}" in error.splitlines()[-1]

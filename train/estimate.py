@@ -42,6 +42,7 @@ from litgpt import GPT, Config
 from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import CheckpointWrapper
 
 from shared.tools import cli
+from train.engine import MEMORY_SHARE, kv_bytes_per_slot
 from train.parallel import CHOICES, blocks_to_checkpoint
 from train.parallel import apply_ac as checkpoint_blocks
 
@@ -53,13 +54,14 @@ class Gpu:
     name: str
     memory_gb: float  # what torch can allocate, in 1e9 bytes
     bf16_tflops: float  # dense bf16 peak (sparse figures are twice this)
+    memory_tbps: float = 0.0  # HBM bandwidth, 1e12 bytes/s (sampling's decoding steps are bound by it)
 
 
 GPUS = {gpu.name: gpu for gpu in (
-    Gpu("A100-40GB", 42.4, 312.0),  # 39.5 GiB usable
-    Gpu("A100-80GB", 85.0, 312.0),  # 79.2 GiB
-    Gpu("H100-80GB", 85.0, 989.0),  # SXM; 79.2 GiB
-    Gpu("H200-141GB", 150.0, 989.0),  # 139.7 GiB
+    Gpu("A100-40GB", 42.4, 312.0, 1.555),  # 39.5 GiB usable
+    Gpu("A100-80GB", 85.0, 312.0, 2.039),  # 79.2 GiB; SXM
+    Gpu("H100-80GB", 85.0, 989.0, 3.35),  # SXM; 79.2 GiB
+    Gpu("H200-141GB", 150.0, 989.0, 4.8),  # 139.7 GiB
 )}
 MEMORY_MARGIN = 0.9  # plan to use at most this share of a GPU's memory
 
@@ -217,6 +219,80 @@ def gpu_table(config: Config, *, gpus_per_node: int, hfu: float, layers: LayerMe
     return rows
 
 
+# ---- sampling: slots and the paper's FID protocol -----------------------------------------------
+BANDWIDTH_SHARE = 0.7  # of HBM bandwidth a decoding step reaches (weights and KV cache read once a step)
+PROMPT_RATIOS = (0.25, 0.5, 0.75)  # the paper's Table 3
+FID_SEEDS = 3  # "Experiments were done three times with different seeds"
+# completions per prompt ratio and seed: ImageNet-1K val (Table 3), FFHQ (Table 3), FFHQ downsized (Table 4)
+FID_IMAGES = {"ImageNet-1K val": 5000, "FFHQ": 1000, "FFHQ 0.5x": 1000}
+FID_UNCONDITIONAL = 5000  # per seed; the paper does not say how many: as many as ImageNet's set
+
+
+def sampling_slots(config: Config, gpu: Gpu, length: int, parameters: int | None = None) -> int:
+    """KV-cache slots ``python -m train.generate --max-batch auto`` takes on ``gpu`` for rows of ``length``
+    positions, bf16 weights and cache: MEMORY_SHARE of the memory left beside the weights and LitGPT's
+    length x length mask (``train.engine.plan_slots``)."""
+    free = gpu.memory_gb * 1e9 - 2 * (parameters or count_parameters(config))
+    budget = MEMORY_SHARE * free - length * length
+    return max(0, int(budget // kv_bytes_per_slot(config, length, torch.bfloat16)))
+
+
+def decode_step_seconds(config: Config, gpu: Gpu, slots: int, context: float, hfu: float, parameters: int) -> float:
+    """One decoding step of ``slots`` rows at ``context`` positions on average: the longer of reading the bf16
+    weights and the rows' KV caches at BANDWIDTH_SHARE of the bandwidth, and the step's FLOPs at ``hfu``."""
+    read = 2 * parameters + slots * kv_bytes_per_slot(config, 1, torch.bfloat16) * context
+    flops = slots * (2 * parameters + 4 * config.n_layer * config.n_embd * context)
+    return max(read / (BANDWIDTH_SHARE * gpu.memory_tbps * 1e12), flops / (hfu * gpu.bf16_tflops * 1e12))
+
+
+def prefill_seconds(config: Config, gpu: Gpu, tokens: float, hfu: float, parameters: int) -> float:
+    """A prompt of ``tokens`` in one forward pass: compute-bound, causal attention over half the prompt on average."""
+    flops = tokens * (2 * parameters + 2 * config.n_layer * config.n_embd * tokens)
+    return flops / (hfu * gpu.bf16_tflops * 1e12)
+
+
+def fid_protocol_hours(config: Config, gpu: Gpu, *, document_tokens: int, hfu: float,
+                       length: int | None = None, parameters: int | None = None) -> dict[str, float]:
+    """GPU-hours of the paper's FID protocol on ``gpu``: every image set at every prompt ratio and the
+    unconditional samples, FID_SEEDS seeds each. A completion of prompt ratio r prefills r x document_tokens
+    and generates the rest, one token per step in a slot (continuous batching keeps the slots full: utilization
+    1); its steps run at the average context of its generation. Slots come from the cache length the jobs
+    need, ``length`` (default: the whole context, which is what rows without --max-new-tokens reserve)."""
+    parameters = parameters or count_parameters(config)
+    slots = sampling_slots(config, gpu, length or config.block_size, parameters)
+    if slots < 1:
+        return {"slots": 0, "completions": 0, "generated_tokens": 0.0, "gpu_hours": math.inf}
+    settings = [(ratio, count) for count in FID_IMAGES.values() for ratio in PROMPT_RATIOS]
+    settings.append((0.0, FID_UNCONDITIONAL))
+    seconds = tokens = completions = 0.0
+    for ratio, count in settings:
+        prompt, generated = ratio * document_tokens, (1 - ratio) * document_tokens
+        step = decode_step_seconds(config, gpu, slots, prompt + generated / 2, hfu, parameters)
+        each = generated * step / slots + prefill_seconds(config, gpu, prompt, hfu, parameters)
+        seconds += FID_SEEDS * count * each
+        tokens += FID_SEEDS * count * generated
+        completions += FID_SEEDS * count
+    return {"slots": slots, "completions": completions, "generated_tokens": tokens, "gpu_hours": seconds / 3600}
+
+
+def sampling_table(config: Config, *, document_tokens: int, hfu: float) -> list[dict]:
+    rows = []
+    packed = min(config.block_size, int(1.2 * document_tokens))  # a cache sized to the rows' real length
+    parameters = count_parameters(config)
+    for gpu in GPUS.values():
+        dense = fid_protocol_hours(config, gpu, document_tokens=document_tokens, hfu=hfu, parameters=parameters)
+        step = decode_step_seconds(config, gpu, max(1, dense["slots"]), document_tokens / 2, hfu, parameters)
+        rows.append({"gpu": gpu.name, "slots_at_context": dense["slots"],
+                     "slots_at_real_length": sampling_slots(config, gpu, packed, parameters), "real_length": packed,
+                     "tokens_per_second": round(dense["slots"] / step) if dense["slots"] else 0,
+                     "fid_completions": dense["completions"], "fid_generated_tokens": dense["generated_tokens"],
+                     "fid_gpu_hours": dense["gpu_hours"],
+                     "fid_gpu_hours_at_real_length": fid_protocol_hours(
+                         config, gpu, document_tokens=document_tokens, hfu=hfu, length=packed,
+                         parameters=parameters)["gpu_hours"]})
+    return rows
+
+
 @cli.command(PROG)
 def main(argv: list[str] | None = None) -> int:
     parser = cli.parser(PROG, __doc__)
@@ -228,6 +304,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="share of the GPU's dense bf16 peak the step runs at, recompute included (default 0.4)")
     parser.add_argument("--strategy", choices=STRATEGIES, default="fsdp2",
                         help="fsdp2: python -m train.pretrain (default); fsdp1: litgpt pretrain")
+    parser.add_argument("--document-tokens", type=int,
+                        help="tokens of one document, for sampling (default: 5,000, a 256x256 JPEG, for a context "
+                             "up to 16K; 15,000, the paper's average clip, above)")
     parser.add_argument("--json", action="store_true", help="print everything as JSON")
     args = parser.parse_args(argv)
     cli.existing(args.config, "--config", "file")
@@ -235,6 +314,8 @@ def main(argv: list[str] | None = None) -> int:
         blocks_to_checkpoint(args.activation_checkpointing, flag="--activation-checkpointing")
     except ValueError as error:
         raise cli.UsageError(str(error)) from None
+    if args.document_tokens is not None and args.document_tokens < 1:
+        raise cli.UsageError(f"--document-tokens must be positive, not {args.document_tokens}")
     if args.gpus_per_node < 1 or not 0 < args.hfu <= 1:
         raise cli.UsageError(f"--gpus-per-node must be 1 or more (not {args.gpus_per_node}) and --hfu in (0, 1] "
                              f"(not {args.hfu})")
@@ -257,10 +338,12 @@ def main(argv: list[str] | None = None) -> int:
     choices = tuple(dict.fromkeys(("none", "full", args.activation_checkpointing)))
     table = gpu_table(config, gpus_per_node=args.gpus_per_node, hfu=args.hfu, layers=layers, choices=choices,
                       strategy=args.strategy, precision=precision)
+    document_tokens = args.document_tokens or (5000 if config.block_size <= 16384 else 15000)
+    sampling = sampling_table(config, document_tokens=document_tokens, hfu=args.hfu)
     if args.json:
         print(json.dumps({"config": str(args.config), "strategy": args.strategy, "precision": precision,
                           "estimate": asdict(result), "layer_memory": asdict(layers),
-                          "gpus": table}, indent=2))
+                          "gpus": table, "sampling": sampling}, indent=2))
         return 0
     print(f"{config.name}: {result.parameters:,} parameters, {result.tokens_per_step:,} tokens per optimizer step, "
           f"context {config.block_size:,}")
@@ -280,7 +363,31 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  {row['gpu']:11s} {row['activation_checkpointing']:13s} {row['memory_gb']:7.1f}  "
               f"{'yes' if row['fits'] else 'no':4s} {row['largest_micro_batch']:15d} {row['tokens_per_second']:12,d} "
               f"{row['mfu']:5.0%}")
+    print_sampling(config, sampling, document_tokens=document_tokens, hfu=args.hfu)
     return 0
+
+
+def print_sampling(config: Config, rows: list[dict], *, document_tokens: int, hfu: float) -> None:
+    per_token = kv_bytes_per_slot(config, 1, torch.bfloat16)
+    print(f"\n  sampling (bf16 weights and KV cache, {per_token / 2**20:.2f} MiB of cache per token and row: "
+          f"{per_token * config.block_size / 1e9:.1f} GB a row at the {config.block_size:,}-token context)")
+    real = f"at {rows[0]['real_length']:,}"
+    print(f"  {'GPU':11s} {'slots':>5s} {real:>9s} {'tokens/s':>9s} {'FID protocol GPU-h':>18s} "
+          f"{'at real length':>14s}")
+    for row in rows:
+        print(f"  {row['gpu']:11s} {row['slots_at_context']:5d} {row['slots_at_real_length']:9d} "
+              f"{row['tokens_per_second']:9,d} {row['fid_gpu_hours']:18,.0f} "
+              f"{row['fid_gpu_hours_at_real_length']:14,.0f}")
+    images = " + ".join(f"{count:,} {name}" for name, count in FID_IMAGES.items())
+    print(f"  FID protocol: ({images}) images x {len(PROMPT_RATIOS)} prompt ratios {PROMPT_RATIOS} + "
+          f"{FID_UNCONDITIONAL:,} unconditional, x {FID_SEEDS} seeds = {rows[0]['fid_completions']:,.0f} completions,"
+          f" {rows[0]['fid_generated_tokens'] / 1e6:,.0f}M generated tokens of {document_tokens:,}-token documents.")
+    print(f"  Assumed, not measured (no GPU): slots = {MEMORY_SHARE:.0%} of memory beside the weights over one row's "
+          f"cache; a decoding step reads the weights and every row's cache at {BANDWIDTH_SHARE:.0%} of HBM bandwidth "
+          f"or computes at {hfu:.0%} of bf16 peak, whichever is longer, at the average context of the generation; "
+          "prompts prefill compute-bound; continuous batching keeps every slot busy; the grammar's CPU time is not "
+          "counted (bench.generate measures its share per token). 'at real length': a cache that holds each row's "
+          "real length (1.2 x the document), as a paged layout would; LitGPT's is dense, sized to the context.")
 
 
 if __name__ == "__main__":

@@ -20,13 +20,16 @@ already codec output, so there is no round trip to measure and no ceiling).
 OUT/results.json holds every number; OUT/report.md the tables in the paper's layout (a row per
 checkpoint, a column per prompt ratio, cells mean (std)) and picture grids (OUT/grids/: prompt, one
 completion per seed, original). OUT/work/ keeps the evaluation set, its features and every finished
-batch of completions: the same command continues where a killed run stopped, and adding checkpoints,
+chunk of --batch-size completions: the same command continues where a killed run stopped, and adding checkpoints,
 ratios or seeds reuses everything already done. Changing what the finished work depends on (images,
 profile, sampling settings, feature network) is refused: use another --out.
 
 Progress goes to stderr as in ``train.generate``: per task (a prompt ratio or the unconditional samples, one
 seed) tokens sampled, tokens/s, an ETA and completions done; a bar on a terminal, a line every 30 seconds in a
 log (TQDM_MININTERVAL=S), none with TQDM_DISABLE=1.
+
+Sampling goes through ``train.engine`` (continuous batching): --max-batch rows at once, by default as many as
+the device's free memory holds at the length the completions need; a row's completion does not depend on it.
 """
 
 from __future__ import annotations
@@ -55,8 +58,10 @@ from shared.format.files import (
     is_remote,
     join,
     matching,
+    open_binary,
     read_bytes,
     safe_file_name,
+    size,
     write_atomic,
     write_json_atomic,
 )
@@ -65,16 +70,10 @@ from shared.format.tokenizer import ByteTokenizer
 from shared.tools import cli
 from shared.tools.contact_sheet import save_contact_sheet
 from shared.tools.progress import progress_bar
-from train.checkpoint import Sampler, existing_checkpoint, load_for_sampling, open_dataset, weights_files
+from train.checkpoint import Sampler, existing_checkpoint, load_for_sampling, open_dataset, place, weights_files
+from train.engine import Engine, Job, Sample, SamplingProgress, SamplingSettings, add_sampling_arguments
 from train.fid import INCEPTION_ENV, INCEPTION_URL, NO_FEATURE_NETWORK, FeatureExtractor, fid
-from train.generate import (
-    SamplingProgress,
-    SamplingSettings,
-    add_sampling_arguments,
-    marked_pictures,
-    sample_rows,
-    token_budget,
-)
+from train.generate import marked_pictures
 
 PROG = "python -m train.evaluate"
 UNCONDITIONAL = "unconditional"
@@ -278,22 +277,24 @@ def check_settings(settings: Settings, profile: CodecProfile, extractor: Feature
 
 # ---- one checkpoint ----------------------------------------------------------------------------
 def checkpoint_tag(checkpoint: str) -> str:
-    """A readable, collision-free folder name for a checkpoint path."""
-    resolved = str(Path(checkpoint).resolve())
-    name = safe_file_name("-".join(Path(resolved).parts[-2:]), limit=80, fallback="checkpoint")
+    """A readable, collision-free folder name for a checkpoint path (local or on an object store)."""
+    resolved = str(checkpoint).rstrip("/") if is_remote(checkpoint) else str(Path(checkpoint).resolve())
+    name = safe_file_name("-".join(resolved.split("/")[-2:]), limit=80, fallback="checkpoint")
     return f"{name}-{hashlib.sha1(resolved.encode()).hexdigest()[:8]}"
 
 
 def check_fingerprint(checkpoint: str, path: str) -> None:
     """Refuse to mix completions of different weights saved under the same checkpoint path."""
-    files = weights_files(Path(checkpoint))
-    digest = hashlib.sha256()
+    files = weights_files(place(checkpoint))
+    digest, total = hashlib.sha256(), 0
     for weights in files:  # the first and last 64 MB of each: every tensor changes with training
-        with open(weights, "rb") as handle:
+        length = size(weights)
+        total += length
+        with open_binary(weights) as handle:
             digest.update(handle.read(1 << 26))
-            handle.seek(max(0, weights.stat().st_size - (1 << 26)))
+            handle.seek(max(0, length - (1 << 26)))
             digest.update(handle.read())
-    fingerprint = {"size": sum(f.stat().st_size for f in files), "sha256_head_tail": digest.hexdigest()}
+    fingerprint = {"size": total, "sha256_head_tail": digest.hexdigest()}
     if not exists(path):
         write_json_atomic(path, fingerprint)
     elif json.loads(read_bytes(path)) != fingerprint:
@@ -312,12 +313,13 @@ def task_name(ratio: float | None, seed_index: int) -> str:
 
 def run_task(folder: str, prompts: list[bytes], seeds: list[int], *, desc: str, sampler: Sampler,
              extractor: FeatureExtractor, settings: Settings) -> dict[str, Any] | None:
-    """Complete every prompt once, in batches; each finished batch is a file, so a rerun skips it.
+    """Complete every prompt once; completions are saved in chunks, so a rerun skips every finished chunk.
 
-    The batches are fixed (rows sorted by prompt length, then cut every --batch-size rows) and a
-    --worker takes whole batches, so a resumed or shared run samples exactly the batches an
-    uninterrupted one would. Returns the merged completions, or None for a --worker."""
-    order = sorted(range(len(prompts)), key=lambda i: (len(prompts[i]), i))  # similar lengths: little padding
+    The chunks are fixed (rows sorted by prompt length, then cut every --batch-size rows) and a --worker
+    takes whole chunks, so a resumed or shared run saves exactly the chunks an uninterrupted one would.
+    All rows still to do go through one engine (continuous batching); a chunk is saved as soon as its
+    last row is done. Returns the merged completions, or None for a --worker."""
+    order = sorted(range(len(prompts)), key=lambda i: (len(prompts[i]), i))
     batches = [order[start:start + settings.batch_size] for start in range(0, len(order), settings.batch_size)]
     folder = join(folder, f"batch-{settings.batch_size}")
     share = settings.share()
@@ -329,28 +331,22 @@ def run_task(folder: str, prompts: list[bytes], seeds: list[int], *, desc: str, 
             chunks[number] = chunk
     mine = [k for k in range(len(batches)) if share is None or k % share[1] == share[0]]
     todo = [k for k in mine if k not in chunks]
-    block = sampler.model.config.block_size
-    tokens = sum(token_budget(block, settings, len(sampler.tokenizer.encode(prompts[i], bos=True)))
-                 for number in todo for i in batches[number])  # at most: completions that reach EOS take less
+    rows = [i for number in todo for i in batches[number]]
+    engine = Engine(sampler.model, sampler.tokenizer, [Job(prompts[i], seeds[i]) for i in rows], settings=settings,
+                    constraint=sampler.constraint)
+    chunk_of = {i: number for number in todo for i in batches[number]}
+    tokens = sum(engine.budgets)  # at most: completions that reach EOS take less
     progress = SamplingProgress(tokens, sum(len(batches[k]) for k in mine), desc=desc, what="completions",
                                 done=sum(len(batches[k]) for k in mine if k in chunks)) if todo else None
+    done: dict[int, Sample] = {}
     with progress or contextlib.nullcontext():  # a task already done shows no bar
-        for number in todo:
-            rows = batches[number]
-            samples = sample_rows(sampler.model, sampler.tokenizer, [prompts[i] for i in rows],
-                                  [seeds[i] for i in rows], settings=settings, constraint=sampler.constraint,
-                                  progress=progress)
-            decoded = [sampler.profile.decode(s.stream) for s in samples]
-            chunk = {"index": np.array(rows, np.int64), **pack_bytes([s.stream for s in samples]),
-                     "tokens": np.array([s.tokens for s in samples], np.int64),
-                     "eos": np.array([s.stopped == "eos" for s in samples]),
-                     "valid_mcus": np.array([d.valid_units for d in decoded], np.int64),
-                     "clean": np.array([d.complete for d in decoded]),
-                     "sound": files_sound(sampler.profile, decoded),
-                     "seconds": np.array([samples[0].seconds]),
-                     "features": extractor(np.stack([d.pictures[0] for d in decoded])).astype(np.float32)}
-            save_arrays(join(folder, f"{number:06d}.npz"), **chunk)
-            chunks[number] = chunk
+        for job, sample in engine.run(progress):
+            done[rows[job]] = sample
+            number = chunk_of[rows[job]]
+            if all(i in done for i in batches[number]):
+                chunks[number] = save_chunk(join(folder, f"{number:06d}.npz"), batches[number],
+                                            [done.pop(i) for i in batches[number]], sampler=sampler,
+                                            extractor=extractor)
     if share is not None:
         return None
     parts = [chunks[k] for k in range(len(batches))]
@@ -364,6 +360,22 @@ def run_task(folder: str, prompts: list[bytes], seeds: list[int], *, desc: str, 
     merged["streams"] = [streams[i] for i in by_row]
     merged["seconds"] = float(sum(c["seconds"].sum() for c in parts))
     return merged
+
+
+def save_chunk(path: str, rows: list[int], samples: list[Sample], *, sampler: Sampler,
+               extractor: FeatureExtractor) -> dict[str, np.ndarray]:
+    """A chunk of finished completions, decoded and featurized, as one file."""
+    decoded = [sampler.profile.decode(s.stream) for s in samples]
+    chunk = {"index": np.array(rows, np.int64), **pack_bytes([s.stream for s in samples]),
+             "tokens": np.array([s.tokens for s in samples], np.int64),
+             "eos": np.array([s.stopped == "eos" for s in samples]),
+             "valid_mcus": np.array([d.valid_units for d in decoded], np.int64),
+             "clean": np.array([d.complete for d in decoded]),
+             "sound": files_sound(sampler.profile, decoded),
+             "seconds": np.array([sum(s.seconds for s in samples)]),  # the rows' shares of the engine's time
+             "features": extractor(np.stack([d.pictures[0] for d in decoded])).astype(np.float32)}
+    save_arrays(path, **chunk)
+    return chunk
 
 
 def files_sound(profile: CodecProfile, decoded: list[Decoded]) -> np.ndarray:
@@ -418,7 +430,7 @@ def mean_std(values: list[float]) -> dict[str, Any]:
 def evaluate_checkpoint(checkpoint: str, eval_set: EvalSet, *, settings: Settings, extractor: FeatureExtractor,
                         device: torch.device) -> dict[str, Any] | None:
     """One report row; None for a --worker (its share of the completions is on disk)."""
-    sampler = load_for_sampling(Path(checkpoint), dataset=settings.dataset, device=device,
+    sampler = load_for_sampling(place(checkpoint), dataset=settings.dataset, device=device,
                                 constrained=settings.constrained)
     profile, tokenizer, model = sampler.profile, sampler.tokenizer, sampler.model
     tag = checkpoint_tag(checkpoint)
@@ -469,7 +481,8 @@ def evaluate_checkpoint(checkpoint: str, eval_set: EvalSet, *, settings: Setting
     result["validation"] = json.loads(read_bytes(loss_path))
     result["throughput"] = {"tokens_per_second": tokens / seconds if seconds else 0.0,
                             "completions_per_second": completions / seconds if seconds else 0.0,
-                            "device": str(device), "batch_size": settings.batch_size}
+                            "device": str(device), "batch_size": settings.batch_size,
+                            "max_batch": settings.max_batch}
     return result
 
 
@@ -506,7 +519,7 @@ def evaluate(settings: Settings) -> dict[str, Any]:
     settings.check()
     settings.checkpoints = list(dict.fromkeys(settings.checkpoints))
     device = torch.device(settings.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    profiles = {checkpoint: open_dataset(Path(checkpoint), settings.dataset).profile
+    profiles = {checkpoint: open_dataset(place(checkpoint), settings.dataset).profile
                 for checkpoint in settings.checkpoints}
     if len({p.name for p in profiles.values()}) > 1:
         raise EvaluationError("the checkpoints model different codec profiles "
@@ -637,8 +650,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="the TorchScript Inception-v3 of FID, inception-2015-12-05.pt, published at "
                              f"{INCEPTION_URL} (default: ${INCEPTION_ENV})")
     parser.add_argument("--batch-size", type=int, default=Settings.batch_size,
-                        help="completions sampled together; each holds a KV cache of the whole context "
-                             "(Jpeg-LM 7B at 12,288 tokens, bf16: 6.4 GB), so 8 fits an 80 GB GPU")
+                        help="completions per saved chunk (a killed run redoes at most the chunks in flight; a "
+                             "--worker takes whole chunks) and rows per validation-loss batch; the rows sampled at "
+                             "once are --max-batch")
     parser.add_argument("--feature-batch-size", type=int, default=Settings.feature_batch_size,
                         help="images per feature-network call")
     add_sampling_arguments(parser, seed_help="chooses the images and seeds every completion")

@@ -65,19 +65,20 @@ class TokenConstraint:
             else:
                 # a grammar that lists a state's allowed bytes at once (``next_bytes``) is asked where the
                 # trie branches widely; elsewhere each child's byte is stepped
-                next_bytes = getattr(self.grammar, "next_bytes", None)
-                stack = [(0, state)]
+                next_bytes, step, ending = getattr(self.grammar, "next_bytes", None), self.grammar.step, self.ending
+                stack, found = [(0, state)], []  # the mask is set once at the end: one numpy call, not one a node
                 while stack:
                     node, at = stack.pop()
                     children = self.children[node]
                     if next_bytes is not None and len(children) > WIDE:
                         steps = ((children[byte], after) for byte, after in next_bytes(at, children).items())
                     else:
-                        steps = ((child, self.grammar.step(at, byte)) for byte, child in children.items())
+                        steps = ((child, step(at, byte)) for byte, child in children.items())
                     for child, after in steps:
                         if after is not None:
-                            mask[self.ending[child]] = True
+                            found += ending[child]
                             stack.append((child, after))
+                mask[found] = True
                 if self.can_end(state):
                     mask[self.eos_id] = True
             if len(self._masks) >= CACHE_LIMIT // 64:  # a mask is vocabulary-sized
@@ -85,13 +86,13 @@ class TokenConstraint:
             self._masks[key] = mask
         return mask
 
-    def cheap_mask(self, state: Any) -> np.ndarray | None:
-        """The mask where the grammar says it is cheap (its optional ``mask_is_cheap`` hint, e.g. where few
-        bytes can follow); None elsewhere. It depends on the state alone,
-        never on what happens to be cached: a sampler's path, and so which random numbers it uses, must not
-        depend on history."""
+    def mask_is_cheap(self, state: Any) -> bool:
+        """The grammar's optional hint (``mask_is_cheap``; False without one) that few tokens can follow
+        ``state``, so a sampler may judge its whole filtered set at once. It depends on the state alone, never
+        on what happens to be cached: a sampler's path, and so which random numbers it uses, must not depend
+        on history."""
         mask_is_cheap = getattr(self.grammar, "mask_is_cheap", None)
-        return self.allowed(state) if mask_is_cheap is not None and mask_is_cheap(state) else None
+        return mask_is_cheap is not None and mask_is_cheap(state)
 
     def is_allowed(self, state: Any, token: int) -> bool:
         """One token's verdict, cached: cheaper than a whole mask when only a few candidates matter."""
@@ -139,6 +140,29 @@ class TokenConstraint:
             if state is None:
                 return None
         return state
+
+    def verdicts(self, state: Any, tokens: list[int]) -> list[bool]:
+        """``try_advance``'s verdict on each of ``tokens`` from one state, the walks of their shared prefixes
+        made once (a redraw judging a filtered set: its tokens share first bytes)."""
+        done, step, token_bytes = self.grammar.is_done(state), self.grammar.step, self.token_bytes
+        after: dict[bytes, Any] = {}  # a prefix's bytes -> the state after them, None when forbidden
+        found = []
+        for token in tokens:
+            data = token_bytes[token]
+            if token == self.eos_id or not data or done:
+                found.append(token == self.eos_id and self.can_end(state))
+                continue
+            at = state
+            for end in range(1, len(data) + 1):
+                prefix = data[:end]
+                following = after.get(prefix, after)  # the dict itself: not walked yet
+                if following is after:
+                    following = after[prefix] = step(at, data[end - 1])
+                at = following
+                if at is None:
+                    break
+            found.append(at is not None)
+        return found
 
     def advance(self, state: Any, token: int) -> Any:
         """The state after ``token`` (which must be allowed)."""

@@ -21,8 +21,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from shared.codec.avc.grammar import se_code, ue_code
-from shared.codec.avc.syntax import NAL_IDR, P_SLICE, AvcCheck, Params, SliceHeader
+from shared.codec.avc.bytestream import NAL_IDR, START_CODE, escape
+from shared.codec.avc.syntax import P_SLICE, AvcCheck, Params, SliceHeader, se_code, ue_code
 
 PARTIAL_FRAME = ("fill", "drop")  # what becomes of the frame a stream stops inside
 I16_DC_NO_CODED = 3  # mb_type I_16x16_2_0_0: DC prediction, no coded luma AC or chroma
@@ -94,16 +94,5 @@ def filler_slice(params: Params, nal_header: int, frame: SliceHeader, macroblock
     bits += "1"  # rbsp_stop_one_bit, then zeros to the byte boundary
     bits += "0" * (-len(bits) % 8)
     rbsp = int(bits, 2).to_bytes(len(bits) // 8, "big")
-    return b"\x00\x00\x01" + bytes([nal_header]) + escape(rbsp)
+    return START_CODE + bytes([nal_header]) + escape(rbsp)
 
-
-def escape(rbsp: bytes) -> bytes:
-    """Emulation prevention (7.4.1): an 03 after every two zero bytes that a byte <= 03 follows."""
-    out, zeros = bytearray(), 0
-    for byte in rbsp:
-        if zeros >= 2 and byte <= 3:
-            out.append(3)
-            zeros = 0
-        out.append(byte)
-        zeros = zeros + 1 if byte == 0 else 0
-    return bytes(out)

@@ -41,9 +41,10 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import TYPE_CHECKING
+from typing import Protocol
 
-from shared.codec.avc.syntax import parse_header
+from shared.codec.avc.bytestream import NAL_IDR, SLICE_TYPES
+from shared.codec.avc.syntax import parse_header, se_code, ue_code
 from shared.codec.avc.tables import (
     CBP_INTER,
     CBP_INTRA,
@@ -59,17 +60,14 @@ from shared.codec.avc.tables import (
     coeff_token_table,
 )
 
-if TYPE_CHECKING:  # avc/profile.py imports this module
-    from shared.codec.avc.profile import AvcProfile
-
-IDR, NON_IDR = 5, 1
 I_KIND, P_KIND = 7, 5  # slice_type values x264 writes: "all slices of the picture are I / P"
 SC, NH, RB = 0, 1, 2  # local phases: start code, NAL header byte, RBSP bytes
 MAX_IDR_PIC_ID = 15
 CACHE_LIMIT = 1 << 20  # entries per transition cache
 I16_DC_TYPES = (3, 7, 11, 15, 19, 23)  # I slice mb_types of Intra_16x16 with DC prediction
 I_NXN, I_PCM = 0, 25
-_NO_VALUE = object()  # a code that is not (yet) a whole element's
+NO_VALUE = object()  # a code that is no allowed element's, nor a prefix of one
+PREFIX = object()  # a code that is a proper prefix of an allowed element's
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -82,6 +80,11 @@ class Codes:
     values: dict[str, object]  # complete code -> value
     prefixes: frozenset[str]  # proper prefixes of allowed codes (the empty one included)
 
+    def lookup(self, code: str) -> object:
+        """The value ``code`` codes, PREFIX when it is a proper prefix of an allowed code, else NO_VALUE."""
+        value = self.values.get(code, NO_VALUE)
+        return PREFIX if value is NO_VALUE and code in self.prefixes else value
+
 
 def _codes(values: dict[str, object]) -> Codes:
     if not values:
@@ -89,17 +92,64 @@ def _codes(values: dict[str, object]) -> Codes:
     return Codes(values, frozenset(code[:cut] for code in values for cut in range(len(code))))
 
 
-def ue_code(value: int) -> str:
-    code = format(value + 1, "b")
-    return "0" * (len(code) - 1) + code
+# Elements with thousands of codes (motion vector differences, level suffixes) are judged by their code's
+# structure instead of tables listing every code and prefix: building those cost a fresh process ~0.3 s.
 
 
-def se_code(value: int) -> str:
-    return ue_code(2 * value - 1 if value > 0 else -2 * value)
+@dataclass(frozen=True)
+class SignedGolomb:
+    """se(v) restricted to ``low..high`` (which holds 0)."""
+
+    low: int
+    high: int
+    most: int = field(init=False)  # leading zeros of the longest allowed code
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "most", (max(2 * self.high - 1, -2 * self.low) + 1).bit_length() - 1)
+
+    def lookup(self, code: str) -> object:
+        zeros = len(code) - len(code.lstrip("0"))
+        if zeros == len(code):
+            return PREFIX if zeros <= self.most else NO_VALUE
+        size = 2 * zeros + 1
+        if len(code) > size:  # past a whole code
+            return NO_VALUE
+        if len(code) == size:
+            value = se_value(int(code[zeros:], 2) - 1)
+            return value if self.low <= value <= self.high else NO_VALUE
+        # a proper prefix: the codes below it are the codeNums first..last
+        rest, head = size - len(code), int(code[zeros:], 2)
+        first, last = (head << rest) - 1, ((head + 1) << rest) - 2
+        return PREFIX if self._holds(first, last) else NO_VALUE
+
+    def _holds(self, first: int, last: int) -> bool:
+        """Whether some codeNum in first..last codes a value in low..high (odd k: (k + 1) / 2, even: -k / 2)."""
+        odd = first | 1
+        if odd <= last and (odd + 1) // 2 <= self.high:
+            return True
+        even = first + (first & 1)
+        return even <= last and -(even // 2) >= self.low
+
+
+@dataclass(frozen=True)
+class AnyBits:
+    """u(n) with every value allowed."""
+
+    size: int
+
+    def lookup(self, code: str) -> object:
+        if len(code) == self.size:
+            return int(code, 2)
+        return PREFIX if len(code) < self.size else NO_VALUE
+
+
+def se_value(code_num: int) -> int:
+    """The se(v) value of an Exp-Golomb codeNum (9.1.1)."""
+    return (code_num + 1) // 2 if code_num % 2 else -(code_num // 2)
 
 
 @lru_cache(maxsize=None)
-def element_codes(key: tuple) -> Codes:
+def element_codes(key: tuple) -> Codes | SignedGolomb | AnyBits:
     """The codes of one syntax element, by key: ("ue", allowed values), ("se", low, high), ("bits", n),
     ("u", n, allowed values),
     ("te", active), ("i4", predicted mode, left available, top available), ("coeff", table, max),
@@ -108,9 +158,11 @@ def element_codes(key: tuple) -> Codes:
     if kind == "ue":
         return _codes({ue_code(value): value for value in key[1]})
     if kind == "se":
-        return _codes({se_code(value): value for value in range(key[1], key[2] + 1)})
+        if not key[1] <= 0 <= key[2]:
+            return _codes({se_code(value): value for value in range(key[1], key[2] + 1)})
+        return SignedGolomb(key[1], key[2])
     if kind == "bits":
-        return _codes({format(value, f"0{key[1]}b"): value for value in range(1 << key[1])})
+        return AnyBits(key[1]) if key[1] else _codes({"": 0})
     if kind == "u":  # u(n) restricted to some values
         return _codes({format(value, f"0{key[1]}b"): value for value in key[2]})
     if kind == "te":  # te(v): one inverted bit for two references, ue(v) for more
@@ -201,11 +253,25 @@ def block_nc(block: Block, counts: tuple[int, ...]) -> int:
 # ---------------------------------------------------------------------------------------------------
 
 
+class ClipLayout(Protocol):
+    """What the grammar needs of a profile (``AvcProfile`` is one): its parameter sets and clip size."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def header(self) -> bytes: ...  # the SPS and PPS, Annex-B
+    @property
+    def macroblocks(self) -> int: ...  # per frame: one slice each
+    @property
+    def max_frames(self) -> int: ...
+
+
 @dataclass
 class AvcGrammar:
-    profile: AvcProfile
+    profile: ClipLayout
     _cache: dict = field(default_factory=dict, repr=False)  # (local state, byte) -> local state
     _bytes: dict = field(default_factory=dict, repr=False)  # (parser, RBSP byte) -> (ended, parser)
+    _halves: dict = field(default_factory=dict, repr=False)  # (parser, high nibble) -> bit walk after it
     _next: dict = field(default_factory=dict, repr=False)  # local state -> {allowed byte: local state}
 
     def __post_init__(self) -> None:
@@ -287,19 +353,19 @@ class AvcGrammar:
     def _nal_header(self, glob: tuple, byte: int) -> tuple | None:
         frame, slice_, nal_type, kind, idr_id, since = glob
         unit_type, ref_idc = byte & 0x1F, byte >> 5 & 3
-        if byte & 0x80 or unit_type not in (IDR, NON_IDR) or ref_idc == 0:
+        if byte & 0x80 or unit_type not in SLICE_TYPES or ref_idc == 0:
             return None
         if slice_ == 0:  # a frame's first slice sets the frame's type
-            if frame == 0 and unit_type != IDR:
+            if frame == 0 and unit_type != NAL_IDR:
                 return None
             nal_type, kind = unit_type, 0
-            since = 0 if unit_type == IDR else since + 1
+            since = 0 if unit_type == NAL_IDR else since + 1
         elif unit_type != nal_type:
             return None
         glob = frame, slice_, nal_type, kind, idr_id, since
-        refs = 0 if nal_type == IDR else min(since, self.max_refs)
+        refs = 0 if nal_type == NAL_IDR else min(since, self.max_refs)
         # idr_pic_id: the frame's own after its first slice; a new one, unlike the last IDR's, in it
-        idr_rule = (idr_id, slice_ > 0) if nal_type == IDR else None
+        idr_rule = (idr_id, slice_ > 0) if nal_type == NAL_IDR else None
         header = (slice_, nal_type, kind if slice_ else 0, since % (1 << self.frame_num_bits), refs, idr_rule)
         return glob, (RB, 0, False, (header, ("first",), ""))
 
@@ -343,10 +409,21 @@ class AvcGrammar:
         return cached
 
     def _walk_byte(self, parser: tuple, byte: int) -> tuple[bool, tuple] | None:
-        """The eight bits of an RBSP byte, element by element; bit-level states are not cached: a byte's
-        are met once."""
-        walk: tuple | None = (*parser, None)
-        for shift in range(7, -1, -1):
+        """The eight bits of an RBSP byte, element by element. The walk after the high nibble is cached: a
+        mask walk or a redraw judges many bytes from one parser, and the 16 bytes sharing a nibble share its
+        four bits (a forbidden nibble rules them all out at one lookup)."""
+        key = (parser, byte >> 4)
+        walk = self._halves.get(key, False)
+        if walk is False:
+            walk = (*parser, None)
+            for shift in (7, 6, 5, 4):
+                walk = self._walk_bit(walk, byte >> shift & 1)
+                if walk is None:
+                    break
+            self._remember(self._halves, key, walk)
+        if walk is None:
+            return None
+        for shift in (3, 2, 1, 0):
             walk = self._walk_bit(walk, byte >> shift & 1)
             if walk is None:
                 return None
@@ -364,11 +441,13 @@ class AvcGrammar:
         if codes is None:  # an element's table is looked up once for all the bits it takes
             codes = element_codes(self._element(context, position))
         code += "1" if bit else "0"
-        value = codes.values.get(code, _NO_VALUE)
-        if value is not _NO_VALUE:
-            context, position = self._after(context, position, value)
-            return context, position, "", None
-        return (context, position, code, codes) if code in codes.prefixes else None
+        value = codes.lookup(code)
+        if value is PREFIX:
+            return context, position, code, codes
+        if value is NO_VALUE:
+            return None
+        context, position = self._after(context, position, value)
+        return context, position, "", None
 
     def _byte_done(self, walk: tuple) -> tuple[bool, tuple]:
         context, position, code, _ = walk
@@ -461,13 +540,13 @@ class AvcGrammar:
         if tag == "first":
             return "ue", (slice_,)
         if tag == "type":
-            if nal_type == IDR:
+            if nal_type == NAL_IDR:
                 return "ue", (I_KIND,)
             return "ue", (kind,) if kind else (P_KIND, I_KIND)
         if tag == "pps":
             return "ue", (0,)
         if tag == "frame_num":
-            return "u", self.frame_num_bits, (0 if nal_type == IDR else frame_num,)
+            return "u", self.frame_num_bits, (0 if nal_type == NAL_IDR else frame_num,)
         if tag == "idr":
             idr_id, fixed = idr_rule
             return "ue", (idr_id,) if fixed else tuple(v for v in range(MAX_IDR_PIC_ID + 1) if v != idr_id)
@@ -476,7 +555,7 @@ class AvcGrammar:
         if tag == "active":
             return "ue", tuple(range(refs))
         if tag in ("modification", "marking"):
-            return "u", 1 if tag == "modification" or nal_type != IDR else 2, (0,)
+            return "u", 1 if tag == "modification" or nal_type != NAL_IDR else 2, (0,)
         if tag == "qp":
             return "se", -self.params.pic_init_qp, 51 - self.params.pic_init_qp
         if tag == "deblock":
@@ -528,7 +607,7 @@ class AvcGrammar:
         elif tag == "override" and value == 0:
             facts = facts + (self.params.num_ref_idx_default,)
         following = {"first": "type", "type": "pps", "pps": "frame_num",
-                     "frame_num": "idr" if nal_type == IDR else "override" if facts[0] == P_KIND else "marking",
+                     "frame_num": "idr" if nal_type == NAL_IDR else "override" if facts[0] == P_KIND else "marking",
                      "idr": "marking", "override": "active" if value else "modification", "active": "modification",
                      "modification": "marking", "marking": "qp", "qp": "deblock",
                      "deblock": "alpha" if value != 1 else None, "alpha": "beta", "beta": None}[tag]

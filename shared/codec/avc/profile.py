@@ -38,21 +38,11 @@ import numpy as np
 from av.video.reformatter import Interpolation
 from PIL import Image
 
+from shared.codec.avc.bytestream import NAL_PPS, NAL_SPS, SLICE_TYPES, STRIPPED_TYPES, nal_type, nal_units, starts_frame
 from shared.codec.avc.finish import Finished, finish
 from shared.codec.avc.grammar import AvcGrammar
 from shared.codec.avc.syntax import AvcCheck, Params, check_stream, parse_header
 from shared.codec.errors import InvalidMediaError
-
-# NAL unit types (H.264 table 7-1) that occur in libx264's output.
-NAL_SLICE = 1  # a slice of a non-IDR picture
-NAL_IDR_SLICE = 5  # a slice of an IDR (key) picture
-NAL_SEI = 6
-NAL_SPS = 7
-NAL_PPS = 8
-NAL_AUD = 9
-SLICE_TYPES = (NAL_SLICE, NAL_IDR_SLICE)
-# Removed from the stream: invariant parameter sets (the header) and units that carry no picture.
-STRIPPED_TYPES = (NAL_SEI, NAL_SPS, NAL_PPS, NAL_AUD)
 
 # swscale's SIMD paths may round differently from its C code; the bit-exact flags make pixel conversions
 # reproducible across machines, which byte-identical encodes need. CONVERT is for colour conversion at
@@ -60,45 +50,6 @@ STRIPPED_TYPES = (NAL_SEI, NAL_SPS, NAL_PPS, NAL_AUD)
 _EXACT = Interpolation.BITEXACT | Interpolation.ACCURATE_RND
 CONVERT = Interpolation.BICUBIC | _EXACT
 SCALE = Interpolation.LANCZOS | _EXACT
-
-_START_CODE = b"\x00\x00\x01"
-
-
-# ---------------------------------------------------------------------------------------------------
-# Annex-B byte streams
-# ---------------------------------------------------------------------------------------------------
-
-
-def nal_units(data: bytes) -> list[tuple[int, bytes]]:
-    """Split an Annex-B byte stream into ``(offset, unit)`` pairs, each unit starting with its start code.
-
-    A zero byte right before 00 00 01 belongs to the next unit's 4-byte start code (a NAL unit never ends
-    in a zero byte: its RBSP ends with a stop bit). Bytes before the first start code are not a unit and
-    are left out; emulation prevention guarantees 00 00 01 never occurs inside a unit.
-    """
-    starts = []
-    position = data.find(_START_CODE)
-    while position >= 0:
-        starts.append(position - 1 if position > 0 and data[position - 1] == 0 else position)
-        position = data.find(_START_CODE, position + 3)
-    return [(start, data[start:end]) for start, end in zip(starts, [*starts[1:], len(data)])]
-
-
-def nal_type(unit: bytes) -> int:
-    """The type of a NAL unit given with its start code (-1 when it is only a start code)."""
-    header = unit.find(_START_CODE) + 3
-    return unit[header] & 0x1F if header < len(unit) else -1
-
-
-def starts_frame(unit: bytes) -> bool:
-    """Whether ``unit`` is the first slice of a picture: a slice whose ``first_mb_in_slice`` is 0.
-
-    The slice header begins with ``first_mb_in_slice`` as an unsigned Exp-Golomb number, and 0 is coded as
-    the single bit 1, so this is the top bit of the byte after the NAL header.
-    """
-    header = unit.find(_START_CODE) + 3
-    return nal_type(unit) in SLICE_TYPES and header + 1 < len(unit) and bool(unit[header + 1] & 0x80)
-
 
 # ---------------------------------------------------------------------------------------------------
 # The profile

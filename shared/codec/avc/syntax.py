@@ -25,6 +25,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import lru_cache
 
+from shared.codec.avc.bytestream import NAL_IDR, NAL_PPS, NAL_SPS, SLICE_TYPES, nal_payloads, starts_picture
 from shared.codec.avc.tables import (
     CBP_INTER,
     CBP_INTRA,
@@ -42,8 +43,6 @@ from shared.codec.avc.tables import (
     coeff_token_table,
 )
 
-START_CODE = b"\x00\x00\x01"
-NAL_SLICE, NAL_IDR = 1, 5
 P_SLICE, I_SLICE = 0, 2  # slice_type % 5
 I_PCM = 25  # mb_type of an I slice (30 in a P slice)
 MAX_LEVEL_PREFIX = 15  # Baseline, Main and Extended bitstreams (9.2.2.1)
@@ -81,6 +80,17 @@ def unescape(payload: bytes) -> tuple[bytes, list[int]]:
         rbsp.append(byte)
         zeros = zeros + 1 if byte == 0 else 0
     return bytes(rbsp), removed
+
+
+def ue_code(value: int) -> str:
+    """The ue(v) code of ``value`` as a bit string (9.1): Exp-Golomb, what ``BitReader.ue`` reads."""
+    code = format(value + 1, "b")
+    return "0" * (len(code) - 1) + code
+
+
+def se_code(value: int) -> str:
+    """The se(v) code of ``value`` (9.1.1): positive values map to odd ue(v) codes, the rest to even ones."""
+    return ue_code(2 * value - 1 if value > 0 else -2 * value)
 
 
 class BitReader:
@@ -178,10 +188,10 @@ class Params:
 @lru_cache(maxsize=16)
 def parse_header(header: bytes) -> Params:
     """The profile's SPS and PPS (Annex-B, start codes included): a Baseline, CAVLC, frame-only stream."""
-    units = {unit[0] & 0x1F: unit for unit in (piece.lstrip(b"\x00") for piece in header.split(START_CODE)) if unit}
-    if 7 not in units or 8 not in units:
+    units = {unit[0] & 0x1F: unit for _, unit in nal_payloads(header) if unit}
+    if NAL_SPS not in units or NAL_PPS not in units:
         raise ValueError("the header must hold an SPS (NAL type 7) and a PPS (type 8)")
-    sps = BitReader(unescape(units[7][1:])[0])
+    sps = BitReader(unescape(units[NAL_SPS][1:])[0])
     profile_idc = sps.u(8)
     sps.u(8)  # constraint flags
     level_idc = sps.u(8)
@@ -201,7 +211,7 @@ def parse_header(header: bytes) -> Params:
     if not sps.u(1):
         raise ValueError("only frame_mbs_only_flag = 1 (progressive frames) is supported")
 
-    pps = BitReader(unescape(units[8][1:])[0])
+    pps = BitReader(unescape(units[NAL_PPS][1:])[0])
     pps.ue(), pps.ue()  # pic_parameter_set_id, seq_parameter_set_id
     if pps.u(1):
         raise ValueError("the PPS selects CABAC; only CAVLC is supported")
@@ -653,19 +663,6 @@ class AvcCheck:
         return not self.problems and self.frames > 0
 
 
-def split_units(stream: bytes) -> list[tuple[int, bytes]]:
-    """(offset, NAL unit without start code and trailing zero bytes) for every unit of an Annex-B stream."""
-    starts, position = [], stream.find(START_CODE)
-    while position >= 0:
-        starts.append(position)
-        position = stream.find(START_CODE, position + 3)
-    units = []
-    for start, end in zip(starts, [*starts[1:], len(stream)]):
-        begin = start - 1 if start > 0 and stream[start - 1] == 0 else start
-        units.append((begin, stream[start + 3:end].rstrip(b"\x00")))
-    return units
-
-
 def parse_slice(params: Params, unit: bytes, offset: int, context: FrameContext) -> SliceResult:
     """Parse one slice NAL unit (without start code) completely."""
     header: SliceHeader | None = None
@@ -678,7 +675,7 @@ def parse_slice(params: Params, unit: bytes, offset: int, context: FrameContext)
         nal_type, nal_ref_idc = nal_header & 0x1F, nal_header >> 5 & 3
         if nal_header & 0x80:
             raise SyntaxProblem("forbidden_zero_bit is 1", 0)
-        if nal_type not in (NAL_SLICE, NAL_IDR):
+        if nal_type not in SLICE_TYPES:
             raise SyntaxProblem(f"NAL unit type {nal_type}: a stream holds only slices (types 1 and 5)", 0)
         if nal_type == NAL_IDR and not nal_ref_idc:
             raise SyntaxProblem("an IDR slice with nal_ref_idc 0", 0)
@@ -732,7 +729,7 @@ def check_stream(header: bytes, stream: bytes, max_frames: int | None = None) ->
             first_offset = offset
         problems.append(f"byte {offset}: {reason}")
 
-    units = split_units(stream)
+    units = nal_payloads(stream)
     if stream and (not units or units[0][0] > 0):
         problem(0, "bytes before the first start code")
     frames: list[bool] = []
@@ -755,7 +752,7 @@ def check_stream(header: bytes, stream: bytes, max_frames: int | None = None) ->
             frame_num = (frame_header.frame_num + 1) % (1 << params.log2_max_frame_num)
 
     for index, (offset, unit) in enumerate(units):
-        starts = len(unit) > 1 and unit[0] & 0x1F in (NAL_SLICE, NAL_IDR) and unit[1] & 0x80
+        starts = starts_picture(unit)
         if starts:
             close_frame()
             frames.append(False)
