@@ -31,11 +31,15 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qs, unquote, urlparse
 
+import fsspec
+import fsspec.config
+
 HOP_BY_HOP = {"connection", "keep-alive", "proxy-connection", "transfer-encoding", "te", "trailer", "upgrade",
               "proxy-authorization", "proxy-authenticate"}
 FAULTS = ("503", "429", "reset", "slow")
 CONTROL = "/__control__"
 START_TIMEOUT = 60.0
+REQUEST_TIMEOUT = 60  # seconds a client waits for one answer
 
 
 def free_port() -> int:
@@ -273,6 +277,7 @@ class Store:
     env: dict[str, str] = field(default_factory=dict)
 
     def stop(self) -> None:
+        forget_clients(self.scheme)
         for process in self.processes:
             process.terminate()
         for process in self.processes:
@@ -307,7 +312,17 @@ def start_store(scheme: str, folder: Path, seed: int = 0) -> Store:
         raise
     url = f"http://127.0.0.1:{proxy_port}"
     env = gcs_env(url, folder) if scheme == "gs" else s3_env(url, folder)
+    forget_clients(scheme)
     return Store(scheme, processes, ProxyControl(url), folder, env)
+
+
+def forget_clients(scheme: str) -> None:
+    """fsspec keeps one filesystem instance per class and arguments, and s3fs binds its client to the endpoint
+    it saw first: a store started after another (another test module's) must not be reached through a client
+    of the one before."""
+    fsspec.get_filesystem_class(scheme).clear_instance_cache()
+    # gcsfs waits for an answer without end by default (botocore: 60 s); a lost one becomes a retry, not a hang
+    fsspec.config.conf.setdefault("gs", {})["requests_timeout"] = REQUEST_TIMEOUT
 
 
 def gcs_env(url: str, folder: Path) -> dict[str, str]:
@@ -328,6 +343,7 @@ def gcs_env(url: str, folder: Path) -> dict[str, str]:
         "GOOGLE_APPLICATION_CREDENTIALS": str(credentials),
         "GOOGLE_CLOUD_PROJECT": "codec-lm-tests",
         "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT": "false",
+        "FSSPEC_GS": json.dumps({"requests_timeout": REQUEST_TIMEOUT}),  # the processes the tests start
     }
 
 
