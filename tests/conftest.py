@@ -8,7 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from preprocess.run import run
+# Before anything imports gcsfs, which reads this once at import: gcsfs 2026.x otherwise asks the Storage Control
+# gRPC API (which the tests' GCS emulator lacks) for each bucket's layout, 60 s per call (tests/stores.py).
+os.environ["GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT"] = "false"
+
+from preprocess.run import run  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 

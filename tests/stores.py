@@ -6,8 +6,10 @@ What the emulators lack that the real services have, and what this module does a
 product):
 - gcp-storage-emulator serves no OAuth token endpoint: the proxy answers ``/token``, and the tests' Google
   credentials (a service-account key made for the tests) point there, so clients authenticate as they do against GCS.
-- It serves no Storage Control gRPC API, which gcsfs (2026.x) asks for a bucket's layout before its first
-  request, waiting 60 s for it: ``GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT=false`` turns that probe off.
+- It serves no Storage Control gRPC API, which gcsfs (2026.x) asks for a bucket's layout before each request
+  until it has an answer, waiting 60 s for it: ``GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT=false`` turns that probe
+  off. gcsfs reads it once, when imported: tests/conftest.py sets it for the tests' own process, ``env`` for
+  the processes they start, and ``start_store`` refuses to start if gcsfs was imported without it.
 - It has no ``moveTo``; nothing in the product moves objects any more.
 - Neither emulator models permissions: the proxy refuses writes under a prefix with 403, as a real store
   does for credentials that may read but not write there.
@@ -290,6 +292,9 @@ class Store:
 
 def start_store(scheme: str, folder: Path, seed: int = 0) -> Store:
     """Start the emulator for ``scheme`` and its proxy; the caller stops them (``Store.stop``)."""
+    if scheme == "gs" and fsspec.get_filesystem_class("gs").__module__ != "gcsfs.core":
+        raise RuntimeError("gcsfs was imported before GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT=false was set: every "
+                           "request would wait 60 s for the emulator's missing gRPC API (module docstring)")
     folder.mkdir(parents=True, exist_ok=True)
     port = free_port()
     proxy_port = next(p for p in iter(free_port, None) if p != port)
