@@ -77,10 +77,9 @@ def input_paths(pattern: str) -> list[str]:
 
 
 def writable_output(output: str, dry_run: bool) -> None:
-    """A local ``--output`` can be made and written, tried for real; a dry run removes the folders it made."""
-    if is_remote(output):  # credentials, bucket and a probe object (store_ready in job_config checked the rest)
-        if not dry_run:
-            cli.writable(output, "--output")
+    """A local ``--output`` can be made and written, tried for real; a dry run removes the folders it made.
+    (A remote one was tried by ``check_stores``.)"""
+    if is_remote(output):
         return
     made = [folder for folder in (Path(output), *Path(output).parents) if not folder.exists()]  # deepest first
     cli.writable(output, "--output")
@@ -91,17 +90,19 @@ def writable_output(output: str, dry_run: bool) -> None:
 
 
 def check_stores(options: PreprocessOptions, dry_run: bool) -> None:
-    """Object stores before anything is listed or read: one line for a missing credential or bucket, or an
-    --output that is a bucket's root, instead of the clients' retries and tracebacks. A dry run does not
-    touch the output's store (it may run where no credentials are); the inputs it matches, it must reach."""
+    """Object stores before anything is listed or read: one line for a missing credential or bucket, no right
+    to write --output, or an --output that is a bucket's root, instead of the clients' retries and tracebacks.
+    A dry run does not touch the output's store (it may run where no credentials are); the inputs it
+    matches, it must reach."""
     if is_remote(options.output):
         try:
             check_folder(options.output, "--output")
         except StoreError as error:
             raise UsageError(str(error)) from None
-    checked = [] if dry_run else [(options.output, "--output")]
-    for path, flag in [*checked, *((pattern, "--input") for pattern in options.input or [])]:
-        cli.store_ready(path, flag)
+        if not dry_run:
+            cli.writable(options.output, "--output")
+    for pattern in options.input or []:
+        cli.store_ready(pattern, "--input")
 
 
 def job_config(options: PreprocessOptions, progress_dir: str | None, dry_run: bool = False) -> JobConfig:

@@ -31,7 +31,7 @@ from __future__ import annotations
 import io
 import json
 import os
-import pickle
+import re
 import tempfile
 import warnings
 from collections.abc import Iterator
@@ -54,12 +54,14 @@ from shared.errors import CodecLmError
 from shared.format.dataset import Dataset, DatasetError
 from shared.format.files import (
     delete,
+    exists,
     is_remote,
     join,
+    kind,
     matching,
     open_atomic,
     read_bytes,
-    upload,
+    upload_file,
     write_json_atomic,
 )
 from shared.format.shards import MANIFEST, TOKENIZER
@@ -72,7 +74,7 @@ MARKER_FORMATS = ("codec-lm-checkpoint/1", MARKER_FORMAT)  # /1: the trainer bef
 SHARDED = "sharded"  # the torch.distributed.checkpoint folder inside a checkpoint folder
 WEIGHTS = "lit_model.pth"
 DATASET = "dataset"  # the training dataset's description inside a checkpoint folder
-REMOTE_SCHEMES = ("gs", "gcs", "s3")
+URL_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]+")  # RFC 3986, at least two letters
 Where = Path | str  # a local folder (Path) or an object-store one (str)
 
 
@@ -82,13 +84,16 @@ class CheckpointError(CodecLmError):
 
 # ---- paths on any filesystem ---------------------------------------------------------------------
 def place(path: str | os.PathLike[str]) -> Where:
-    """A folder as the functions here keep it: a ``Path`` when local, the URL string when remote. A ``Path``
-    made of a URL (``Path("gs://b/run")`` is ``gs:/b/run``) gets its ``//`` back."""
+    """A folder as the functions here keep it: a ``Path`` when local (``file://`` URLs too), the URL string
+    when remote, its scheme in lower case. A ``Path`` made of a URL (``Path("gs://b/run")`` is ``gs:/b/run``)
+    gets its ``//`` back; ``C:/run`` (a one-letter scheme) is a Windows drive."""
     text = os.fspath(path)
     scheme, separator, rest = text.partition(":/")
-    if separator and scheme in REMOTE_SCHEMES:
-        return f"{scheme}://{rest.lstrip('/')}"
-    return Path(text)
+    if not separator or not URL_SCHEME.fullmatch(scheme):
+        return Path(text)
+    if scheme.lower() == "file":
+        return Path("/" + rest.lstrip("/"))
+    return f"{scheme.lower()}://{rest.lstrip('/')}"
 
 
 def child(folder: str | os.PathLike[str], *names: str) -> Where:
@@ -101,13 +106,11 @@ def name_of(folder: Where) -> str:
 
 
 def is_file(path: Where) -> bool:
-    filesystem, target = url_to_fs(str(path))
-    return filesystem.isfile(target)
+    return kind(path) == "file"
 
 
 def is_dir(path: Where) -> bool:
-    filesystem, target = url_to_fs(str(path))
-    return filesystem.isdir(target)
+    return kind(path) == "directory"
 
 
 def read_text(path: Where) -> str:
@@ -148,9 +151,9 @@ def unmark(folder: Where) -> None:
 
 
 def read_marker(folder: Where) -> dict[str, Any] | None:
-    try:
+    try:  # only "not there" and "not JSON" mean no marker: a store that fails must not read as a torn checkpoint
         marker = json.loads(read_text(child(folder, MARKER)))
-    except (OSError, ValueError):
+    except (FileNotFoundError, ValueError):
         return None
     return marker if isinstance(marker, dict) and marker.get("format") in MARKER_FORMATS else None
 
@@ -198,9 +201,14 @@ class StoreFileSystem(FileSystemBase):
 
     torch's own fsspec writer (``torch.distributed.checkpoint._fsspec_filesystem``, not public) writes
     ``.metadata.tmp`` and renames it: on GCS and S3 a rename is a server-side copy and a delete, and the GCS
-    emulator has no move at all (gcsfs retries it before copying). Here a file is staged locally and uploaded
-    once (``shared.format.files.upload``): it appears whole or not at all, and DCP's metadata is written last by its
-    coordinator in any case, after every rank's data (``StoreWriter.finish``)."""
+    emulator has no move at all (gcsfs retries it before copying). Here every file is staged locally and
+    uploaded once (``shared.format.files.upload_file``), so it appears whole or not at all. A ``*.tmp`` file
+    stays staged until DCP renames it, and is then uploaded to its new name: DCP's coordinator writes
+    ``.metadata`` that way, after every rank's data."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.staged: dict[str, str] = {}  # a *.tmp path DCP will rename -> its local file
 
     @contextmanager
     def create_stream(self, path: str | os.PathLike[str], mode: str) -> Iterator[IO[bytes]]:
@@ -211,23 +219,30 @@ class StoreFileSystem(FileSystemBase):
                 filesystem.get_file(target, staged)
                 with open(staged, "rb") as stream:
                     yield stream
+        elif str(path).endswith(".tmp"):  # uploaded by rename(), to its final name
+            handle, staged = tempfile.mkstemp(prefix="codec-lm-dcp-")
+            with open(handle, "wb") as stream:
+                yield stream
+            self.staged[str(path)] = staged
         else:  # staged in a file of its own: DCP closes the stream it is given
             with tempfile.TemporaryDirectory(prefix="codec-lm-dcp-") as staging:
                 staged = os.path.join(staging, "staged")
                 with open(staged, "wb") as stream:
                     yield stream
-                filesystem, target = url_to_fs(str(path))
-                with open(staged, "rb") as handle:
-                    upload(filesystem, handle, target)
+                upload_file(staged, str(path))
+
+    def rename(self, path: str | os.PathLike[str], new_path: str | os.PathLike[str]) -> None:
+        staged = self.staged.pop(str(path))
+        try:
+            upload_file(staged, str(new_path))
+        finally:
+            os.remove(staged)
 
     def concat_path(self, path: str | os.PathLike[str], suffix: str) -> str:
         return join(str(path), suffix)
 
     def init_path(self, path: str | os.PathLike[str], **kwargs: Any) -> str:
         return str(place(path))
-
-    def rename(self, path: str | os.PathLike[str], new_path: str | os.PathLike[str]) -> None:
-        raise NotImplementedError("StoreWriter writes every file at its final name")
 
     def mkdir(self, path: str | os.PathLike[str]) -> None:
         pass  # an object store has no folders to make
@@ -237,8 +252,7 @@ class StoreFileSystem(FileSystemBase):
         return is_remote(checkpoint_id)
 
     def exists(self, path: str | os.PathLike[str]) -> bool:
-        filesystem, target = url_to_fs(str(path))
-        return filesystem.exists(target)
+        return exists(str(path))
 
     def rm_file(self, path: str | os.PathLike[str]) -> None:
         delete([str(path)])
@@ -250,16 +264,6 @@ class StoreWriter(FileSystemWriter):
     def __init__(self, path: str) -> None:
         super().__init__(path, sync_files=False)  # no fsync for an upload (DCP would call os.sync() instead)
         self.fs, self.path = StoreFileSystem(), str(place(path))
-
-    def finish(self, metadata: Any, results: list[list[Any]]) -> None:
-        """As ``FileSystemWriter.finish``, but ``.metadata`` is uploaded to its name, not renamed there."""
-        from torch.distributed.checkpoint.filesystem import CURRENT_DCP_VERSION
-
-        metadata.version = CURRENT_DCP_VERSION
-        metadata.storage_data = {result.index: result.storage_data for rank in results for result in rank}
-        metadata.storage_meta = self.storage_meta()
-        with open_atomic(join(self.path, ".metadata")) as handle:
-            pickle.dump(metadata, handle)
 
 
 class StoreReader(FileSystemReader):

@@ -16,7 +16,6 @@ import glob
 import json
 import os
 import re
-import shutil
 import tempfile
 import uuid
 from collections.abc import Iterator
@@ -31,8 +30,6 @@ import pyarrow.parquet as pq
 from fsspec.core import url_to_fs
 
 UNSAFE = re.compile(r"[^A-Za-z0-9_.-]+")
-ONE_REQUEST_BYTES = 16 * 2**20  # above this, a resumable or multipart upload
-CHUNK_BYTES = 8 * 2**20
 
 
 def is_remote(path: str | Path) -> bool:
@@ -40,8 +37,9 @@ def is_remote(path: str | Path) -> bool:
 
 
 def join(base: str | Path, *parts: str) -> str:
-    """``base/part/…`` with ``/`` on every filesystem (parts are relative: no leading ``/``)."""
-    return "/".join([str(base).rstrip("/"), *(part.strip("/") for part in parts)])
+    """``base/part/…`` with ``/`` on every filesystem (parts are relative: no leading ``/``; empty ones are
+    left out)."""
+    return "/".join([str(base).rstrip("/"), *(part.strip("/") for part in parts if part.strip("/"))])
 
 
 def safe_file_name(text: str, suffix: str = "", *, limit: int = 120, fallback: str = "item") -> str:
@@ -60,11 +58,10 @@ def open_atomic(path: str | Path) -> Iterator[IO[bytes]]:
     server-side copy of every byte and a delete (a "move" on GCS and S3), and a failed block uploads nothing.
     """
     if is_remote(path):
-        filesystem, target = url_to_fs(str(path))
-        with tempfile.TemporaryFile() as staged:
+        with tempfile.NamedTemporaryFile(prefix="codec-lm-upload-") as staged:
             yield staged
-            staged.seek(0)
-            upload(filesystem, staged, target)
+            staged.flush()
+            upload_file(staged.name, str(path))
         return
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
@@ -79,18 +76,24 @@ def open_atomic(path: str | Path) -> Iterator[IO[bytes]]:
         raise
 
 
-def upload(filesystem: fsspec.AbstractFileSystem, staged: IO[bytes], target: str) -> None:
-    """One upload of ``staged`` to ``target``: small files in one request, larger ones in the backend's
-    resumable (GCS) or multipart (S3) upload, which publishes the object only when its last part is in."""
-    size = staged.seek(0, 2)
-    staged.seek(0)
-    if size <= ONE_REQUEST_BYTES:
-        filesystem.pipe_file(target, staged.read())
-        return
-    with tempfile.NamedTemporaryFile() as named:  # put_file wants a path
-        shutil.copyfileobj(staged, named, CHUNK_BYTES)
-        named.flush()
-        filesystem.put_file(named.name, target)
+def upload_file(local: str, target: str) -> None:
+    """One upload of the local file ``local`` to the object ``target``: the backend sends a small file in one
+    request and a large one as a resumable (GCS) or multipart (S3) upload, which publishes the object only
+    when its last part is in."""
+    filesystem, remote = url_to_fs(target)
+    filesystem.put_file(local, remote)
+
+
+def kind(path: str | Path) -> str | None:
+    """"file", "directory" or None when nothing is there. Unlike fsspec's ``exists``/``isfile``/``isdir``,
+    which answer False for any error, a store that fails (a timeout, a refusal) raises: "not there" must
+    not be read into a failure, or a resume would pass over a whole checkpoint."""
+    filesystem, target = url_to_fs(str(path))
+    try:
+        found = filesystem.info(target)
+    except FileNotFoundError:
+        return None
+    return "directory" if found.get("type") == "directory" else "file"
 
 
 def write_atomic(path: str | Path, data: bytes | str) -> str:
@@ -159,8 +162,8 @@ def read_parquet(source: str | Path | ArrowSource, **options: Any) -> pa.Table:
 
 
 def exists(path: str | Path) -> bool:
-    filesystem, target = url_to_fs(str(path))
-    return filesystem.exists(target)
+    """A file or folder is at ``path``; a store that fails raises (``kind``)."""
+    return kind(path) is not None
 
 
 def size(path: str | Path) -> int:

@@ -7,8 +7,10 @@ tracebacks minutes into a job. Local paths pass through untouched.
 from __future__ import annotations
 
 import os
+import sys
 import uuid
 
+import fsspec
 from fsspec.core import url_to_fs
 
 from shared.errors import CodecLmError
@@ -32,6 +34,27 @@ def bucket_of(path: str) -> tuple[str, str]:
     return bucket, key.strip("/")
 
 
+def client_errors() -> tuple[type[Exception], ...]:
+    """The store clients' own errors that are not ``OSError``s (gcsfs's ``HttpError`` once its retries run out,
+    botocore's), of the clients imported so far: one never imported cannot have raised."""
+    found: list[type[Exception]] = []
+    if "gcsfs.retry" in sys.modules:
+        found.append(sys.modules["gcsfs.retry"].HttpError)
+    if "botocore.exceptions" in sys.modules:
+        errors = sys.modules["botocore.exceptions"]
+        found += [errors.BotoCoreError, errors.ClientError]
+    return tuple(found)
+
+
+def check_client(path: str, flag: str) -> None:
+    """The filesystem for the path's scheme is installed (gcsfs, s3fs: the ``cloud`` extra)."""
+    try:
+        fsspec.get_filesystem_class(scheme_of(path))
+    except (ImportError, ValueError) as error:
+        raise StoreError(f"{flag} {path}: no filesystem for {scheme_of(path)}:// ({first_line(error)}); "
+                         "gs:// and s3:// need the cloud extra: pip install -e \".[cloud]\"") from None
+
+
 def check_credentials(path: str, flag: str) -> None:
     """Credentials the store's client will find, looked up once and offline (no client retries)."""
     scheme = scheme_of(path)
@@ -51,12 +74,14 @@ def check_credentials(path: str, flag: str) -> None:
 
 
 def check_store(path: str, *, flag: str, write: bool = False) -> None:
-    """Before any work on ``path`` (a file, folder or glob on an object store): credentials exist, its bucket
-    exists, and with ``write`` an object can be written in its folder (a probe, removed at once).
+    """Before any work on ``path`` (a file, folder or glob on an object store): its client is installed,
+    credentials exist (public buckets too: without them, a client may spend minutes retrying a refusal), its
+    bucket exists, and with ``write`` an object can be written in its folder (a probe, removed at once).
     Local paths are not checked here."""
     if not is_remote(path):
         return
     scheme = scheme_of(path)
+    check_client(path, flag)
     check_credentials(path, flag)
     bucket, key = bucket_of(path)
     if not bucket:
@@ -69,7 +94,7 @@ def check_store(path: str, *, flag: str, write: bool = False) -> None:
                   else f"aws s3 mb s3://{bucket}")
         raise StoreError(f"{flag} {path}: bucket {bucket} does not exist (or these credentials cannot see it); "
                          f"create it (`{create}`) or fix the path") from None
-    except OSError as error:
+    except (OSError, *client_errors()) as error:
         if not forbidden(error):  # may not read the bucket's metadata, but may still use its objects
             raise StoreError(f"{flag} {path}: the store did not answer ({first_line(error)})") from None
     if write:
@@ -77,7 +102,7 @@ def check_store(path: str, *, flag: str, write: bool = False) -> None:
         try:
             filesystem.pipe_file(probe, b"")
             filesystem.rm(probe)
-        except OSError as error:
+        except (OSError, *client_errors()) as error:
             if not forbidden(error):
                 raise StoreError(f"{flag} {path}: the store did not answer ({first_line(error)})") from None
             raise StoreError(f"{flag} {path}: these credentials may not write there; grant them "
@@ -85,9 +110,10 @@ def check_store(path: str, *, flag: str, write: bool = False) -> None:
                                 else "s3:PutObject and s3:DeleteObject on it") + ", or choose another place") from None
 
 
-def forbidden(error: OSError) -> bool:
+def forbidden(error: Exception) -> bool:
     """A refusal of these credentials (HTTP 401/403), as each client spells it: s3fs a ``PermissionError``,
-    gcsfs an ``OSError`` (``HttpError``) with the status as its ``code``."""
+    gcsfs an ``OSError`` whose message starts "Forbidden", or (401) an ``HttpError`` with the status as its
+    ``code``."""
     return isinstance(error, PermissionError) or getattr(error, "code", None) in (401, 403) or (
         str(error).startswith(("Forbidden", "Unauthorized")))
 

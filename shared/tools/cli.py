@@ -25,7 +25,7 @@ from typing import Any
 
 from shared.errors import CodecLmError
 from shared.format.files import exists, is_remote
-from shared.format.stores import WRITE_CHECK_PREFIX, StoreError, check_store
+from shared.format.stores import WRITE_CHECK_PREFIX, StoreError, check_store, client_errors
 
 USAGE, FAILURE, INTERRUPTED = 2, 1, 130
 
@@ -35,7 +35,8 @@ class UsageError(CodecLmError):
 
 
 # What a command's work may fail with, as a one-line error rather than a traceback: the project's typed
-# errors, a file the system would not open or write, and a value a library refused.
+# errors, a file the system would not open or write, a value a library refused; and an object store's
+# client giving up (``client_errors()``, looked up when one is raised).
 FAILURES = (CodecLmError, OSError, ValueError)
 
 
@@ -53,7 +54,7 @@ def command(prog: str) -> Callable[[Callable[..., int | None]], Callable[..., in
             except BrokenPipeError:  # `… | head`: the reader left, nothing to say
                 sys.stderr.close()
                 return 0
-            except FAILURES as error:
+            except (*FAILURES, *client_errors()) as error:
                 return report(prog, error, FAILURE)
             except KeyboardInterrupt:
                 print(f"{prog}: interrupted", file=sys.stderr)
