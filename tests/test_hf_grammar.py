@@ -61,8 +61,10 @@ def a_stream(dataset: Dataset) -> bytes:
     return stream
 
 
-def generated(folder: Path, prompts: list[bytes], max_new_tokens: int, seed: int = 0,
+def generated(folder: Path, prompts: list[bytes], max_new_tokens: int, seed: int = 0, generate: dict | None = None,
               **sampling: object) -> tuple[CodecGrammar, torch.Tensor, int]:
+    """``generate()``'s rows (sampling, top_k=0, unless ``generate`` says otherwise), the grammar, and the
+    prompts' width."""
     model = transformers.AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
     grammar = CodecGrammar.from_pretrained(folder, **sampling)
     ids, mask = grammar.prompt_ids(prompts)
@@ -70,19 +72,15 @@ def generated(folder: Path, prompts: list[bytes], max_new_tokens: int, seed: int
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # a model this small only waits for a second thread (seconds on a busy machine)
     try:
-        out = model.generate(ids, attention_mask=mask, do_sample=True, top_k=0, max_new_tokens=max_new_tokens,
-                             logits_processor=transformers.LogitsProcessorList([grammar]))
+        out = model.generate(ids, attention_mask=mask, max_new_tokens=max_new_tokens,
+                             logits_processor=transformers.LogitsProcessorList([grammar]),
+                             **{"do_sample": True, "top_k": 0, **(generate or {})})
     finally:
         torch.set_num_threads(threads)
     return grammar, out, ids.shape[1]
 
 
-def test_every_sampled_file_decodes(exported: tuple[Path, Dataset]) -> None:
-    folder, dataset = exported
-    profile = dataset.profile
-    stream = a_stream(dataset)
-    prompt = profile.cut_after_units(stream, 1)  # one MCU (JPEG) or one frame (AVC): rows of different lengths
-    grammar, out, width = generated(folder, [b"", b"", prompt, prompt], max_new_tokens=40)
+def assert_rows_decode(grammar: CodecGrammar, out: torch.Tensor, width: int, kind: str) -> None:
     assert out.shape[1] > width  # something was sampled
     for row in out:
         generated_ids = row[width:].tolist()
@@ -90,7 +88,44 @@ def test_every_sampled_file_decodes(exported: tuple[Path, Dataset]) -> None:
         assert grammar.stream(row).startswith(grammar.stream(row[:width]))
         file = grammar.file(row)
         assert file is not None and grammar.problems(file) == (), grammar.problems(file)
-        assert file.startswith(b"\xff\xd8") if profile.kind == "jpeg" else file[4:8] == b"ftyp"
+        assert file.startswith(b"\xff\xd8") if kind == "jpeg" else file[4:8] == b"ftyp"
+
+
+def test_every_sampled_file_decodes(exported: tuple[Path, Dataset]) -> None:
+    folder, dataset = exported
+    prompt = dataset.profile.cut_after_units(a_stream(dataset), 1)  # one MCU (JPEG) or one frame (AVC)
+    grammar, out, width = generated(folder, [b"", b"", prompt, prompt], max_new_tokens=40)  # rows of other lengths
+    assert_rows_decode(grammar, out, width, dataset.profile.kind)
+
+
+def test_several_samples_per_prompt_and_beam_search_decode(exported: tuple[Path, Dataset]) -> None:
+    """generate() repeats each prompt's row (num_return_sequences) and reorders beams: rows are followed."""
+    folder, dataset = exported
+    prompt = dataset.profile.cut_after_units(a_stream(dataset), 1)
+    grammar, out, width = generated(folder, [b"", prompt], max_new_tokens=16, generate={"num_return_sequences": 3})
+    assert out.shape[0] == 6
+    assert_rows_decode(grammar, out, width, dataset.profile.kind)
+    grammar, out, width = generated(folder, [b"", prompt], max_new_tokens=16,
+                                    generate={"do_sample": False, "num_beams": 3, "num_return_sequences": 2})
+    assert out.shape[0] == 4
+    assert_rows_decode(grammar, out, width, dataset.profile.kind)
+
+
+def test_the_grammar_overrules_what_comes_before_it(exported: tuple[Path, Dataset]) -> None:
+    """Allowed tokens an earlier processor set to -inf are drawn alike (never a row of -inf only), and EOS
+    generated where the stream may not end is refused like any forbidden token."""
+    folder, dataset = exported
+    grammar = CodecGrammar.from_pretrained(folder)
+    constraint = grammar.constraint
+    ids, _ = grammar.prompt_ids([b""])
+    allowed = torch.from_numpy(constraint.allowed(constraint.feed(constraint.start(), b"")))
+    scores = torch.randn(1, grammar.vocab_size, generator=torch.Generator().manual_seed(0))
+    scores[0, allowed] = float("-inf")
+    got = torch.softmax(grammar(ids, scores), dim=-1)[0]
+    assert torch.equal(got > 0, allowed) and torch.allclose(got[allowed], got[allowed][0])
+    assert not allowed[grammar.eos_id]  # from BOS alone the stream may not end
+    with pytest.raises(HfGrammarError, match=f"token {grammar.eos_id} was generated where the grammar forbids it"):
+        grammar(torch.cat([ids, torch.tensor([[grammar.eos_id]])], dim=1), scores)
 
 
 def test_a_stream_that_is_nearly_whole_ends_with_eos_where_it_may(exported: tuple[Path, Dataset]) -> None:

@@ -42,7 +42,7 @@ from litgpt import GPT, Config
 from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import CheckpointWrapper
 
 from shared.tools import cli
-from train.engine import MEMORY_SHARE, kv_bytes_per_slot
+from train.engine import MEMORY_SHARE, kv_bytes_per_slot, slots_fitting
 from train.parallel import CHOICES, blocks_to_checkpoint
 from train.parallel import apply_ac as checkpoint_blocks
 
@@ -230,11 +230,10 @@ FID_UNCONDITIONAL = 5000  # per seed; the paper does not say how many: as many a
 
 def sampling_slots(config: Config, gpu: Gpu, length: int, parameters: int | None = None) -> int:
     """KV-cache slots ``python -m train.generate --max-batch auto`` takes on ``gpu`` for rows of ``length``
-    positions, bf16 weights and cache: MEMORY_SHARE of the memory left beside the weights and LitGPT's
-    length x length mask (``train.engine.plan_slots``)."""
-    free = gpu.memory_gb * 1e9 - 2 * (parameters or count_parameters(config))
-    budget = MEMORY_SHARE * free - length * length
-    return max(0, int(budget // kv_bytes_per_slot(config, length, torch.bfloat16)))
+    positions, bf16 weights and cache: what the engine's budget of the memory left beside the weights holds
+    (``train.engine.slots_fitting``, as ``plan_slots``)."""
+    free = int(gpu.memory_gb * 1e9) - 2 * (parameters or count_parameters(config))
+    return slots_fitting(config, length, torch.bfloat16, free)
 
 
 def decode_step_seconds(config: Config, gpu: Gpu, slots: int, context: float, hfu: float, parameters: int) -> float:

@@ -71,7 +71,15 @@ from shared.tools import cli
 from shared.tools.contact_sheet import save_contact_sheet
 from shared.tools.progress import progress_bar
 from train.checkpoint import Sampler, existing_checkpoint, load_for_sampling, open_dataset, place, weights_files
-from train.engine import Engine, Job, Sample, SamplingProgress, SamplingSettings, add_sampling_arguments
+from train.engine import (
+    Engine,
+    EngineError,
+    Job,
+    Sample,
+    SamplingProgress,
+    SamplingSettings,
+    add_sampling_arguments,
+)
 from train.fid import INCEPTION_ENV, INCEPTION_URL, NO_FEATURE_NETWORK, FeatureExtractor, fid
 from train.generate import marked_pictures
 
@@ -665,10 +673,10 @@ def main(argv: list[str] | None = None) -> int:
                              "then run once without --worker to write the report")
     parser.add_argument("--out", required=True)
     args = vars(parser.parse_args(argv))
-    settings = Settings(checkpoints=args.pop("checkpoint"), **args)
     try:
+        settings = Settings(checkpoints=args.pop("checkpoint"), **args)  # the sampling flags' checks
         settings.check()
-    except EvaluationError as error:
+    except (EvaluationError, EngineError) as error:
         raise cli.UsageError(str(error)) from None
     check_paths(settings)
     results = evaluate(settings)

@@ -28,7 +28,10 @@ it stops inside finished with skipped or flat macroblocks, ``shared.codec.avc.fi
 judged from its own bytes (``check_viewable``). Per prompt OUT/NAME/ holds original.jpg (the prompt image
 after the codec), prompt.jpg (the part the model saw, the rest grey), sample-000.jpg …, sheet.png (filled
 units tinted magenta) and samples.json (tokens generated, stopped_by, units written, filled and dropped,
-clean as sampled or not, the file's verdict); videos likewise as .mp4 with frame strips.
+clean as sampled or not, the file's verdict); videos likewise as .mp4 with frame strips. NAME is the prompt
+file's name without its suffix, val-KEY for --prompt-val, unconditional for --unconditional; a name taken
+already (two prompts named alike in different folders, a prompt named unconditional) gets -2, -3 … in the
+order given, so no prompt's files overwrite another's.
 
 Progress goes to stderr as the tokens come: tokens/s, an ETA and samples done. On a terminal it is a tqdm bar;
 in a log or a pipe a plain line every 30 seconds (TQDM_MININTERVAL=S changes it) and one at the end;
@@ -63,7 +66,6 @@ from train.engine import (
     SamplingProgress,
     SamplingSettings,
     add_sampling_arguments,
-    token_budget,
 )
 from train.engine import sample_rows as sample_rows  # the old home of the engine's static call
 
@@ -222,7 +224,23 @@ def prompt_jobs(settings: GenerateSettings, data: Dataset, context: int) -> list
     unconditional = settings.unconditional_count()
     if unconditional:
         jobs.append(PromptJob("unconditional", None, b"", unconditional))
+    unique_names(jobs)
     return jobs
+
+
+def unique_names(jobs: list[PromptJob]) -> None:
+    """Every job's folder name unique: a name taken already gets -2, -3 … in the order given, the unconditional
+    samples keep ``unconditional``. Compared case-blind: macOS' and Windows' file systems are."""
+    taken = {job.name.casefold() for job in jobs if job.whole is None}
+    for job in jobs:
+        if job.whole is None:
+            continue
+        name, number = job.name, 1
+        while name.casefold() in taken:
+            number += 1
+            name = f"{job.name}-{number}"
+        taken.add(name.casefold())
+        job.name = name
 
 
 def generate(settings: GenerateSettings) -> dict[str, Any]:
@@ -246,11 +264,10 @@ def generate(settings: GenerateSettings) -> dict[str, Any]:
     jobs = [Job(p.prefix, settings.seed + row) for p in prompts for row in range(p.count)]  # row i: seed + i
     first = np.cumsum([0] + [p.count for p in prompts])
     engine = Engine(sampler.model, tokenizer, jobs, settings=settings, constraint=sampler.constraint)
-    budgets = [p.count * token_budget(context, settings, p.prompt_tokens) for p in prompts]
     done: dict[int, Sample] = {}
     results = {}
     out = Path(settings.out)
-    with SamplingProgress(sum(budgets), len(jobs)) as progress:
+    with SamplingProgress(sum(engine.budgets), len(jobs)) as progress:
         for index, sample in engine.run(progress):
             done[index] = sample
             number = owner[index]
@@ -291,7 +308,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = cli.parser(PROG, __doc__)
     parser.add_argument("--checkpoint", type=place, required=True, help="a litgpt pretrain checkpoint folder")
     parser.add_argument("--prompt", dest="prompts", type=Path, nargs="+", default=[], metavar="FILE",
-                        help="images (or videos) to complete")
+                        help="images (or videos) to complete; each one's files go to OUT/NAME (its file name "
+                             "without the suffix; a name given twice, or 'unconditional', gets -2, -3 …)")
     parser.add_argument("--prompt-val", type=int, default=GenerateSettings.prompt_val, metavar="N",
                         help="also prompt with the first N documents of the training dataset's val split")
     parser.add_argument("--unconditional", type=int, nargs="?", action=CountOrSwitch,

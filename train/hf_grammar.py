@@ -15,7 +15,10 @@ top-k and top-p (``train.engine.filter_logits``), then every token the grammar f
 ``generate()``'s softmax draws from the filtered distribution masked to the allowed tokens and
 renormalised: the distribution ``train.generate`` samples by drawing and redrawing forbidden draws
 (``train.engine.judge_draws``). Where the grammar forbids every token the filters leave, the filters are
-applied among the allowed tokens instead, as there. transformers must then not filter again: pass
+applied among the allowed tokens instead, as there; where a processor before this one set every allowed
+token to -inf (``min_new_tokens`` where only EOS may follow), the allowed tokens are drawn alike: the
+grammar wins. A generated token the grammar forbids, EOS included, is an error. transformers must then not
+filter again: pass
 ``top_k=0`` (its default is 50) and leave ``temperature`` and ``top_p`` at 1. The random numbers are
 transformers' own (``torch.multinomial``), so samples differ from ``train.generate``'s for the same seed;
 their distribution does not. Greedy decoding (``do_sample=False``) picks the likeliest allowed token.
@@ -49,7 +52,7 @@ from shared.codec.registry import profile_from_json
 from shared.codec.token_constraint import TokenConstraint
 from shared.errors import CodecLmError
 from shared.format.tokenizer import ByteTokenizer
-from train.engine import allowed_tokens, filter_logits
+from train.engine import allowed_tokens, filter_among_allowed, filter_logits, sampling_problem
 
 RECORD = "codec_lm.json"  # what train.export writes beside the model: the profile, BOS and EOS
 
@@ -63,12 +66,9 @@ class CodecGrammar(LogitsProcessor):
 
     def __init__(self, profile: CodecProfile, tokenizer: ByteTokenizer, *, temperature: float = 1.0,
                  top_k: int | None = 50, top_p: float = 1.0) -> None:
-        if not temperature > 0:
-            raise HfGrammarError(f"temperature must be above 0, not {temperature}")
-        if top_k is not None and top_k < 0:
-            raise HfGrammarError(f"top_k must be 0 or more (0 or None: no top-k), not {top_k}")
-        if not 0 < top_p <= 1:
-            raise HfGrammarError(f"top_p must be in (0, 1], not {top_p}")
+        problem = sampling_problem(temperature, top_k, top_p, flags=False)  # the engine's checks, its words
+        if problem is not None:
+            raise HfGrammarError(problem)
         self.profile, self.tokenizer = profile, tokenizer
         self.temperature, self.top_k, self.top_p = temperature, top_k or None, top_p
         self.constraint = TokenConstraint(profile.grammar(), tokenizer.token_bytes, tokenizer.eos_id)
@@ -141,11 +141,13 @@ class CodecGrammar(LogitsProcessor):
                 index = torch.from_numpy(allowed).to(out.device)
                 out[row, index] = filtered[row, index].to(out.dtype)
             else:  # the grammar forbids everything the filters leave: filter among the allowed tokens instead
-                ranked = torch.argsort(logits[row], descending=True).cpu().numpy()
-                among = torch.from_numpy(allowed_tokens(self.constraint, state, ranked, self.top_k)).to(out.device)
-                masked = torch.full_like(logits[row], float("-inf"))
-                masked[among] = logits[row, among]
-                out[row, :self.vocab_size] = filter_logits(masked, self.temperature, self.top_k, self.top_p)
+                out[row, :self.vocab_size] = filter_among_allowed(
+                    self.constraint, state, logits[row], temperature=self.temperature, top_k=self.top_k,
+                    top_p=self.top_p).to(out.dtype)
+                if not torch.isfinite(out[row]).any():  # an earlier processor set every allowed token to -inf
+                    # (min_new_tokens' EOS where only EOS may follow): the grammar wins, its tokens alike
+                    index = torch.from_numpy(np.flatnonzero(self.constraint.allowed(state))).to(out.device)
+                    out[row, index] = 0.0
         return out
 
     def _follow(self, input_ids: torch.Tensor) -> list[Any]:
@@ -167,14 +169,15 @@ class CodecGrammar(LogitsProcessor):
         return self._states
 
     def _advance(self, state: Any, token: int) -> Any:
-        if state is None or token == self.eos_id:
+        """The row's state after ``token``: None once it has ended (EOS, then its padding)."""
+        if state is None:
             return None
-        after = self.constraint.try_advance(state, token)
+        after = self.constraint.try_advance(state, token)  # EOS too: only where the stream may end
         if after is None:
             raise HfGrammarError(f"token {token} was generated where the grammar forbids it: a processor or warper "
                                  "after this one changed the scores (pass top_k=0 and leave temperature and top_p "
                                  "at 1; filter with this processor's own)")
-        return after
+        return None if token == self.eos_id else after
 
     def _prompt_state(self, row: int, ids: list[int]) -> Any:
         if any(token >= self.vocab_size or token < 0 for token in ids):

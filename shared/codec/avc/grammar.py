@@ -148,6 +148,32 @@ def se_value(code_num: int) -> int:
     return (code_num + 1) // 2 if code_num % 2 else -(code_num // 2)
 
 
+_READS: dict[tuple, tuple[int, object] | None] = {}
+
+
+def read_code(codes: Codes | SignedGolomb | AnyBits, code: str, bits: int, count: int) -> tuple[int, object] | None:
+    """An element's code read on from ``code`` (its bits so far) through the ``count`` bits of ``bits`` (most
+    significant first): (bits used, value), (count, PREFIX) when the code goes on past them, or None when
+    no allowed code starts so. Cached: tables are few (``element_codes``), and the same reads recur in every
+    macroblock whatever else the parser holds."""
+    key = (id(codes), code, bits, count)
+    found = _READS.get(key, NO_VALUE)
+    if found is NO_VALUE:
+        found = None
+        for used in range(1, count + 1):
+            code += "1" if bits >> (count - used) & 1 else "0"
+            value = codes.lookup(code)
+            if value is NO_VALUE:
+                break
+            if value is not PREFIX or used == count:
+                found = used, value
+                break
+        if len(_READS) >= CACHE_LIMIT:
+            _READS.clear()
+        _READS[key] = found
+    return found
+
+
 @lru_cache(maxsize=None)
 def element_codes(key: tuple) -> Codes | SignedGolomb | AnyBits:
     """The codes of one syntax element, by key: ("ue", allowed values), ("se", low, high), ("bits", n),
@@ -271,7 +297,6 @@ class AvcGrammar:
     profile: ClipLayout
     _cache: dict = field(default_factory=dict, repr=False)  # (local state, byte) -> local state
     _bytes: dict = field(default_factory=dict, repr=False)  # (parser, RBSP byte) -> (ended, parser)
-    _halves: dict = field(default_factory=dict, repr=False)  # (parser, high nibble) -> bit walk after it
     _next: dict = field(default_factory=dict, repr=False)  # local state -> {allowed byte: local state}
 
     def __post_init__(self) -> None:
@@ -409,25 +434,30 @@ class AvcGrammar:
         return cached
 
     def _walk_byte(self, parser: tuple, byte: int) -> tuple[bool, tuple] | None:
-        """The eight bits of an RBSP byte, element by element. The walk after the high nibble is cached: a
-        mask walk or a redraw judges many bytes from one parser, and the 16 bytes sharing a nibble share its
-        four bits (a forbidden nibble rules them all out at one lookup)."""
-        key = (parser, byte >> 4)
-        walk = self._halves.get(key, False)
-        if walk is False:
-            walk = (*parser, None)
-            for shift in (7, 6, 5, 4):
-                walk = self._walk_bit(walk, byte >> shift & 1)
-                if walk is None:
-                    break
-            self._remember(self._halves, key, walk)
-        if walk is None:
-            return None
-        for shift in (3, 2, 1, 0):
-            walk = self._walk_bit(walk, byte >> shift & 1)
-            if walk is None:
+        """The eight bits of an RBSP byte, element by element: each element's code is read from the byte's
+        bits at once (``read_code``, cached on the element's table and the bits, not on the parser), so a
+        byte costs a few element steps, not eight bit steps, also the first time a parser state is met."""
+        context, position, code = parser
+        left = 8
+        while left:
+            tag = position[0]
+            if tag == "align" or tag == "pcm_align":  # zero bits up to the byte boundary
+                if byte & ((1 << left) - 1):
+                    return None
+                break
+            if tag == "pcm":  # raw samples: any bits (they start at a byte boundary)
+                rest = position[1] - left
+                context, position, code, left = context, (("pcm", rest) if rest else ("trail",)), "", 0
+                break
+            read = read_code(element_codes(self._element(context, position)), code, byte & ((1 << left) - 1), left)
+            if read is None:
                 return None
-        return self._byte_done(walk)
+            used, value = read
+            if value is PREFIX:  # the element goes on into the next byte
+                return self._byte_done((context, position, code + format(byte & ((1 << left) - 1), f"0{left}b"), None))
+            context, position = self._after(context, position, value)
+            code, left = "", left - used
+        return self._byte_done((context, position, code, None))
 
     def _walk_bit(self, walk: tuple, bit: int) -> tuple | None:
         """One bit: ``walk`` is (context, position, code so far, the element's code table or None)."""
