@@ -66,6 +66,10 @@ MAX_IDR_PIC_ID = 15
 CACHE_LIMIT = 1 << 20  # entries per transition cache
 I16_DC_TYPES = (3, 7, 11, 15, 19, 23)  # I slice mb_types of Intra_16x16 with DC prediction
 I_NXN, I_PCM = 0, 25
+# the bytes that may come in a start code, and as a NAL header (forbidden bit 0, nal_ref_idc > 0, a slice)
+START_CODE_BYTES = (0, 1)
+NAL_HEADER_BYTES = tuple(byte for byte in range(256)
+                         if not byte & 0x80 and (byte >> 5) & 3 and (byte & 0x1F) in SLICE_TYPES)
 NO_VALUE = object()  # a code that is no allowed element's, nor a prefix of one
 PREFIX = object()  # a code that is a proper prefix of an allowed element's
 
@@ -171,6 +175,35 @@ def read_code(codes: Codes | SignedGolomb | AnyBits, code: str, bits: int, count
         if len(_READS) >= CACHE_LIMIT:
             _READS.clear()
         _READS[key] = found
+    return found
+
+
+_BRANCHES: dict[tuple, tuple[tuple[int, int, object], ...]] = {}
+
+
+def code_branches(codes: Codes | SignedGolomb | AnyBits, code: str, count: int) -> tuple[tuple[int, int, object], ...]:
+    """Every way an element's code goes on from ``code`` through at most ``count`` bits: (bits used, those
+    bits, value) for each allowed code that ends within them, and (count, bits, PREFIX) for each one that
+    goes on past them. Cached, as ``read_code``."""
+    key = (id(codes), code, count)
+    found = _BRANCHES.get(key)
+    if found is None:
+        branches = []
+        stack = [(0, 0, code)]
+        while stack:
+            used, bits, so_far = stack.pop()
+            for bit in (0, 1):
+                longer = so_far + ("1" if bit else "0")
+                value = codes.lookup(longer)
+                if value is NO_VALUE:
+                    continue
+                if value is not PREFIX or used + 1 == count:
+                    branches.append((used + 1, bits << 1 | bit, value))
+                else:
+                    stack.append((used + 1, bits << 1 | bit, longer))
+        if len(_BRANCHES) >= CACHE_LIMIT:
+            _BRANCHES.clear()
+        found = _BRANCHES[key] = tuple(branches)
     return found
 
 
@@ -459,26 +492,6 @@ class AvcGrammar:
             code, left = "", left - used
         return self._byte_done((context, position, code, None))
 
-    def _walk_bit(self, walk: tuple, bit: int) -> tuple | None:
-        """One bit: ``walk`` is (context, position, code so far, the element's code table or None)."""
-        context, position, code, codes = walk
-        tag = position[0]
-        if tag == "align" or tag == "pcm_align":  # zero bits up to the byte boundary
-            return None if bit else walk
-        if tag == "pcm":  # raw samples: any bits
-            left = position[1] - 1
-            return context, (("pcm", left) if left else ("trail",)), "", None
-        if codes is None:  # an element's table is looked up once for all the bits it takes
-            codes = element_codes(self._element(context, position))
-        code += "1" if bit else "0"
-        value = codes.lookup(code)
-        if value is PREFIX:
-            return context, position, code, codes
-        if value is NO_VALUE:
-            return None
-        context, position = self._after(context, position, value)
-        return context, position, "", None
-
     def _byte_done(self, walk: tuple) -> tuple[bool, tuple]:
         context, position, code, _ = walk
         if position[0] == "pcm_align":  # at a byte boundary the samples begin
@@ -486,27 +499,38 @@ class AvcGrammar:
         return position[0] == "align", (context, position, code)
 
     def _byte_walks(self, parser: tuple) -> dict[int, tuple[bool, tuple]]:
-        """Every RBSP byte the parser allows, with what it leads to: the bits as a tree, so a forbidden
-        prefix rules out all the bytes that share it at once (at most 510 bit steps for 256 bytes)."""
+        """Every RBSP byte the parser allows, with what it leads to: element by element, each element's
+        codes that fit in the bits left (``code_branches``, cached without the parser's context), so a
+        forbidden prefix rules out all the bytes that share it at once."""
         found: dict[int, tuple[bool, tuple]] = {}
-        stack = [(0, 0, (*parser, None))]
+        context, position, code = parser
+        stack = [(8, 0, context, position, code)]
         while stack:
-            depth, value, walk = stack.pop()
-            if depth == 8:
-                found[value] = self._byte_done(walk)
+            left, high, context, position, code = stack.pop()
+            tag = position[0]
+            if not left or tag == "align" or tag == "pcm_align":  # the byte is full, or zero bits fill it
+                found[high << left] = self._byte_done((context, position, code, None))
                 continue
-            for bit in (0, 1):
-                after = self._walk_bit(walk, bit)
-                if after is not None:
-                    stack.append((depth + 1, value << 1 | bit, after))
+            if tag == "pcm":  # raw samples: any bits (they start at a byte boundary)
+                rest = position[1] - left
+                after = self._byte_done((context, ("pcm", rest) if rest else ("trail",), "", None))
+                found.update(dict.fromkeys(range(high << left, (high + 1) << left), after))
+                continue
+            for used, bits, value in code_branches(element_codes(self._element(context, position)), code, left):
+                if value is PREFIX:  # the element goes on into the next byte (used == left)
+                    found[high << left | bits] = self._byte_done(
+                        (context, position, code + format(bits, f"0{used}b"), None))
+                else:
+                    stack.append((left - used, high << used | bits, *self._after(context, position, value), ""))
         return found
 
     def next_bytes(self, state: tuple, among: Iterable[int] = range(256)) -> dict[int, tuple]:
         """The bytes of ``among`` allowed after ``state``, with the states they lead to (what ``step`` gives
         byte by byte, for a fraction of the work inside a NAL unit); cached on the local part, like ``step``."""
         glob, local = state
-        if local[0] != RB:
-            return {byte: after for byte in among if (after := self.step(state, byte)) is not None}
+        if local[0] != RB:  # a start code's or a NAL header's byte: only a few can be allowed
+            return {byte: after for byte in (START_CODE_BYTES if local[0] == SC else NAL_HEADER_BYTES)
+                    if byte in among and (after := self.step(state, byte)) is not None}
         cached = self._next.get(local)
         if cached is None:
             cached = self._rbsp_bytes(local)
