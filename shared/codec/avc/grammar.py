@@ -487,13 +487,13 @@ class AvcGrammar:
                 return None
             used, value = read
             if value is PREFIX:  # the element goes on into the next byte
-                return self._byte_done((context, position, code + format(byte & ((1 << left) - 1), f"0{left}b"), None))
+                return self._byte_done(context, position, code + format(byte & ((1 << left) - 1), f"0{left}b"))
             context, position = self._after(context, position, value)
             code, left = "", left - used
-        return self._byte_done((context, position, code, None))
+        return self._byte_done(context, position, code)
 
-    def _byte_done(self, walk: tuple) -> tuple[bool, tuple]:
-        context, position, code, _ = walk
+    def _byte_done(self, context: tuple, position: tuple, code: str) -> tuple[bool, tuple]:
+        """(the NAL unit ends, parser) at a byte boundary."""
         if position[0] == "pcm_align":  # at a byte boundary the samples begin
             return False, (context, ("pcm", 8 * 384), "")
         return position[0] == "align", (context, position, code)
@@ -509,17 +509,16 @@ class AvcGrammar:
             left, high, context, position, code = stack.pop()
             tag = position[0]
             if not left or tag == "align" or tag == "pcm_align":  # the byte is full, or zero bits fill it
-                found[high << left] = self._byte_done((context, position, code, None))
+                found[high << left] = self._byte_done(context, position, code)
                 continue
             if tag == "pcm":  # raw samples: any bits (they start at a byte boundary)
                 rest = position[1] - left
-                after = self._byte_done((context, ("pcm", rest) if rest else ("trail",), "", None))
+                after = self._byte_done(context, ("pcm", rest) if rest else ("trail",), "")
                 found.update(dict.fromkeys(range(high << left, (high + 1) << left), after))
                 continue
             for used, bits, value in code_branches(element_codes(self._element(context, position)), code, left):
                 if value is PREFIX:  # the element goes on into the next byte (used == left)
-                    found[high << left | bits] = self._byte_done(
-                        (context, position, code + format(bits, f"0{used}b"), None))
+                    found[high << left | bits] = self._byte_done(context, position, code + format(bits, f"0{used}b"))
                 else:
                     stack.append((left - used, high << used | bits, *self._after(context, position, value), ""))
         return found
